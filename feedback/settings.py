@@ -1,0 +1,209 @@
+"""Settings for every flywheel process.
+
+Values come, highest priority first, from keyword arguments, environment variables with the prefix
+``FLYWHEEL_`` (nested sections use ``__``: ``FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS``), an optional TOML
+file (``FLYWHEEL_CONFIG``, else ``./flywheel.toml`` when it exists), then the defaults below.
+Every field says what it does and its unit.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from feedback.errors import ConfigError
+
+CONFIG_ENV = "FLYWHEEL_CONFIG"
+DEFAULT_CONFIG_FILE = Path("flywheel.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not a silent default
+
+
+class TopicSettings(_Section):
+    """Names, partitions and retention of the project's Kafka topics."""
+
+    interactions: str = "interactions"  # one event per response (served or shadow)
+    feedback: str = "feedback"  # user feedback events
+    audit: str = "audit"  # who did what, when
+    deployments: str = "deployments"  # compacted: the current deployment state
+    scheduler: str = "scheduler"  # one partition; its owner holds the refresh lease
+    dead_letter: str = "dead-letter"  # events the sink refused, with the reason
+    partitions: int = Field(3, ge=1, le=1024)  # partitions of the data topics
+    replication_factor: int = Field(1, ge=1, le=5)  # copies of each partition (3 on a cluster)
+    retention_hours: int = Field(168, ge=1)  # how long data topics keep events, hours
+    dead_letter_retention_hours: int = Field(720, ge=1)  # dead-letter retention, hours
+
+
+class LocalKafkaSettings(_Section):
+    """The single-node broker that ``flywheel kafka up`` runs on this machine (infra/kafka)."""
+
+    port: int = Field(9092, ge=1, le=65535)  # client listener on 127.0.0.1
+    controller_port: int = Field(9093, ge=1, le=65535)  # KRaft controller listener on 127.0.0.1
+    data_dir: Path = Path(".flywheel/kafka")  # log segments, metadata, pid and broker log
+    heap: str = "512m"  # JVM heap of the broker (-Xmx)
+
+
+class KafkaSettings(_Section):
+    """Where Kafka is and how the project talks to it."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
+    client_id: str = "flywheel"  # prefix of every client id, seen in broker logs
+    request_timeout_ms: int = Field(10_000, ge=100)  # one broker request, milliseconds
+    bootstrap_timeout_ms: int = Field(5_000, ge=100)  # give up one connection attempt after this, ms
+    consumer_group: str = "flywheel-sink"  # the sink's consumer group
+    topics: TopicSettings = TopicSettings()
+    local: LocalKafkaSettings = LocalKafkaSettings()
+
+
+class DuckDBSettings(_Section):
+    """The worker's DuckDB file."""
+
+    path: Path = Path(".flywheel/flywheel.duckdb")  # the database file; the worker is its only writer
+    memory_limit: str = "2GB"  # DuckDB memory_limit for the worker's connection
+    threads: int = Field(1, ge=1, le=64)  # DuckDB worker threads
+
+
+class ModelSettings(_Section):
+    """The champion's base model."""
+
+    source: str = "smollm2-135m-instruct"  # the default model, a GGUF file, or a HF model directory
+    cache_dir: Path = Path.home() / ".cache" / "flywheel" / "models"  # converted models live here
+    device: str = "cpu"  # torch device for the transformers backend
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights dtype when loaded
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
+    max_new_tokens: int = Field(256, ge=1, le=8192)  # upper bound on max_tokens a request may ask
+
+
+class WalSettings(_Section):
+    """The gateway's local write-ahead log of events not yet acknowledged by Kafka."""
+
+    dir: Path = Path(".flywheel/wal")  # where segment files live
+    max_bytes: int = Field(512 * 1024 * 1024, ge=1024)  # bound on the log's size on disk, bytes
+    segment_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # roll to a new segment past this, bytes
+    fsync_interval_ms: int = Field(50, ge=0)  # batch fsyncs this often, milliseconds; 0 = every write
+    warn_fraction: float = Field(0.8, gt=0, le=1)  # log loudly when the log is this full
+
+
+class GatewaySettings(_Section):
+    """The serving gateway."""
+
+    host: str = "127.0.0.1"  # interface to bind
+    port: int = Field(8000, ge=1, le=65535)  # TCP port to bind
+    served_model_name: str = "flywheel"  # the model name clients send and /v1/models lists
+    drain_timeout_s: float = Field(5.0, ge=0)  # at shutdown, wait this long for Kafka to take the backlog
+    wal: WalSettings = WalSettings()
+
+
+class WorkerSettings(_Section):
+    """The worker: the DuckDB sink and the loop's jobs."""
+
+    host: str = "127.0.0.1"  # interface of the worker's HTTP API
+    port: int = Field(8100, ge=1, le=65535)  # TCP port of the worker's HTTP API
+    batch_max_events: int = Field(5000, ge=1)  # most events written in one DuckDB transaction
+    poll_timeout_ms: int = Field(500, ge=1)  # longest wait for new events per poll, milliseconds
+
+
+class SchedulerSettings(_Section):
+    """The daily refresh schedule."""
+
+    cron: str = "0 3 * * *"  # when the refresh runs (crontab syntax)
+    timezone: str = "UTC"  # time zone the cron expression is read in
+    enabled: bool = True  # whether the worker schedules the refresh at all
+
+
+class SecuritySettings(_Section):
+    """Secrets and access."""
+
+    environment: Literal["development", "production"] = "development"  # production refuses dev secrets
+    signing_key: str = "dev-signing-key-not-secret"  # HMAC key signing interaction ids
+    admin_token: str = "dev-admin-token"  # noqa: S105 - development default, refused in production; interim static token for admin endpoints
+
+
+class Settings(BaseSettings):
+    """All settings of a flywheel process; each deployable reads the sections it needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    duckdb: DuckDBSettings = DuckDBSettings()
+    model: ModelSettings = ModelSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    worker: WorkerSettings = WorkerSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    security: SecuritySettings = SecuritySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}: config file {path} does not exist")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment and the TOML file, or raise ConfigError naming the field."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+    except ValueError as exc:  # TOML syntax errors and unreadable files
+        raise ConfigError(f"config file could not be read: {exc}") from exc
+    _refuse_dev_secrets(settings)
+    return settings
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per invalid field: ``kafka.topics.partitions: Input should be ...``."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"{field}: {error['msg']} (got {error.get('input')!r})")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def _refuse_dev_secrets(settings: Settings) -> None:
+    security = settings.security
+    if security.environment != "production":
+        return
+    defaults = SecuritySettings()
+    for name in ("signing_key", "admin_token"):
+        if getattr(security, name) == getattr(defaults, name):
+            raise ConfigError(f"security.{name}: must be set in production (the default is for development)")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

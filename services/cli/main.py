@@ -1,0 +1,178 @@
+"""The ``flywheel`` command line.
+
+flywheel demo [--short]          the whole loop on real parts (Kafka, model, DuckDB)
+flywheel kafka up|down|status|logs
+flywheel topics create
+flywheel model prepare
+flywheel gateway                 serve the OpenAI-compatible API
+flywheel worker                  run the DuckDB sink and the worker API
+flywheel config show
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from feedback.errors import ConfigError, FlywheelError
+from feedback.settings import Settings, load_settings
+from services.cli import broker
+from services.cli.ports import port_in_use
+
+app = typer.Typer(help="flywheel: a continuous-learning feedback service for LLMs.", no_args_is_help=True)
+kafka_app = typer.Typer(help="The local Kafka broker (infra/kafka).", no_args_is_help=True)
+topics_app = typer.Typer(help="The project's Kafka topics.", no_args_is_help=True)
+model_app = typer.Typer(help="The base model.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
+
+
+def settings_or_exit() -> Settings:
+    """Settings, or a message naming the bad field and exit code 2."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.secho(str(exc), err=True, fg="red")
+        raise typer.Exit(2) from exc
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` in red on stderr; return the Exit to raise."""
+    typer.secho(message, err=True, fg="red")
+    return typer.Exit(code)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Timestamped logs on stderr."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+@kafka_app.command("up")
+def kafka_up() -> None:
+    """Fetch the jars once, start the local broker, wait until it answers, create the topics."""
+    settings = settings_or_exit()
+    if broker.run_script("start", settings.kafka.local).returncode != 0:
+        raise fail("kafka: the broker did not start (see the log above)")
+    _create_topics(settings)
+
+
+@kafka_app.command("down")
+def kafka_down() -> None:
+    """Stop the local broker cleanly."""
+    settings = settings_or_exit()
+    raise typer.Exit(broker.run_script("stop", settings.kafka.local).returncode)
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """Say whether the local broker runs and answers (exit 0), or not (3, or 4 when hung)."""
+    settings = settings_or_exit()
+    raise typer.Exit(broker.run_script("status", settings.kafka.local).returncode)
+
+
+@kafka_app.command("logs")
+def kafka_logs() -> None:
+    """The tail of the broker's log."""
+    settings = settings_or_exit()
+    raise typer.Exit(broker.run_script("logs", settings.kafka.local).returncode)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the project's topics that do not exist yet (partitions and retention from settings)."""
+    _create_topics(settings_or_exit())
+
+
+def _create_topics(settings: Settings) -> None:
+    from feedback.topics import ensure_topics
+
+    try:
+        created = ensure_topics(settings.kafka)
+    except FlywheelError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"topics: created {', '.join(created)}" if created else "topics: all present")
+
+
+@model_app.command("prepare")
+def model_prepare() -> None:
+    """Convert the configured model once into the cache, and print its directory."""
+    from feedback.model.source import prepare_model
+
+    settings = settings_or_exit()
+    try:
+        path = prepare_model(settings.model.source, settings.model.cache_dir)
+    except FlywheelError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(str(path))
+
+
+@app.command()
+def gateway(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default: gateway.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default: gateway.port).")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API with the champion model."""
+    from services.gateway.app import create_app
+
+    settings = settings_or_exit()
+    bind_host, bind_port = host or settings.gateway.host, port or settings.gateway.port
+    _serve(create_app(settings), bind_host, bind_port, "FLYWHEEL_GATEWAY__PORT")
+
+
+@app.command()
+def worker(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default: worker.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default: worker.port).")] = None,
+) -> None:
+    """Run the sink (Kafka to DuckDB) and the worker's API."""
+    from services.worker.app import create_app
+
+    settings = settings_or_exit()
+    bind_host, bind_port = host or settings.worker.host, port or settings.worker.port
+    _serve(create_app(settings), bind_host, bind_port, "FLYWHEEL_WORKER__PORT")
+
+
+def _serve(application: object, host: str, port: int, port_setting: str) -> None:
+    if port_in_use(host, port):
+        raise fail(f"port {port} on {host} is already in use; choose another with --port or {port_setting}")
+    configure_logging()
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="info")  # type: ignore[arg-type]
+    except FlywheelError as exc:
+        raise fail(str(exc)) from exc
+
+
+@app.command()
+def demo(
+    short: Annotated[bool, typer.Option("--short", help="Two requests and small answers (CI runs this).")] = False,
+) -> None:
+    """The main job: start Kafka, worker and gateway, send real requests and feedback, show DuckDB."""
+    from services.cli.demo import run_demo
+
+    configure_logging()
+    raise typer.Exit(run_demo(settings_or_exit(), short=short))
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings as JSON (secrets masked)."""
+    settings = settings_or_exit()
+    data = settings.model_dump(mode="json")
+    for secret in ("signing_key", "admin_token"):
+        data["security"][secret] = "***"
+    typer.echo(json.dumps(data, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,59 @@
+"""HTTP errors of the gateway, in OpenAI's error shape.
+
+    ApiError                   any error the gateway answers on purpose
+    ├── 400 invalid_request    a request body or parameter is invalid (names the field)
+    ├── 403 invalid_signature  feedback for an interaction id the gateway did not sign
+    ├── 404 model_not_found    the request names a model the gateway does not serve
+    └── 503 unavailable        the event log is full or the model backend failed
+
+Every body reads ``{"error": {"message", "type", "param", "code"}}``; messages are fixed strings
+that tests assert.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+INVALID_SIGNATURE = "interaction_id was not issued by this service (signature does not verify)"
+EVENT_LOG_FULL = "the service cannot record events right now (event log full); retry later"
+BACKEND_FAILED = "the model backend failed to answer; retry later"
+STREAMING_UNSUPPORTED = "stream=true is not supported yet; send stream=false"
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and an OpenAI-shaped body."""
+
+    def __init__(self, status: int, message: str, *, kind: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def invalid_request(message: str, param: str | None = None) -> ApiError:
+    """A 400 naming the offending parameter."""
+    return ApiError(400, message, kind="invalid_request_error", param=param)
+
+
+def _body(message: str, kind: str, param: str | None) -> dict[str, dict[str, str | None]]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(_body(exc.message, exc.kind, exc.param), status_code=exc.status)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    return JSONResponse(_body(message, "invalid_request_error", param), status_code=400)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer ApiError and body validation errors in the OpenAI shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,131 @@
+"""Request and response bodies of the gateway's HTTP API, in the OpenAI shapes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from feedback.events import ChatMessage
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``; fields the service does not use are ignored, as OpenAI does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = Field(None, max_length=256)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and (len(value) > 4 or any(not s for s in value)):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        if value == "":
+            raise ValueError("stop must not be empty")
+        return value
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """``stop`` as a tuple."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def token_budget(self) -> int | None:
+        """The requested completion budget: ``max_completion_tokens`` wins over ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class AssistantMessage(BaseModel):
+    """The answer's message."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """One answer; the service always returns exactly one."""
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    """Token counts of the served answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(BaseModel):
+    """The OpenAI chat completion object, plus the signed interaction id for feedback."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    interaction_id: str
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "flywheel"
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: at least one of thumb, rating, comment, correction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interaction_id: str = Field(min_length=1, max_length=128)  # the signed id from the answer
+    feedback_id: str = Field(min_length=1, max_length=128)  # client-chosen, makes retries idempotent
+    thumb: Literal["up", "down"] | None = None
+    rating: int | None = Field(None, ge=1, le=5)
+    comment: str | None = Field(None, max_length=10_000)
+    correction: str | None = Field(None, max_length=100_000)
+    user: str | None = Field(None, max_length=256)
+
+
+class FeedbackAccepted(BaseModel):
+    """The feedback is durably logged and on its way to the store."""
+
+    status: Literal["accepted"] = "accepted"
+    feedback_id: str
+
+
+class Health(BaseModel):
+    """``GET /healthz``: serving works even when Kafka does not (events wait in the local log)."""
+
+    status: Literal["ok", "degraded"]
+    model: str
+    kafka_connected: bool
+    pending_events: int
+    wal_bytes: int
+    wal_max_bytes: int
+    kafka_error: str | None

@@ -1,0 +1,45 @@
+"""The worker's HTTP API: health, and read-only views of the live DuckDB file."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from evaluation.summary import arm_summary
+
+router = APIRouter()
+
+RECENT_SQL = """
+SELECT i.interaction_id, i.ts, i.arm, i.role, i.model_version, i.unit_id,
+       i.messages, i.completion, i.completion_tokens, i.latency_ms, i.confidence, i.finish_reason,
+       f.feedback_id, f.thumb, f.rating, f.comment, f.correction
+FROM interactions i LEFT JOIN feedback f USING (interaction_id)
+WHERE len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], i.interaction_id)
+ORDER BY i.ts DESC LIMIT ?
+"""
+
+
+@router.get("/healthz")
+async def health(request: Request) -> dict[str, Any]:
+    """The sink's counters since start."""
+    return {"status": "ok", "sink": asdict(request.app.state.sink.stats)}
+
+
+@router.get("/v1/summary")
+def summary(request: Request) -> list[dict[str, Any]]:
+    """Per-arm counts and means of everything stored."""
+    return [asdict(row) | {"positive_rate": row.positive_rate} for row in arm_summary(request.app.state.store)]
+
+
+@router.get("/v1/interactions")
+def recent_interactions(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    interaction_id: Annotated[list[str] | None, Query(max_length=1000)] = None,
+) -> list[dict[str, Any]]:
+    """The latest stored interactions with their feedback, optionally only the given (raw) ids."""
+    ids = interaction_id or []
+    rows: list[dict[str, Any]] = request.app.state.store.query(RECENT_SQL, [ids, ids, limit])
+    return rows
