@@ -52,17 +52,20 @@ def main() -> None:
     print(f"model: {runtime.name}, greedy, {NEW_TOKENS} new tokens\n")
     print(f"{'batch':>5} {'plain generate tok/s':>22} {'runtime tok/s':>14} {'runtime / plain':>16}")
     for batch in (1, 16):
-        messages = [[{"role": "user", "content": p}] for p in PROMPTS[:batch]]
-        rendered = [runtime.render_prompt(m) for m in messages]
-        plain_s, _ = timed(lambda: plain_generate(runtime, rendered))
-
-        def ours() -> int:
-            return sum(g.completion_tokens for g in runtime.generate_batch([(m, params) for m in messages]))
-
-        # both generate the same greedy tokens; count them once, as the runtime reports them
-        ours_s, tokens = timed(ours)
-        plain_rate, ours_rate = tokens / plain_s, tokens / ours_s
+        plain_rate, ours_rate = measure(runtime, batch, params)
         print(f"{batch:>5} {plain_rate:>22.1f} {ours_rate:>14.1f} {ours_rate / plain_rate:>16.2f}")
+
+
+def measure(runtime: ModelRuntime, batch: int, params: SamplingParams) -> tuple[float, float]:
+    """Tokens/s of plain generate and of the runtime for one batch size."""
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS[:batch]]
+    rendered = [runtime.render_prompt(m) for m in messages]
+    plain_s, _ = timed(lambda: plain_generate(runtime, rendered))
+    # both generate the same greedy tokens; count them once, as the runtime reports them
+    ours_s, tokens = timed(
+        lambda: sum(g.completion_tokens for g in runtime.generate_batch([(m, params) for m in messages]))
+    )
+    return tokens / plain_s, tokens / ours_s
 
 
 if __name__ == "__main__":

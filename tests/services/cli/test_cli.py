@@ -83,7 +83,7 @@ def local_env(kafka: KafkaSettings) -> dict[str, str]:
 def test_kafka_status_reports_the_running_broker(kafka: KafkaSettings) -> None:
     result = flywheel("kafka", "status", env=local_env(kafka))
     assert result.returncode == 0
-    assert result.stdout.startswith(f"kafka: running (pid ")
+    assert result.stdout.startswith("kafka: running (pid ")
     assert f"on 127.0.0.1:{kafka.local.port}" in result.stdout
 
 
