@@ -10,9 +10,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-from feedback.model.runtime import Generation, ModelRuntime, SamplingParams
-
 from feedback.events import ChatMessage
+from feedback.model.runtime import Generation, ModelRuntime, SamplingParams
 
 
 class InferenceBackend(Protocol):

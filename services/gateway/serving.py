@@ -11,11 +11,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from feedback.model.runtime import Generation, SamplingParams
-
 from feedback.errors import SignatureError, WalFullError
 from feedback.events import FeedbackEvent, InteractionEvent
 from feedback.ids import new_id
+from feedback.model.runtime import Generation, SamplingParams
 from feedback.producer import EventProducer
 from feedback.settings import Settings
 from feedback.signing import sign_id, verify_id
