@@ -101,3 +101,24 @@ def test_kafka_status_without_a_broker_exits_3(tmp_path: Path) -> None:
     result = flywheel("kafka", "status", env=env)
     assert result.returncode == 3
     assert result.stdout.startswith("kafka: not running")
+
+
+def test_kafka_up_status_down(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "FLYWHEEL_KAFKA__LOCAL__PORT": str(port),
+        "FLYWHEEL_KAFKA__LOCAL__CONTROLLER_PORT": str(free_port()),
+        "FLYWHEEL_KAFKA__LOCAL__DATA_DIR": str(tmp_path / "kafka"),
+    }
+    try:
+        up = flywheel("kafka", "up", env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "topics: created interactions, feedback, audit, deployments, scheduler, dead-letter" in up.stdout
+        status = flywheel("kafka", "status", env=env)
+        assert status.returncode == 0
+        assert f"on 127.0.0.1:{port}" in status.stdout
+    finally:
+        down = flywheel("kafka", "down", env=env)
+    assert down.returncode == 0
+    assert flywheel("kafka", "status", env=env).returncode == 3
