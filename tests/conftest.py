@@ -60,16 +60,20 @@ def runtime(model_dir: Path) -> ModelRuntime:
 
 
 @pytest.fixture
-def kafka_isolated(kafka: KafkaSettings) -> KafkaSettings:
-    """The session broker with topics and a consumer group of this test's own."""
+def unique_topics() -> TopicSettings:
+    """Topic names no other test uses (not created yet), two partitions each."""
     suffix = uuid.uuid4().hex[:8]
-    names = {
-        field: f"{default}-{suffix}"
-        for field, default in TopicSettings().model_dump().items()
-        if isinstance(default, str)
-    }
+    defaults = TopicSettings().model_dump().items()
+    return TopicSettings(
+        **{field: f"{name}-{suffix}" for field, name in defaults if isinstance(name, str)}, partitions=2
+    )
+
+
+@pytest.fixture
+def kafka_isolated(kafka: KafkaSettings, unique_topics: TopicSettings) -> KafkaSettings:
+    """The session broker with topics and a consumer group of this test's own."""
     isolated = kafka.model_copy(
-        update={"topics": TopicSettings(**names, partitions=2), "consumer_group": f"sink-{suffix}"}
+        update={"topics": unique_topics, "consumer_group": f"sink-{unique_topics.interactions}"}
     )
     ensure_topics(isolated)
     return isolated
