@@ -92,8 +92,12 @@ def select_metrics(settings: ExperimentSettings, names: Sequence[str] | None) ->
     return [known[n] for n in names]
 
 
-def moments_sql(metrics: Sequence[Metric], *, by_day: bool = False) -> str:
-    """One scan: per-unit totals, then per (phase, arm[, day]) sums of totals, squares and products."""
+def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
+    """One scan: per-unit totals, then per (phase, arm) sums of totals, squares and products.
+
+    Parameters: the experiment id. With ``cohort``, rows are also grouped by each unit's first day
+    in one phase (parameters: experiment, phase, experiment, phase), for cumulative timelines.
+    """
     per_row = ", ".join(f"({m.numerator}) AS m{k}, ({m.denominator}) AS d{k}" for k, m in enumerate(metrics))
     per_unit = ", ".join(f"sum(m{k})::DOUBLE AS m{k}, sum(d{k})::DOUBLE AS d{k}" for k in range(len(metrics)))
     sums = ", ".join(
@@ -101,15 +105,21 @@ def moments_sql(metrics: Sequence[Metric], *, by_day: bool = False) -> str:
         f"sum(d{k} * d{k}) AS d{k}_ss, sum(m{k} * d{k}) AS md{k}"
         for k in range(len(metrics))
     )
-    day = ", i.ts::DATE AS day" if by_day else ""
+    first, day, join, where = "", "", "", ""
+    if cohort:
+        first = (
+            "first AS (SELECT unit_id, min(ts)::DATE AS day FROM interactions "
+            "WHERE deployment_id = ? AND phase = ? AND role = 'served' GROUP BY unit_id),"
+        )
+        day, join, where = ", f.day", " JOIN first f USING (unit_id)", " AND i.phase = ?"
     # metric expressions come from code and settings (trusted); the experiment id is a bound parameter
     return f"""
-WITH {FEEDBACK_CTE},
+WITH {first} {FEEDBACK_CTE},
 r AS (SELECT i.phase, i.arm, i.unit_id{day}, {per_row}
-      FROM interactions i LEFT JOIN fb USING (interaction_id)
-      WHERE i.deployment_id = ? AND i.role = 'served'),
-u AS (SELECT phase, arm, unit_id{", day" if by_day else ""}, {per_unit} FROM r GROUP BY ALL)
-SELECT phase, arm{", day" if by_day else ""}, count(*) AS n, {sums} FROM u GROUP BY ALL ORDER BY ALL
+      FROM interactions i LEFT JOIN fb USING (interaction_id){join}
+      WHERE i.deployment_id = ? AND i.role = 'served'{where}),
+u AS (SELECT phase, arm, unit_id{", day" if cohort else ""}, {per_unit} FROM r GROUP BY ALL)
+SELECT phase, arm{", day" if cohort else ""}, count(*) AS n, {sums} FROM u GROUP BY ALL ORDER BY ALL
 """  # noqa: S608
 
 

@@ -27,12 +27,13 @@ def synthetic_rows(
     lift: float = 0.0,
     seed: int = 7,
     shadow: bool = False,
+    day: int = 0,
 ) -> dict[str, list[Any]]:
     """Columns of interaction rows; ``feedback`` columns under keys prefixed ``fb_``.
 
     Each unit sends ``per_unit`` requests (Poisson around it, at least 1); the challenger's latency
     is multiplied by ``1 + lift``. With ``shadow``, every request has a served champion row and a
-    shadow challenger row with the same interaction id.
+    shadow challenger row with the same interaction id. Rows span the 7 days from ``START + day``.
     """
     rng = np.random.default_rng(seed)
     cols: dict[str, list[Any]] = {k: [] for k in ROW_KEYS}
@@ -41,7 +42,7 @@ def synthetic_rows(
         arm = "challenger" if (not shadow and rng.random() < share) else "champion"
         for r in range(max(1, int(rng.poisson(per_unit)))):
             iid = f"{experiment}-{phase}-{u}-{r}"
-            ts = START + timedelta(hours=float(rng.uniform(0, 24 * 7)))
+            ts = START + timedelta(days=day, hours=float(rng.uniform(0, 24 * 7)))
             arms = [("champion", "served"), ("challenger", "shadow")] if shadow else [(arm, "served")]
             for this_arm, role in arms:
                 scale = 1 + lift if this_arm == "challenger" else 1.0
