@@ -24,6 +24,7 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
+from evaluation import constants
 from evaluation.significance import Moments, TestResult, degenerate, lift
 
 
@@ -66,6 +67,8 @@ class ConfidenceSequence:
         if error:
             return replace(base, error=error)
         estimate, variance = lift(a, b, relative)
+        if variance <= 0:
+            return replace(base, estimate=estimate, error=constants.ZERO_VARIANCE)
         n = a.n + b.n
         width = float(halfwidth(variance * n, n, self.alpha, self.tuning))
         p = always_valid_p_value(estimate, variance, n, self.alpha, self.tuning)

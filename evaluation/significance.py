@@ -118,6 +118,8 @@ def welch_t_test(
     if error:
         return _with(base, error=error)
     estimate, variance = lift(a, b, relative, control_mean)
+    if variance <= 0:
+        return _with(base, estimate=estimate, error=constants.ZERO_VARIANCE)
     se, dof = math.sqrt(variance), welch_dof(a, b)
     t = (estimate - test_value) / se
     if sides == "two-sided":

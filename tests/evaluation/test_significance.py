@@ -109,6 +109,7 @@ def test_cuped_equals_welch_on_regression_adjusted_values() -> None:
         (Moments(1, 3, 0), Moments(10, 1, 1), False, constants.TOO_FEW_UNITS),
         (Moments(10, 3, 0), Moments(10, 3, 0), False, constants.ZERO_VARIANCE),
         (Moments(10, 0, 1), Moments(10, 1, 1), True, constants.ZERO_CONTROL_MEAN),
+        (Moments(10, 2, 1), Moments(10, 0, 0), True, constants.ZERO_VARIANCE),
     ],
 )
 def test_degenerate_input_returns_an_error(a: Moments, b: Moments, relative: bool, error: str) -> None:
