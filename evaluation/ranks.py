@@ -22,9 +22,9 @@ from scipy import stats
 from evaluation import constants
 from evaluation.metrics import FEEDBACK_CTE, Metric, Queryable
 
-SAMPLE_CTE = """{fb},
+SAMPLE_CTE = """{fb}
 r AS (SELECT i.arm, i.unit_id, ({num}) AS m, ({den}) AS d
-      FROM interactions i LEFT JOIN fb USING (interaction_id)
+      FROM interactions i {join}
       WHERE i.deployment_id = ? AND i.phase = ? AND i.role = 'served'),
 u AS (SELECT arm, unit_id, sum(m)::DOUBLE / sum(d) AS v FROM r GROUP BY arm, unit_id HAVING sum(d) <> 0
       QUALIFY row_number() OVER (PARTITION BY arm ORDER BY hash(unit_id, ?::BIGINT)) <= ?)"""
@@ -53,7 +53,10 @@ class MannWhitneyResult:
 
 def sample_cte(metric: Metric) -> str:
     """The CTEs selecting a bounded, seeded sample of per-unit values of ``metric`` (CTE ``u``)."""
-    return SAMPLE_CTE.format(fb=FEEDBACK_CTE, num=metric.numerator, den=metric.denominator)
+    # the feedback aggregate is only joined when the metric reads it (it costs a scan of feedback)
+    needs_feedback = "fb." in metric.numerator + metric.denominator
+    fb, join = (FEEDBACK_CTE + ",", "LEFT JOIN fb USING (interaction_id)") if needs_feedback else ("", "")
+    return SAMPLE_CTE.format(fb=fb, join=join, num=metric.numerator, den=metric.denominator)
 
 
 def mann_whitney(
