@@ -95,15 +95,20 @@ def select_metrics(settings: ExperimentSettings, names: Sequence[str] | None) ->
 def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
     """One scan: per-unit totals, then per (phase, arm) sums of totals, squares and products.
 
-    Parameters: the experiment id. With ``cohort``, rows are also grouped by each unit's first day
-    in one phase (parameters: experiment, phase, experiment, phase), for cumulative timelines.
+    Expressions shared by several metrics (most denominators) are summed once. Parameters: the
+    experiment id. With ``cohort``, rows are also grouped by each unit's first day in one phase
+    (parameters: experiment, phase, experiment, phase), for cumulative timelines.
     """
-    per_row = ", ".join(f"({m.numerator}) AS m{k}, ({m.denominator}) AS d{k}" for k, m in enumerate(metrics))
-    per_unit = ", ".join(f"sum(m{k})::DOUBLE AS m{k}, sum(d{k})::DOUBLE AS d{k}" for k in range(len(metrics)))
-    sums = ", ".join(
-        f"sum(m{k}) AS m{k}_s, sum(m{k} * m{k}) AS m{k}_ss, sum(d{k}) AS d{k}_s, "
-        f"sum(d{k} * d{k}) AS d{k}_ss, sum(m{k} * d{k}) AS md{k}"
-        for k in range(len(metrics))
+    exprs = list(dict.fromkeys(e for m in metrics for e in (m.numerator, m.denominator)))
+    at = {e: j for j, e in enumerate(exprs)}
+    per_row = ", ".join(f"({e}) AS e{j}" for j, e in enumerate(exprs))
+    per_unit = ", ".join(f"sum(e{j})::DOUBLE AS e{j}" for j in range(len(exprs)))
+    sums = ", ".join(f"sum(e{j}) AS s{j}, sum(e{j} * e{j}) AS ss{j}" for j in range(len(exprs)))
+    products = ", ".join(f"sum(e{at[m.numerator]} * e{at[m.denominator]}) AS md{k}" for k, m in enumerate(metrics))
+    named = ", ".join(
+        f"s{at[m.numerator]} AS m{k}_s, ss{at[m.numerator]} AS m{k}_ss, "
+        f"s{at[m.denominator]} AS d{k}_s, ss{at[m.denominator]} AS d{k}_ss, md{k}"
+        for k, m in enumerate(metrics)
     )
     first, day, join, where = "", "", "", ""
     if cohort:
@@ -112,14 +117,18 @@ def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
             "WHERE deployment_id = ? AND phase = ? AND role = 'served' GROUP BY unit_id),"
         )
         day, join, where = ", f.day", " JOIN first f USING (unit_id)", " AND i.phase = ?"
+    needs_feedback = any("fb." in e for e in exprs)
+    fb, fb_join = (FEEDBACK_CTE + ",", " LEFT JOIN fb USING (interaction_id)") if needs_feedback else ("", "")
+    keys = "phase, arm" + (", day" if cohort else "")
     # metric expressions come from code and settings (trusted); the experiment id is a bound parameter
     return f"""
-WITH {first} {FEEDBACK_CTE},
+WITH {first} {fb}
 r AS (SELECT i.phase, i.arm, i.unit_id{day}, {per_row}
-      FROM interactions i LEFT JOIN fb USING (interaction_id){join}
+      FROM interactions i{fb_join}{join}
       WHERE i.deployment_id = ? AND i.role = 'served'{where}),
-u AS (SELECT phase, arm, unit_id{", day" if cohort else ""}, {per_unit} FROM r GROUP BY ALL)
-SELECT phase, arm{", day" if cohort else ""}, count(*) AS n, {sums} FROM u GROUP BY ALL ORDER BY ALL
+u AS (SELECT {keys}, unit_id, {per_unit} FROM r GROUP BY ALL),
+agg AS (SELECT {keys}, count(*) AS n, {sums}, {products} FROM u GROUP BY ALL)
+SELECT {keys}, n, {named} FROM agg ORDER BY ALL
 """  # noqa: S608
 
 

@@ -118,7 +118,8 @@ def bootstrap_quantiles(values: np.ndarray, nu: float, resamples: int, rng: np.r
     n = len(ordered)
     k = max(1, math.ceil(nu * n))
     index = np.minimum(np.floor(n * rng.beta(k, n - k + 1, resamples)).astype(np.int64), n - 1)
-    return ordered[index]
+    drawn: np.ndarray = ordered[index]
+    return drawn
 
 
 def bootstrap_quantile_lift(

@@ -1,8 +1,9 @@
 """An experiment's full report: every phase's metrics, guards and tests, the shadow analysis, the verdict.
 
 Everything moment-based comes from one grouped SQL scan per experiment (``metric_moments``) plus
-one cohort scan for the timeline; quantiles are exact SQL order statistics; Mann-Whitney (on the
-primary metric), the bootstrap and answer similarity work on bounded samples (see their modules).
+one cohort scan for the timeline and one CUPED scan for the primary metric; quantiles are exact
+SQL order statistics; Mann-Whitney (on the primary metric), the bootstrap of the p95 latency lift
+and answer similarity work on bounded samples (see their modules).
 Each number carries its inputs, method and alpha, and the report carries the settings, so anyone
 can recompute it.
 
@@ -13,18 +14,27 @@ The timeline is cumulative by exposure cohort: on day ``D`` it holds the units f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from evaluation.bayesian import BayesianResult, bayesian_test
 from evaluation.config import ExperimentSettings
+from evaluation.cuped import cuped_test
 from evaluation.decision import Verdict, decide
 from evaluation.errors import EmptyArmError
 from evaluation.guards import PowerResult, SrmResult, adjust, below_minimum, check_srm, power_analysis
 from evaluation.metrics import Metric, Queryable, metric_moments, moments_sql, phase_split, ratio_of, select_metrics
 from evaluation.moments import Ratio
-from evaluation.quantiles import quantile_statistic, quantile_test
+from evaluation.quantiles import (
+    BootstrapResult,
+    bootstrap_quantile_lift,
+    latency_sample,
+    quantile_statistic,
+    quantile_test,
+)
 from evaluation.ranks import MannWhitneyResult, mann_whitney
 from evaluation.sequential import ConfidenceSequence
 from evaluation.shadow import ShadowAnalysis, analyse_shadow
@@ -85,6 +95,8 @@ class PhaseReport:
     metrics: list[MetricResult] = field(default_factory=list)
     quantiles: list[TestResult] = field(default_factory=list)
     mann_whitney: MannWhitneyResult | None = None
+    cuped: TestResult | None = None
+    bootstrap_p95: BootstrapResult | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -162,7 +174,7 @@ def phase_report(
         return report  # a champion-only (or shadow) phase has nothing to compare
     results = [metric_result(m, arms["champion"][m.name], arms["challenger"][m.name], days, settings) for m in metrics]
     adjusted = adjust([r.relative.p_value for r in results], settings.correction)
-    results = [MetricResult(**{**r.__dict__, "adjusted_p_value": p}) for r, p in zip(results, adjusted, strict=True)]
+    results = [replace(r, adjusted_p_value=p) for r, p in zip(results, adjusted, strict=True)]
     quantiles = []
     for nu in QUANTILES:
         a = quantile_statistic(db, experiment, phase, "champion", nu, settings.alpha)
@@ -171,9 +183,16 @@ def phase_report(
     primary = next((m for m in metrics if m.name == settings.primary_metric), metrics[0])
     mw = mann_whitney(db, experiment, phase, primary, sample_per_arm=settings.sample_per_arm, seed=settings.seed)
     timeline = cohort_timeline(db, experiment, phase, primary, settings)
-    return PhaseReport(
-        **{**report.__dict__, "metrics": results, "quantiles": quantiles, "mann_whitney": mw, "timeline": timeline}
-    )
+    cuped = cuped_test(db, experiment, phase, primary, alpha=settings.alpha, sides=settings.sides)
+    sample = latency_sample(db, experiment, phase, settings.sample_per_arm, settings.seed)
+    bootstrap = bootstrap_quantile_lift(
+        sample.get("champion", np.empty(0)), sample.get("challenger", np.empty(0)), 0.95,
+        resamples=settings.bootstrap_resamples, alpha=settings.alpha, seed=settings.seed,
+    )  # fmt: skip
+    return replace(
+        report, metrics=results, quantiles=quantiles, mann_whitney=mw, timeline=timeline, cuped=cuped,
+        bootstrap_p95=bootstrap,
+    )  # fmt: skip
 
 
 def cohort_timeline(
