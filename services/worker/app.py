@@ -14,6 +14,7 @@ from feedback.errors import KafkaUnavailableError
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
+from services.worker.reports import router as reports_router
 from services.worker.routes import router
 from services.worker.sink import Sink
 
@@ -61,4 +62,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="flywheel worker", lifespan=lifespan)
     app.include_router(router)
+    app.include_router(reports_router)
     return app
