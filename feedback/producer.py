@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from kafka import KafkaProducer
 
-from feedback.events import FeedbackEvent, InteractionEvent
+from feedback.events import AnyEvent
 from feedback.settings import KafkaSettings
 from feedback.wal import WalRecord, WriteAheadLog
 
@@ -96,9 +96,9 @@ class EventProducer:
             thread.start()
             self._threads.append(thread)
 
-    def publish(self, topic: str, event: InteractionEvent | FeedbackEvent) -> WalRecord:
-        """Log an event durably for ``topic``, keyed by its interaction id; never waits for Kafka."""
-        record = self._wal.append(topic, event.interaction_id.encode(), event.encode())
+    def publish(self, topic: str, event: AnyEvent) -> WalRecord:
+        """Log an event durably for ``topic``, keyed by ``event.kafka_key()``; never waits for Kafka."""
+        record = self._wal.append(topic, event.kafka_key(), event.encode())
         with self._wake:
             self._wake.notify()
         return record

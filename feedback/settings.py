@@ -113,6 +113,8 @@ class WorkerSettings(_Section):
     port: int = Field(8100, ge=1, le=65535)  # TCP port of the worker's HTTP API
     batch_max_events: int = Field(5000, ge=1)  # most events written in one DuckDB transaction
     poll_timeout_ms: int = Field(500, ge=1)  # longest wait for new events per poll, milliseconds
+    max_event_bytes: int = Field(1024 * 1024, ge=1024)  # larger events are dead-lettered unread, bytes
+    fetch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # most bytes the sink fetches per partition, bytes
 
 
 class SchedulerSettings(_Section):

@@ -52,6 +52,12 @@ class _Segment:
     size: int
 
 
+def disk_usage(directory: Path) -> tuple[int, int]:
+    """Bytes and segment files of a log directory, read without opening the log (its owner may run)."""
+    sizes = [path.stat().st_size for path in directory.glob("*.wal")] if directory.is_dir() else []
+    return sum(sizes), len(sizes)
+
+
 class WriteAheadLog:
     """Durable, bounded log of unacknowledged records; thread-safe."""
 

@@ -6,6 +6,7 @@ flywheel topics create
 flywheel model prepare
 flywheel gateway                 serve the OpenAI-compatible API
 flywheel worker                  run the DuckDB sink and the worker API
+flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
 flywheel config show
 """
 
@@ -21,6 +22,7 @@ import uvicorn
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
 from services.cli import broker
+from services.cli import sink as sink_cli
 from services.cli.ports import port_in_use
 
 app = typer.Typer(help="flywheel: a continuous-learning feedback service for LLMs.", no_args_is_help=True)
@@ -174,6 +176,8 @@ def config_show() -> None:
         data["security"][secret] = "***"
     typer.echo(json.dumps(data, indent=2))
 
+
+sink_cli.register(app, settings_or_exit, fail)
 
 if __name__ == "__main__":
     app()

@@ -45,7 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resolved.duckdb.path, memory_limit=resolved.duckdb.memory_limit, threads=resolved.duckdb.threads
         )
         worker = resolved.worker
-        sink = Sink(resolved.kafka, store, batch_max=worker.batch_max_events, poll_timeout_ms=worker.poll_timeout_ms)
+        sink = Sink(
+            resolved.kafka,
+            store,
+            batch_max=worker.batch_max_events,
+            poll_timeout_ms=worker.poll_timeout_ms,
+            max_event_bytes=worker.max_event_bytes,
+            fetch_max_bytes=worker.fetch_max_bytes,
+        )
         stop = threading.Event()
         thread = threading.Thread(target=run_sink_forever, args=(sink, resolved, stop), name="sink", daemon=True)
         app.state.settings, app.state.store, app.state.sink = resolved, store, sink

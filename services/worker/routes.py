@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from evaluation.summary import arm_summary
+from services.worker.protocol import SinkStatus
+from services.worker.status import sink_status
 
 router = APIRouter()
 
@@ -43,3 +45,10 @@ def recent_interactions(
     ids = interaction_id or []
     rows: list[dict[str, Any]] = request.app.state.store.query(RECENT_SQL, [ids, ids, limit])
     return rows
+
+
+@router.get("/v1/sink/status")
+def status(request: Request) -> SinkStatus:
+    """Consumer lag per partition, rows ingested, dead letters and the last commit."""
+    state = request.app.state
+    return sink_status(state.settings.kafka, state.sink.topics, state.store, state.sink.stats)
