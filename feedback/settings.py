@@ -63,6 +63,10 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(10_000, ge=100)  # one broker request, milliseconds
     bootstrap_timeout_ms: int = Field(5_000, ge=100)  # give up one connection attempt after this, ms
     consumer_group: str = "flywheel-sink"  # the sink's consumer group
+    # producer compression: lz4 is about 1.6x faster to produce than gzip at a similar ratio on JSON events
+    compression_type: Literal["lz4", "gzip", "snappy", "zstd"] | None = "lz4"
+    linger_ms: int = Field(5, ge=0, le=1000)  # producer: wait this long for a batch to fill, milliseconds
+    batch_bytes: int = Field(256 * 1024, ge=1024)  # producer: bytes per partition batch
     topics: TopicSettings = TopicSettings()
     local: LocalKafkaSettings = LocalKafkaSettings()
 
