@@ -93,7 +93,8 @@ class DuckDBStore:
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:
         """The next offset to read for every (topic, partition) the store has seen."""
-        rows = self._con.execute("SELECT topic, partition, next_offset FROM kafka_offsets").fetchall()
+        # own cursor: the worker's status route asks while the sink writes
+        rows = self._con.cursor().execute("SELECT topic, partition, next_offset FROM kafka_offsets").fetchall()
         return {(topic, partition): offset for topic, partition, offset in rows}
 
     def write_batch(
