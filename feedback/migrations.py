@@ -93,4 +93,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE kafka_offsets ADD COLUMN committed_at TIMESTAMPTZ;
         """,
     ),
+    (
+        3,
+        """
+        -- the lake export's high-water mark per table (rows with a later ingested_at are new)
+        CREATE TABLE lake_exports (
+            table_name        VARCHAR PRIMARY KEY,
+            exported_through  TIMESTAMPTZ NOT NULL,
+            exported_at       TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+        );
+        """,
+    ),
 )

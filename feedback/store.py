@@ -9,6 +9,8 @@ crash the sink resumes exactly after the last committed batch; rows are also ded
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +67,14 @@ class DuckDBStore:
     """Owns one DuckDB file: migrations, batched idempotent writes, offsets, queries."""
 
     def __init__(self, path: Path, *, memory_limit: str = "2GB", threads: int = 1) -> None:
+        self._config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": memory_limit,
+            "threads": threads,
+        }
+        self._lock = threading.RLock()  # held while writing or replacing the connection (compaction)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(path), config={"memory_limit": memory_limit, "threads": threads})
+            self._con = duckdb.connect(str(path), config=self._config)
         except (duckdb.Error, OSError) as exc:
             raise StoreError(f"DuckDB file {path} could not be opened: {exc}") from exc
         self.path = path
@@ -93,8 +100,8 @@ class DuckDBStore:
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:
         """The next offset to read for every (topic, partition) the store has seen."""
-        # own cursor: the worker's status route asks while the sink writes
-        rows = self._con.cursor().execute("SELECT topic, partition, next_offset FROM kafka_offsets").fetchall()
+        with self._lock:  # own cursor: the worker's status route asks while the sink writes
+            rows = self._con.cursor().execute("SELECT topic, partition, next_offset FROM kafka_offsets").fetchall()
         return {(topic, partition): offset for topic, partition, offset in rows}
 
     def write_batch(
@@ -116,7 +123,7 @@ class DuckDBStore:
             key = (letter.topic, letter.partition)
             result.offsets[key] = max(result.offsets.get(key, 0), letter.offset + 1)
         try:
-            with self._transaction():
+            with self._lock, self._transaction():
                 result.interactions_inserted = self._insert_interactions(located)
                 result.feedback_inserted = self._insert_feedback(located)
                 result.audit_inserted = self._insert_audit(located)
@@ -212,9 +219,42 @@ class DuckDBStore:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a trusted query on the live file; rows as dicts."""
-        cursor = self._con.cursor().execute(sql, list(params))  # own cursor: safe beside the sink
-        names = [d[0] for d in cursor.description or []]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        with self._lock:
+            cursor = self._con.cursor().execute(sql, list(params))  # own cursor: safe beside the sink
+            names = [d[0] for d in cursor.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run a trusted query on the live file; the result as an Arrow table."""
+        with self._lock:
+            return self._con.cursor().sql(sql, params=list(params)).to_arrow_table()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one trusted statement (a retention delete, a watermark update) under the write lock."""
+        with self._lock:
+            self._run(sql, params)
+
+    def compact(self) -> None:
+        """Rewrite the file without free blocks, so deleted rows' bytes do not linger on disk.
+
+        DuckDB reuses freed blocks but does not wipe them; copying the database into a new file
+        and swapping it in leaves nothing of the deleted rows behind.
+        """
+        with self._lock:
+            tmp = self.path.with_name(self.path.name + ".compact")
+            tmp.unlink(missing_ok=True)
+            try:
+                row = self._con.execute("SELECT current_database()").fetchone()
+                self._run(f"ATTACH '{tmp}' AS compacted")
+                self._run(f'COPY FROM DATABASE "{row[0] if row else ""}" TO compacted')
+                self._run("DETACH compacted")
+            except duckdb.Error as exc:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"compacting {self.path} failed: {exc}") from exc
+            self._con.close()
+            os.replace(tmp, self.path)  # atomic: a crash leaves the old file or the new, never half
+            Path(str(self.path) + ".wal").unlink(missing_ok=True)  # the old file's log, already checkpointed
+            self._con = duckdb.connect(str(self.path), config=self._config)
 
     def close(self) -> None:
         """Checkpoint and close the file."""
