@@ -7,6 +7,7 @@ flywheel model prepare
 flywheel gateway                 serve the OpenAI-compatible API
 flywheel worker                  run the DuckDB sink and the worker API
 flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
+flywheel query "SQL"             analyst SQL over the lake, sandboxed
 flywheel config show
 """
 
@@ -22,6 +23,7 @@ import uvicorn
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
 from services.cli import broker
+from services.cli import query as query_cli
 from services.cli import sink as sink_cli
 from services.cli.ports import port_in_use
 
@@ -178,6 +180,7 @@ def config_show() -> None:
 
 
 sink_cli.register(app, settings_or_exit, fail)
+query_cli.register(app, settings_or_exit, fail)
 
 if __name__ == "__main__":
     app()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 
 class PartitionLag(BaseModel):
@@ -25,3 +27,18 @@ class SinkStatus(BaseModel):
     dead_letter_reasons: dict[str, int]  # refused since start, by class (invalid, oversized, ...)
     last_commit: str | None  # ISO time of the latest committed batch
     kafka_error: str | None  # why end offsets are unknown, when they are
+
+
+class AnalyticsQuery(BaseModel):
+    """``POST /v1/analytics/query``: one SELECT over the lake's views."""
+
+    sql: str = Field(min_length=1, max_length=100_000)
+    max_rows: int | None = Field(default=None, ge=1, le=1_000_000)  # default: worker.query_max_rows
+
+
+class AnalyticsResult(BaseModel):
+    """The rows (as objects), their columns, and whether the row limit cut them."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    truncated: bool

@@ -75,3 +75,58 @@ def test_sink_status_says_when_the_worker_is_down() -> None:
     assert result.returncode == 3
     assert f"the worker at {url} did not answer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_analytics_query_over_the_exported_lake(
+    kafka_isolated: KafkaSettings, tmp_path: Path, serve_app: ServeApp
+) -> None:
+    settings = Settings.model_validate(
+        {
+            "kafka": kafka_isolated.model_dump(),
+            "duckdb": {"path": tmp_path / "w.duckdb"},
+            "worker": {"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake", "lake_export_interval_s": 0.2},
+            "security": {"admin_token": "root-token"},
+        }
+    )
+    producer = KafkaProducer(bootstrap_servers=kafka_isolated.bootstrap_servers, acks="all")
+    for n in range(6):
+        producer.send(kafka_isolated.topics.interactions, key=b"k", value=interaction(n).encode())
+    producer.send(kafka_isolated.topics.feedback, key=b"k", value=feedback(2).encode())
+    producer.flush(30)
+    producer.close()
+    query = {"sql": "SELECT count(*) AS n, max(seed) AS top FROM interactions"}
+    with serve_app(create_app(settings)) as url:
+
+        def exported() -> bool:
+            return httpx.post(f"{url}/v1/analytics/query", json=query, timeout=30).json()["rows"] == [
+                {"n": 6, "top": 5}
+            ]
+
+        wait_until(exported, what="the lake export")
+        joined = httpx.post(
+            f"{url}/v1/analytics/query",
+            json={"sql": "SELECT f.rating, i.seed FROM feedback f JOIN interactions i USING (interaction_id)"},
+            timeout=30,
+        )
+        refused = httpx.post(f"{url}/v1/analytics/query", json={"sql": "COPY interactions TO 'x.csv'"}, timeout=30)
+        raw_denied = httpx.post(f"{url}/v1/analytics/query", json={"sql": "FROM audit_raw"}, timeout=30)
+        wrong_token = httpx.post(
+            f"{url}/v1/analytics/query", json={"sql": "FROM audit_raw"}, headers={"X-Admin-Token": "guess"}, timeout=30
+        )
+        raw = httpx.post(
+            f"{url}/v1/analytics/query",
+            json={"sql": "SELECT count(*) AS n FROM interactions_raw", "max_rows": 1},
+            headers={"X-Admin-Token": "root-token"},
+            timeout=30,
+        )
+        empty_sql = httpx.post(f"{url}/v1/analytics/query", json={"sql": ""}, timeout=30)
+    assert joined.json() == {"columns": ["rating", "seed"], "rows": [{"rating": 3, "seed": 2}], "truncated": False}
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "detail": "query refused: only SELECT queries are allowed (WITH ... SELECT included); this is a COPY statement"
+    }
+    assert raw_denied.status_code == 403
+    assert "raw-text views (*_raw) need the admin token" in raw_denied.json()["detail"]
+    assert wrong_token.status_code == 401
+    assert raw.json() == {"columns": ["n"], "rows": [{"n": 6}], "truncated": False}
+    assert empty_sql.status_code == 422
