@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, TypeAdapter, ValidationError, model_validator
 
 from feedback.errors import InvalidEventError, UnknownSchemaError
 from feedback.ids import new_id
@@ -33,12 +33,16 @@ class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     event_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: StrictInt = SCHEMA_VERSION  # strict: "1" or 1.0 is an unknown version, not 1
     ts: datetime = Field(default_factory=utc_now)
 
     def encode(self) -> bytes:
         """The event as compact UTF-8 JSON, the bytes sent to Kafka."""
         return self.model_dump_json().encode()
+
+    def kafka_key(self) -> bytes:
+        """The Kafka record key: events of one interaction share it, so they stay in order."""
+        return self.event_id.encode()
 
 
 class ChatMessage(BaseModel):
@@ -76,6 +80,10 @@ class InteractionEvent(_Event):
     max_tokens: int | None = None
     seed: int | None = None
 
+    def kafka_key(self) -> bytes:
+        """Keyed by interaction id."""
+        return self.interaction_id.encode()
+
 
 class FeedbackEvent(_Event):
     """User feedback on an interaction: a thumb, a 1-5 rating, a comment and/or a corrected answer."""
@@ -95,13 +103,49 @@ class FeedbackEvent(_Event):
             raise ValueError("feedback needs a thumb, a rating, a comment or a correction")
         return self
 
+    def kafka_key(self) -> bytes:
+        """Keyed by interaction id, like the interaction it rates."""
+        return self.interaction_id.encode()
 
-Event = Annotated[InteractionEvent | FeedbackEvent, Field(discriminator="type")]
-_EVENT_ADAPTER: TypeAdapter[InteractionEvent | FeedbackEvent] = TypeAdapter(Event)
+
+class AuditEvent(_Event):
+    """Who did what to which resource, and whether it was allowed; kept in DuckDB for good."""
+
+    type: Literal["audit"] = "audit"
+    actor: str = Field(min_length=1, max_length=256)  # the principal: a user, a token name, "decision-engine"
+    action: str = Field(min_length=1, max_length=128)  # e.g. "deployment.promote", "analytics.query"
+    resource: str | None = Field(default=None, max_length=1024)  # what the action was on
+    outcome: Literal["allowed", "denied", "error"] = "allowed"
+    reason: str | None = Field(default=None, max_length=10_000)  # why (a decision's reasons, a refusal)
+    details: dict[str, JsonValue] = Field(default_factory=dict)  # action-specific facts
 
 
-def decode_event(raw: bytes) -> InteractionEvent | FeedbackEvent:
-    """Parse and validate one event, or raise InvalidEventError / UnknownSchemaError."""
+AnyEvent = InteractionEvent | FeedbackEvent | AuditEvent
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+_EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+def decode_event(raw: bytes) -> AnyEvent:
+    """Parse and validate one event, or raise InvalidEventError / UnknownSchemaError.
+
+    The fast path validates the bytes directly (pydantic-core's JSON parser, no ``dict`` in
+    between); only a refused event is parsed again to say precisely why.
+    """
+    try:
+        event = _EVENT_ADAPTER.validate_json(raw)
+    except ValidationError:
+        return _diagnose(raw)
+    if not _known_version(event.schema_version):
+        raise UnknownSchemaError(f"unknown schema_version {event.schema_version!r}")
+    return event
+
+
+def _known_version(version: object) -> bool:
+    # type() and not isinstance: True and 1.0 compare equal to 1 but are not version 1
+    return type(version) is int and version in KNOWN_SCHEMA_VERSIONS
+
+
+def _diagnose(raw: bytes) -> AnyEvent:
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -109,7 +153,7 @@ def decode_event(raw: bytes) -> InteractionEvent | FeedbackEvent:
     if not isinstance(obj, dict):
         raise InvalidEventError("an event must be a JSON object")
     version = obj.get("schema_version")
-    if version not in KNOWN_SCHEMA_VERSIONS:
+    if not _known_version(version):
         raise UnknownSchemaError(f"unknown schema_version {version!r}")
     try:
         return _EVENT_ADAPTER.validate_python(obj)

@@ -62,4 +62,46 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE audit (
+            event_id          VARCHAR PRIMARY KEY,
+            schema_version    INTEGER NOT NULL,
+            ts                TIMESTAMPTZ NOT NULL,
+            actor             VARCHAR NOT NULL,
+            action            VARCHAR NOT NULL,
+            resource          VARCHAR,
+            outcome           VARCHAR NOT NULL,
+            reason            VARCHAR,
+            details           JSON NOT NULL,
+            kafka_partition   INTEGER NOT NULL,
+            kafka_offset      BIGINT NOT NULL,
+            ingested_at       TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+        );
+        -- what the sink refused, written in the same transaction as the batch's offsets, so the
+        -- count survives restarts and is exact (the event itself went to the dead-letter topic)
+        CREATE TABLE dead_letters (
+            topic             VARCHAR NOT NULL,
+            partition         INTEGER NOT NULL,
+            kafka_offset      BIGINT NOT NULL,
+            reason            VARCHAR NOT NULL,
+            size_bytes        INTEGER NOT NULL,
+            dead_lettered_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (topic, partition, kafka_offset)
+        );
+        ALTER TABLE kafka_offsets ADD COLUMN committed_at TIMESTAMPTZ;
+        """,
+    ),
+    (
+        3,
+        """
+        -- the lake export's high-water mark per table (rows with a later ingested_at are new)
+        CREATE TABLE lake_exports (
+            table_name        VARCHAR PRIMARY KEY,
+            exported_through  TIMESTAMPTZ NOT NULL,
+            exported_at       TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+        );
+        """,
+    ),
 )

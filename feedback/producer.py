@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kafka import KafkaProducer
+from prometheus_client import Counter, Gauge
 
-from feedback.events import FeedbackEvent, InteractionEvent
+from feedback.events import AnyEvent
 from feedback.settings import KafkaSettings
 from feedback.wal import WalRecord, WriteAheadLog
 
@@ -28,7 +29,14 @@ log = logging.getLogger(__name__)
 
 _SEND_CHUNK = 1000  # records handed to the Kafka client per pass
 _RETRY_SECONDS = 2.0  # wait between reconnection attempts
-_WARN_EVERY_SECONDS = 30.0  # how often an outage is logged again
+_WARN_EVERY_SECONDS = 30.0  # how often an outage (or a nearly full log) is logged again
+
+WAL_BYTES = Gauge("flywheel_wal_bytes", "Bytes the write-ahead log takes on disk")
+WAL_FILL = Gauge("flywheel_wal_fill_ratio", "Write-ahead log size as a fraction of its bound (1 = full)")
+WAL_PENDING = Gauge("flywheel_wal_pending_events", "Events in the write-ahead log not yet acknowledged by Kafka")
+WAL_NEAR_FULL = Counter(
+    "flywheel_wal_near_full_warnings_total", "Times the write-ahead log was found above its warning fraction"
+)
 
 
 class KafkaSender(Protocol):
@@ -50,6 +58,7 @@ class ProducerHealth:
     wal_bytes: int
     wal_max_bytes: int
     last_error: str | None
+    wal_near_full: bool = False  # above gateway.wal.warn_fraction of its bound
 
 
 def kafka_sender_factory(kafka: KafkaSettings) -> Callable[[], KafkaSender]:
@@ -61,9 +70,9 @@ def kafka_sender_factory(kafka: KafkaSettings) -> Callable[[], KafkaSender]:
             client_id=f"{kafka.client_id}-producer",
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,  # let a few events share a request
-            batch_size=256 * 1024,  # bytes per partition batch
-            compression_type="gzip",
+            linger_ms=kafka.linger_ms,  # let a few events share a request
+            batch_size=kafka.batch_bytes,
+            compression_type=kafka.compression_type,
             max_block_ms=5_000,  # only the sender thread blocks; requests never do
             request_timeout_ms=kafka.request_timeout_ms,
             bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,
@@ -77,9 +86,17 @@ class EventProducer:
     """Publishes events durably: write-ahead log now, Kafka as soon as it is reachable."""
 
     def __init__(
-        self, wal: WriteAheadLog, sender_factory: Callable[[], KafkaSender], *, fsync_interval_s: float
+        self,
+        wal: WriteAheadLog,
+        sender_factory: Callable[[], KafkaSender],
+        *,
+        fsync_interval_s: float,
+        warn_fraction: float = 0.8,
     ) -> None:
         self._wal = wal
+        self._warn_bytes = int(wal.max_bytes * warn_fraction)
+        self._near_full = False
+        self._last_full_warning = float("-inf")
         self._factory = sender_factory
         self._fsync_interval_s = fsync_interval_s
         self._wake = threading.Condition()
@@ -96,12 +113,32 @@ class EventProducer:
             thread.start()
             self._threads.append(thread)
 
-    def publish(self, topic: str, event: InteractionEvent | FeedbackEvent) -> WalRecord:
-        """Log an event durably for ``topic``, keyed by its interaction id; never waits for Kafka."""
-        record = self._wal.append(topic, event.interaction_id.encode(), event.encode())
+    def publish(self, topic: str, event: AnyEvent) -> WalRecord:
+        """Log an event durably for ``topic``, keyed by ``event.kafka_key()``; never waits for Kafka."""
+        record = self._wal.append(topic, event.kafka_key(), event.encode())
         with self._wake:
             self._wake.notify()
         return record
+
+    def _watch_size(self) -> None:
+        """Update the metrics; log loudly (every 30 s at most) while the log is nearly full."""
+        size, bound = self._wal.size_bytes, self._wal.max_bytes
+        WAL_BYTES.set(size)
+        WAL_FILL.set(size / bound)
+        WAL_PENDING.set(self._wal.pending_count)
+        self._near_full = size >= self._warn_bytes
+        if self._near_full and time.monotonic() - self._last_full_warning > _WARN_EVERY_SECONDS:
+            self._last_full_warning = time.monotonic()
+            WAL_NEAR_FULL.inc()
+            log.error(
+                "WRITE-AHEAD LOG NEARLY FULL: %d of %d bytes (%.0f%%), %d events wait for Kafka (%s); "
+                "requests will be refused with 503 when it is full",
+                size,
+                bound,
+                100 * size / bound,
+                self._wal.pending_count,
+                self._last_error or "Kafka is slow to acknowledge",
+            )
 
     def health(self) -> ProducerHealth:
         """Connection state and backlog."""
@@ -111,6 +148,7 @@ class EventProducer:
             wal_bytes=self._wal.size_bytes,
             wal_max_bytes=self._wal.max_bytes,
             last_error=self._last_error,
+            wal_near_full=self._near_full,
         )
 
     def backlog(self, limit: int = 100) -> list[WalRecord]:
@@ -196,5 +234,7 @@ class EventProducer:
         self._rewind.set()
 
     def _sync_loop(self) -> None:
+        # the size check runs here, off the request path, at the fsync cadence
         while not self._stop.wait(self._fsync_interval_s or 0.05):
             self._wal.sync()
+            self._watch_size()

@@ -9,7 +9,9 @@ crash the sink resumes exactly after the last committed batch; rows are also ded
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from feedback.errors import StoreError
-from feedback.events import FeedbackEvent, InteractionEvent
+from feedback.events import AnyEvent, AuditEvent, FeedbackEvent, InteractionEvent
 from feedback.migrations import MIGRATIONS
 
 
@@ -26,10 +28,21 @@ from feedback.migrations import MIGRATIONS
 class Located:
     """An event with the Kafka position it was read from."""
 
-    event: InteractionEvent | FeedbackEvent
+    event: AnyEvent
     topic: str
     partition: int
     offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the sink refused, and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    size_bytes: int
 
 
 @dataclass
@@ -38,17 +51,30 @@ class BatchResult:
 
     interactions_inserted: int = 0
     feedback_inserted: int = 0
+    audit_inserted: int = 0
+    dead_lettered: int = 0
     duplicates: int = 0
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+# Columns taken from each event as they are; the rest are computed (JSON text, Kafka position).
+_INTERACTION_FIELDS = tuple(f for f in InteractionEvent.model_fields if f not in ("type", "messages"))
+_FEEDBACK_FIELDS = tuple(f for f in FeedbackEvent.model_fields if f != "type")
+_AUDIT_FIELDS = tuple(f for f in AuditEvent.model_fields if f not in ("type", "details"))
 
 
 class DuckDBStore:
     """Owns one DuckDB file: migrations, batched idempotent writes, offsets, queries."""
 
     def __init__(self, path: Path, *, memory_limit: str = "2GB", threads: int = 1) -> None:
+        self._config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": memory_limit,
+            "threads": threads,
+        }
+        self._lock = threading.RLock()  # held while writing or replacing the connection (compaction)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(path), config={"memory_limit": memory_limit, "threads": threads})
+            self._con = duckdb.connect(str(path), config=self._config)
         except (duckdb.Error, OSError) as exc:
             raise StoreError(f"DuckDB file {path} could not be opened: {exc}") from exc
         self.path = path
@@ -74,66 +100,113 @@ class DuckDBStore:
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:
         """The next offset to read for every (topic, partition) the store has seen."""
-        rows = self._con.execute("SELECT topic, partition, next_offset FROM kafka_offsets").fetchall()
+        with self._lock:  # own cursor: the worker's status route asks while the sink writes
+            rows = self._con.cursor().execute("SELECT topic, partition, next_offset FROM kafka_offsets").fetchall()
         return {(topic, partition): offset for topic, partition, offset in rows}
 
     def write_batch(
-        self, located: Sequence[Located], offsets: Mapping[tuple[str, int], int] | None = None
+        self,
+        located: Sequence[Located],
+        offsets: Mapping[tuple[str, int], int] | None = None,
+        dead: Sequence[DeadLetter] = (),
     ) -> BatchResult:
-        """Insert a batch of events and advance offsets, all in one transaction.
+        """Insert a batch of events, record refused ones and advance offsets, all in one transaction.
 
-        ``offsets`` adds next offsets for records that produced no row (dead-lettered ones).
+        ``offsets`` adds next offsets for records that produced no row; ``dead`` are the records
+        refused (already on the dead-letter topic), recorded once per Kafka position.
         """
         result = BatchResult(offsets=dict(offsets or {}))
-        interactions = [loc for loc in located if isinstance(loc.event, InteractionEvent)]
-        feedback = [loc for loc in located if isinstance(loc.event, FeedbackEvent)]
         for loc in located:
             key = (loc.topic, loc.partition)
             result.offsets[key] = max(result.offsets.get(key, 0), loc.offset + 1)
+        for letter in dead:
+            key = (letter.topic, letter.partition)
+            result.offsets[key] = max(result.offsets.get(key, 0), letter.offset + 1)
         try:
-            with self._transaction():
-                result.interactions_inserted = self._insert_interactions(interactions)
-                result.feedback_inserted = self._insert_feedback(feedback)
+            with self._lock, self._transaction():
+                result.interactions_inserted = self._insert_interactions(located)
+                result.feedback_inserted = self._insert_feedback(located)
+                result.audit_inserted = self._insert_audit(located)
+                result.dead_lettered = self._insert_dead_letters(dead)
                 self._store_offsets(result.offsets)
         except duckdb.Error as exc:
             raise StoreError(f"writing a batch of {len(located)} events failed: {exc}") from exc
-        result.duplicates = len(located) - result.interactions_inserted - result.feedback_inserted
+        inserted = result.interactions_inserted + result.feedback_inserted + result.audit_inserted
+        result.duplicates = len(located) - inserted
         return result
 
     def _insert_interactions(self, located: Sequence[Located]) -> int:
-        if not located:
-            return 0
-        rows = [_interaction_row(loc) for loc in located]
-        self._con.register("batch_interactions", pa.Table.from_pylist(rows))
-        try:
-            return self._inserted(
-                "INSERT INTO interactions BY NAME "
-                "SELECT * EXCLUDE (messages), messages::JSON AS messages FROM batch_interactions b "
-                "WHERE NOT EXISTS (SELECT 1 FROM interactions i WHERE i.event_id = b.event_id) "
-                "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_offset) = 1"
-            )
-        finally:
-            self._con.unregister("batch_interactions")
+        chosen = [loc for loc in located if isinstance(loc.event, InteractionEvent)]
+        return self._insert_unique_events("interactions", chosen, _INTERACTION_FIELDS, "messages", _messages)
+
+    def _insert_audit(self, located: Sequence[Located]) -> int:
+        chosen = [loc for loc in located if isinstance(loc.event, AuditEvent)]
+        return self._insert_unique_events("audit", chosen, _AUDIT_FIELDS, "details", _details)
+
+    def _insert_unique_events(
+        self,
+        target: str,
+        chosen: Sequence[Located],
+        fields: Sequence[str],
+        json_column: str,
+        json_value: Callable[[AnyEvent], object],
+    ) -> int:
+        """Insert events new by ``event_id`` (the first of equal ones in the batch), one JSON column."""
+        table = _columns(chosen, fields, **{json_column: lambda e: json.dumps(json_value(e))})
+        return self._insert_arrow(
+            f"batch_{target}",
+            table,
+            f"INSERT INTO {target} BY NAME "  # noqa: S608 - table and column names are this module's constants
+            f"SELECT * EXCLUDE ({json_column}), {json_column}::JSON AS {json_column} FROM batch_{target} b "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.event_id = b.event_id) "
+            "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_offset) = 1",
+        )
 
     def _insert_feedback(self, located: Sequence[Located]) -> int:
-        if not located:
+        chosen = [loc for loc in located if isinstance(loc.event, FeedbackEvent)]
+        return self._insert_arrow(
+            "batch_feedback",
+            _columns(chosen, _FEEDBACK_FIELDS),
+            "INSERT INTO feedback BY NAME SELECT * FROM batch_feedback b "
+            "WHERE NOT EXISTS (SELECT 1 FROM feedback f "
+            "                  WHERE f.feedback_id = b.feedback_id OR f.event_id = b.event_id) "
+            "QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY kafka_offset) = 1",
+        )
+
+    def _insert_dead_letters(self, dead: Sequence[DeadLetter]) -> int:
+        if not dead:
             return 0
-        rows = [_feedback_row(loc) for loc in located]
-        self._con.register("batch_feedback", pa.Table.from_pylist(rows))
+        table = pa.table(
+            {
+                "topic": [d.topic for d in dead],
+                "partition": [d.partition for d in dead],
+                "kafka_offset": [d.offset for d in dead],
+                "reason": [d.reason for d in dead],
+                "size_bytes": [d.size_bytes for d in dead],
+            }
+        )
+        return self._insert_arrow(
+            "batch_dead",
+            table,
+            "INSERT INTO dead_letters BY NAME SELECT * FROM batch_dead b WHERE NOT EXISTS "
+            "(SELECT 1 FROM dead_letters d WHERE d.topic = b.topic AND d.partition = b.partition "
+            " AND d.kafka_offset = b.kafka_offset)",
+        )
+
+    def _insert_arrow(self, name: str, table: pa.Table | None, sql: str) -> int:
+        if table is None:
+            return 0
+        self._con.register(name, table)
         try:
-            return self._inserted(
-                "INSERT INTO feedback BY NAME SELECT * FROM batch_feedback b "
-                "WHERE NOT EXISTS (SELECT 1 FROM feedback f "
-                "                  WHERE f.feedback_id = b.feedback_id OR f.event_id = b.event_id) "
-                "QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY kafka_offset) = 1"
-            )
+            return self._inserted(sql)
         finally:
-            self._con.unregister("batch_feedback")
+            self._con.unregister(name)
 
     def _store_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
-        if offsets:
+        if offsets:  # one row per partition, a handful per batch
             self._con.executemany(
-                "INSERT OR REPLACE INTO kafka_offsets VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO kafka_offsets (topic, partition, next_offset, committed_at) "
+                "VALUES (?, ?, ?, current_timestamp)",
                 [[topic, partition, offset] for (topic, partition), offset in offsets.items()],
             )
 
@@ -146,9 +219,42 @@ class DuckDBStore:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a trusted query on the live file; rows as dicts."""
-        cursor = self._con.cursor().execute(sql, list(params))  # own cursor: safe beside the sink
-        names = [d[0] for d in cursor.description or []]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        with self._lock:
+            cursor = self._con.cursor().execute(sql, list(params))  # own cursor: safe beside the sink
+            names = [d[0] for d in cursor.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run a trusted query on the live file; the result as an Arrow table."""
+        with self._lock:
+            return self._con.cursor().sql(sql, params=list(params)).to_arrow_table()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one trusted statement (a retention delete, a watermark update) under the write lock."""
+        with self._lock:
+            self._run(sql, params)
+
+    def compact(self) -> None:
+        """Rewrite the file without free blocks, so deleted rows' bytes do not linger on disk.
+
+        DuckDB reuses freed blocks but does not wipe them; copying the database into a new file
+        and swapping it in leaves nothing of the deleted rows behind.
+        """
+        with self._lock:
+            tmp = self.path.with_name(self.path.name + ".compact")
+            tmp.unlink(missing_ok=True)
+            try:
+                row = self._con.execute("SELECT current_database()").fetchone()
+                self._run(f"ATTACH '{tmp}' AS compacted")
+                self._run(f'COPY FROM DATABASE "{row[0] if row else ""}" TO compacted')
+                self._run("DETACH compacted")
+            except duckdb.Error as exc:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"compacting {self.path} failed: {exc}") from exc
+            self._con.close()
+            os.replace(tmp, self.path)  # atomic: a crash leaves the old file or the new, never half
+            Path(str(self.path) + ".wal").unlink(missing_ok=True)  # the old file's log, already checkpointed
+            self._con = duckdb.connect(str(self.path), config=self._config)
 
     def close(self) -> None:
         """Checkpoint and close the file."""
@@ -169,16 +275,26 @@ class _Transaction:
         self._con.execute("COMMIT" if exc_type is None else "ROLLBACK").fetchall()
 
 
-def _interaction_row(loc: Located) -> dict[str, Any]:
-    event = loc.event
+def _columns(
+    located: Sequence[Located], fields: Sequence[str], **computed: Callable[[AnyEvent], Any]
+) -> pa.Table | None:
+    """The events as an Arrow table, built column by column (much faster than a dict per row)."""
+    if not located:
+        return None
+    events = [loc.event for loc in located]
+    columns: dict[str, list[Any]] = {name: [getattr(e, name) for e in events] for name in fields}
+    for name, fn in computed.items():
+        columns[name] = [fn(e) for e in events]
+    columns["kafka_partition"] = [loc.partition for loc in located]
+    columns["kafka_offset"] = [loc.offset for loc in located]
+    return pa.table(columns)
+
+
+def _messages(event: AnyEvent) -> list[dict[str, str]]:
     assert isinstance(event, InteractionEvent)
-    row = event.model_dump(exclude={"type", "messages"})
-    row["messages"] = json.dumps([m.model_dump() for m in event.messages])
-    row["kafka_partition"], row["kafka_offset"] = loc.partition, loc.offset
-    return row
+    return [{"role": m.role, "content": m.content} for m in event.messages]
 
 
-def _feedback_row(loc: Located) -> dict[str, Any]:
-    row = loc.event.model_dump(exclude={"type"})
-    row["kafka_partition"], row["kafka_offset"] = loc.partition, loc.offset
-    return row
+def _details(event: AnyEvent) -> object:
+    assert isinstance(event, AuditEvent)
+    return event.details

@@ -6,7 +6,11 @@ may arrive out of order (several partitions), so the log tracks the *low waterma
 sequence number not yet acknowledged, and persists it in a checkpoint file. At start the log reads
 every segment and keeps the records at or above the watermark: those are replayed, in order.
 A record acknowledged just before a crash may be replayed once more; the sink deduplicates on
-``event_id``, so that is harmless.
+``event_id``, so that is harmless. For the same reason the checkpoint is written lazily, with the
+batched fsync: a stale watermark only means a few more harmless replays.
+
+Nothing slow happens under the lock that ``append`` takes: the fsync runs on a duplicate of the
+file descriptor outside it, so a request never waits for the disk.
 
 Segment files are named by their first sequence number; a segment is deleted once every record in
 it is below the watermark. Frame: ``>IIHH`` (payload length, CRC32 of the payload, topic length,
@@ -21,6 +25,7 @@ import os
 import struct
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +57,12 @@ class _Segment:
     size: int
 
 
+def disk_usage(directory: Path) -> tuple[int, int]:
+    """Bytes and segment files of a log directory, read without opening the log (its owner may run)."""
+    sizes = [path.stat().st_size for path in directory.glob("*.wal")] if directory.is_dir() else []
+    return sum(sizes), len(sizes)
+
+
 class WriteAheadLog:
     """Durable, bounded log of unacknowledged records; thread-safe."""
 
@@ -61,7 +72,10 @@ class WriteAheadLog:
         self._segment_bytes = segment_bytes
         self._fsync_each = fsync_each
         self._lock = threading.Lock()
-        self._pending: dict[int, WalRecord] = {}
+        self._checkpoint_lock = threading.Lock()  # one checkpoint writer at a time, outside _lock
+        # ordered by seq (appends are in order), so the oldest unacknowledged record is the first key
+        self._pending: OrderedDict[int, WalRecord] = OrderedDict()
+        self._checkpoint_dirty = False
         self._segments: list[_Segment] = []
         self._next_seq = 0
         self._watermark = 0
@@ -155,27 +169,37 @@ class WriteAheadLog:
             self._file = None
 
     def sync(self) -> None:
-        """fsync the current segment if anything was written since the last sync."""
+        """fsync what was written since the last sync, and persist the watermark if it moved."""
+        fd: int | None = None
         with self._lock:
             if self._dirty and self._file is not None:
-                os.fsync(self._file.fileno())
+                fd = os.dup(self._file.fileno())  # fsync outside the lock: appends go on meanwhile
                 self._dirty = False
+            checkpoint_due, self._checkpoint_dirty = self._checkpoint_dirty, False
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if checkpoint_due:
+            self._write_checkpoint()
 
     # -- acknowledgement --------------------------------------------------------------------
     def ack(self, seq: int) -> None:
         """Forget one record: Kafka has it."""
         with self._lock:
             self._pending.pop(seq, None)
-            watermark = min(self._pending, default=self._next_seq)
+            watermark = next(iter(self._pending), self._next_seq)
             if watermark != self._watermark:
                 self._watermark = watermark
-                self._write_checkpoint()
+                self._checkpoint_dirty = True
                 self._drop_acked_segments()
 
     def _write_checkpoint(self) -> None:
-        tmp = self._dir / (_CHECKPOINT + ".tmp")
-        tmp.write_text(str(self._watermark))
-        tmp.replace(self._dir / _CHECKPOINT)
+        with self._checkpoint_lock:
+            tmp = self._dir / (_CHECKPOINT + ".tmp")
+            tmp.write_text(str(self._watermark))
+            tmp.replace(self._dir / _CHECKPOINT)
 
     def _drop_acked_segments(self) -> None:
         while len(self._segments) > 1 and self._segments[0].last_seq < self._watermark:

@@ -6,6 +6,8 @@ flywheel topics create
 flywheel model prepare
 flywheel gateway                 serve the OpenAI-compatible API
 flywheel worker                  run the DuckDB sink and the worker API
+flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
+flywheel query "SQL"             analyst SQL over the lake, sandboxed
 flywheel config show
 """
 
@@ -21,6 +23,8 @@ import uvicorn
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
 from services.cli import broker
+from services.cli import query as query_cli
+from services.cli import sink as sink_cli
 from services.cli.ports import port_in_use
 from services.cli.report import report
 
@@ -176,6 +180,9 @@ def config_show() -> None:
         data["security"][secret] = "***"
     typer.echo(json.dumps(data, indent=2))
 
+
+sink_cli.register(app, settings_or_exit, fail)
+query_cli.register(app, settings_or_exit, fail)
 
 if __name__ == "__main__":
     app()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
 
 from evaluation.summary import arm_summary
+from feedback.sandbox import QueryFailed, QueryLimits, QueryRefused, QueryTimeout, run_query
+from services.worker.protocol import AnalyticsQuery, AnalyticsResult, SinkStatus
+from services.worker.status import sink_status
 
 router = APIRouter()
 
@@ -43,3 +48,35 @@ def recent_interactions(
     ids = interaction_id or []
     rows: list[dict[str, Any]] = request.app.state.store.query(RECENT_SQL, [ids, ids, limit])
     return rows
+
+
+@router.get("/v1/sink/status")
+def status(request: Request) -> SinkStatus:
+    """Consumer lag per partition, rows ingested, dead letters and the last commit."""
+    state = request.app.state
+    return sink_status(state.settings.kafka, state.sink.topics, state.store, state.sink.stats)
+
+
+@router.post("/v1/analytics/query")
+def analytics_query(
+    request: Request, body: AnalyticsQuery, x_admin_token: Annotated[str | None, Header()] = None
+) -> AnalyticsResult:
+    """Analyst SQL over the lake, in the sandbox; raw-text views need the ``X-Admin-Token`` header."""
+    settings = request.app.state.settings
+    admin = x_admin_token is not None
+    if x_admin_token is not None and not hmac.compare_digest(
+        x_admin_token.encode(), settings.security.admin_token.encode()
+    ):
+        raise HTTPException(401, "the admin token is not valid")
+    worker = settings.worker
+    limits = QueryLimits(worker.query_timeout_s, worker.query_memory_limit, body.max_rows or worker.query_max_rows)
+    try:
+        result = run_query(body.sql, worker.lake_dir, admin=admin, limits=limits)
+    except QueryRefused as exc:
+        raise HTTPException(403, f"query refused: {exc}") from exc
+    except QueryTimeout as exc:
+        raise HTTPException(408, f"query timed out: {exc}") from exc
+    except QueryFailed as exc:
+        raise HTTPException(400, f"query failed: {exc}") from exc
+    rows = jsonable_encoder(result.table.to_pylist())
+    return AnalyticsResult(columns=result.table.column_names, rows=rows, truncated=result.truncated)

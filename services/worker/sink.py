@@ -1,10 +1,12 @@
-"""The sink: Kafka's interactions and feedback topics into the worker's DuckDB file.
+"""The sink: Kafka's interactions, feedback and audit topics into the worker's DuckDB file.
 
 One consumer in the sink's group. On every partition assignment it seeks to the next offset that
 DuckDB holds for that partition (offsets are stored in the same transaction as the rows), so a
-crash between writing and any Kafka-side commit can neither lose nor double rows. Events that
-fail validation go to the dead-letter topic with the reason (acknowledged by Kafka before the
-batch commits), and are counted.
+crash between writing and any Kafka-side commit can neither lose nor double rows. A record that
+is too large, is not JSON, fails its schema or carries an unknown schema version goes to the
+dead-letter topic with the reason (acknowledged by Kafka before the batch commits), is recorded
+in DuckDB's ``dead_letters`` table in the batch's transaction, and is counted; the good records
+around it keep flowing.
 """
 
 from __future__ import annotations
@@ -12,18 +14,24 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from feedback.errors import EventError
+from feedback.errors import EventError, UnknownSchemaError
 from feedback.events import decode_event
 from feedback.settings import KafkaSettings
-from feedback.store import DuckDBStore, Located
+from feedback.store import DeadLetter, DuckDBStore, Located
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+DEFAULT_FETCH_MAX_BYTES = 16 * 1024 * 1024
+_DEAD_LETTER_VALUE_BYTES = 512 * 1024  # a refused value is kept up to this size, so its envelope fits the topic
 
 
 @dataclass
@@ -33,8 +41,11 @@ class SinkStats:
     batches: int = 0
     interactions: int = 0
     feedback: int = 0
+    audit: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # by class: invalid, oversized...
+    last_commit: str | None = None  # ISO time of the last committed batch
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -51,15 +62,33 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 class Sink:
     """Consumes events into DuckDB until stopped."""
 
-    def __init__(self, kafka: KafkaSettings, store: DuckDBStore, *, batch_max: int, poll_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        store: DuckDBStore,
+        *,
+        batch_max: int,
+        poll_timeout_ms: int,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+    ) -> None:
         self._kafka = kafka
         self._store = store
         self._batch_max = batch_max
         self._poll_timeout_ms = poll_timeout_ms
+        self._max_event_bytes = max_event_bytes
+        self._fetch_max_bytes = fetch_max_bytes
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._dead_letter: KafkaProducer | None = None
+        self._reasons: Counter[str] = Counter()
         self.stats = SinkStats()
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics the sink consumes."""
+        topics = self._kafka.topics
+        return [topics.interactions, topics.feedback, topics.audit]
 
     def _connect(self) -> KafkaConsumer:
         consumer = KafkaConsumer(
@@ -69,11 +98,14 @@ class Sink:
             enable_auto_commit=False,  # offsets live in DuckDB, committed with the rows
             auto_offset_reset="earliest",
             max_poll_records=self._batch_max,
+            # large fetches: fewer round trips, and an oversized record is still fetched so it
+            # can be dead-lettered instead of stalling its partition
+            max_partition_fetch_bytes=max(self._fetch_max_bytes, self._max_event_bytes * 2),
+            fetch_max_bytes=max(self._fetch_max_bytes * 4, self._max_event_bytes * 2),
             request_timeout_ms=max(self._kafka.request_timeout_ms, 30_000),
             bootstrap_timeout_ms=self._kafka.bootstrap_timeout_ms,
         )
-        topics = self._kafka.topics
-        consumer.subscribe([topics.interactions, topics.feedback], listener=_SeekToStoredOffsets(self))
+        consumer.subscribe(self.topics, listener=_SeekToStoredOffsets(self))
         return consumer
 
     def seek_to_stored(self, partitions: Iterable[TopicPartition]) -> None:
@@ -102,24 +134,43 @@ class Sink:
         """Decode one poll's records and commit them, with their offsets, in one transaction."""
         located: list[Located] = []
         dead: list[tuple[ConsumerRecord, str]] = []
-        offsets: dict[tuple[str, int], int] = {}
         for tp, records in polled.items():
             for record in records:
-                offsets[(tp.topic, tp.partition)] = record.offset + 1
-                try:
-                    event = decode_event(record.value)
-                except EventError as exc:
-                    dead.append((record, str(exc)))
-                    continue
-                located.append(Located(event, tp.topic, tp.partition, record.offset))
+                reason = self._refusal(record)
+                if reason is None:
+                    try:
+                        located.append(Located(decode_event(record.value), tp.topic, tp.partition, record.offset))
+                        continue
+                    except UnknownSchemaError as exc:
+                        reason = f"unknown-schema: {exc}"
+                    except EventError as exc:
+                        reason = f"invalid: {exc}"
+                dead.append((record, reason))
         if dead:
             self._send_dead_letters(dead)
-        result = self._store.write_batch(located, offsets)
+        letters = [DeadLetter(r.topic, r.partition, r.offset, reason, len(r.value or b"")) for r, reason in dead]
+        result = self._store.write_batch(located, dead=letters)
+        self._count(result.interactions_inserted, result.feedback_inserted, result.audit_inserted, result.duplicates)
+        self.stats.dead_lettered += result.dead_lettered
+        for _record, reason in dead:
+            self._reasons[reason.split(":", 1)[0]] += 1
+        self.stats.dead_letter_reasons = dict(self._reasons)
+
+    def _refusal(self, record: ConsumerRecord) -> str | None:
+        if record.value is None:
+            return "invalid: empty record (no value)"
+        size = len(record.value)
+        if size > self._max_event_bytes:
+            return f"oversized: {size} bytes, more than the limit of {self._max_event_bytes}"
+        return None
+
+    def _count(self, interactions: int, feedback: int, audit: int, duplicates: int) -> None:
         self.stats.batches += 1
-        self.stats.interactions += result.interactions_inserted
-        self.stats.feedback += result.feedback_inserted
-        self.stats.duplicates += result.duplicates
-        self.stats.dead_lettered += len(dead)
+        self.stats.interactions += interactions
+        self.stats.feedback += feedback
+        self.stats.audit += audit
+        self.stats.duplicates += duplicates
+        self.stats.last_commit = datetime.now(UTC).isoformat()
 
     def _send_dead_letters(self, dead: list[tuple[ConsumerRecord, str]]) -> None:
         if self._dead_letter is None:
@@ -131,17 +182,8 @@ class Sink:
         futures = []
         for record, reason in dead:
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-            envelope = {
-                "reason": reason,
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "value": record.value.decode("utf-8", errors="replace"),
-            }
             futures.append(
-                self._dead_letter.send(
-                    self._kafka.topics.dead_letter, key=record.key, value=json.dumps(envelope).encode()
-                )
+                self._dead_letter.send(self._kafka.topics.dead_letter, key=record.key, value=_envelope(record, reason))
             )
         for future in futures:
             future.get(timeout=30)  # the batch commits only once Kafka holds every dead letter
@@ -149,3 +191,18 @@ class Sink:
     def stop(self) -> None:
         """Ask ``run`` to return after the current batch."""
         self._stop.set()
+
+
+def _envelope(record: ConsumerRecord, reason: str) -> bytes:
+    """The dead letter: where the record was, why it was refused, and (up to a bound) its bytes."""
+    value = record.value or b""
+    envelope = {
+        "reason": reason,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "size_bytes": len(value),
+        "value": value[:_DEAD_LETTER_VALUE_BYTES].decode("utf-8", errors="replace"),
+        "truncated": len(value) > _DEAD_LETTER_VALUE_BYTES,
+    }
+    return json.dumps(envelope).encode()

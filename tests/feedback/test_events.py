@@ -3,7 +3,7 @@ import json
 import pytest
 
 from feedback.errors import InvalidEventError, UnknownSchemaError
-from feedback.events import ChatMessage, FeedbackEvent, InteractionEvent, decode_event
+from feedback.events import AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, decode_event
 
 
 def interaction(**overrides: object) -> InteractionEvent:
@@ -69,6 +69,21 @@ def test_rating_out_of_range_is_invalid() -> None:
 
 @pytest.mark.parametrize("version", [2, 0, None, "1"])
 def test_unknown_schema_versions_are_flagged(version: object) -> None:
+    data = json.loads(interaction().encode())
+    data["schema_version"] = version
+    with pytest.raises(UnknownSchemaError, match="unknown schema_version"):
+        decode_event(json.dumps(data).encode())
+
+
+def test_audit_round_trips_and_is_keyed_by_event_id() -> None:
+    event = AuditEvent(actor="admin", action="deployment.promote", resource="adapter-1", details={"percent": 25})
+    assert decode_event(event.encode()) == event
+    assert event.kafka_key() == event.event_id.encode()
+    assert interaction().kafka_key() == b"a" * 32
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_versions_equal_to_one_but_not_int_are_unknown(version: object) -> None:
     data = json.loads(interaction().encode())
     data["schema_version"] = version
     with pytest.raises(UnknownSchemaError, match="unknown schema_version"):

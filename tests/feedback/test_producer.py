@@ -5,11 +5,15 @@ The real client is exercised against the real broker in tests/integration.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
 
 from feedback.events import FeedbackEvent
 from feedback.producer import EventProducer, KafkaSender
@@ -151,3 +155,25 @@ def test_a_restarted_producer_replays_what_the_log_holds(tmp_path: Path) -> None
     assert second.flush(10)
     second.close()
     assert [FeedbackEvent.model_validate_json(v).feedback_id for v in _values(kafka)] == ["f0", "f1", "f2"]
+
+
+def test_a_nearly_full_log_is_loud_and_measured(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kafka = FakeKafka()
+    kafka.reachable = False
+    wal = WriteAheadLog(tmp_path, max_bytes=4_000, segment_bytes=100_000, fsync_each=False)
+    producer = EventProducer(wal, kafka.factory, fsync_interval_s=0.01, warn_fraction=0.5)
+    warnings_before = REGISTRY.get_sample_value("flywheel_wal_near_full_warnings_total") or 0.0
+    producer.start()
+    for n in range(7):  # 254-byte frames: 1778 bytes, below half of 4000
+        producer.publish("feedback", event(n))
+    assert wait_for(lambda: REGISTRY.get_sample_value("flywheel_wal_pending_events") == 7)
+    assert producer.health().wal_near_full is False
+    for n in range(7, 15):  # 3810 bytes: above half, still below the bound
+        producer.publish("feedback", event(n))
+    assert wait_for(lambda: producer.health().wal_near_full)
+    producer.close(timeout_s=0.1)
+    assert REGISTRY.get_sample_value("flywheel_wal_near_full_warnings_total") == warnings_before + 1
+    assert REGISTRY.get_sample_value("flywheel_wal_bytes") == wal.size_bytes
+    loud = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(loud) == 1
+    assert loud[0].getMessage().startswith(f"WRITE-AHEAD LOG NEARLY FULL: {wal.size_bytes} of 4000 bytes")

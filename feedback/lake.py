@@ -1,0 +1,146 @@
+"""The lake: DuckDB's rows exported to Parquet for analysts, and retention that really deletes.
+
+Layout, Hive-partitioned by the UTC day of each event's ``ts``::
+
+    <lake>/raw/<table>/day=2026-11-29/part-<since>-0.parquet        the text as stored (admins only)
+    <lake>/redacted/<table>/day=2026-11-29/part-<since>-0.parquet   the same rows, PII redacted
+
+An export takes the rows whose ``ingested_at`` is later than the table's high-water mark
+(``lake_exports``), writes them, then moves the mark. Files are named by the mark they start
+from, so an export interrupted before the mark moved is redone over the same file names: the lake
+never holds a row twice. Redaction (``feedback.pii``) runs here, in batches, never on ingest.
+
+Retention removes whole days: their directories in both trees, their rows in DuckDB, and then
+compacts the DuckDB file so the deleted text does not linger in free blocks. The durable record is
+DuckDB and this lake; Kafka keeps events only for ``kafka.topics.retention_hours``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from feedback.pii import redact, redact_batch
+from feedback.store import DuckDBStore
+
+RAW, REDACTED = "raw", "redacted"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Free-text columns redacted per table; ``messages`` is JSON whose contents are redacted.
+TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "interactions": ("unit_id", "messages", "completion", "error"),
+    "feedback": ("user_id", "comment", "correction"),
+    "audit": ("resource", "reason", "details"),
+}
+
+_DAY = "strftime(timezone('UTC', ts), '%Y-%m-%d')"
+# JSON columns leave as text: Parquet readers then need no JSON extension
+_SELECT = {
+    "interactions": "SELECT * REPLACE (messages::VARCHAR AS messages), "
+    "strftime(timezone('UTC', ts), '%Y-%m-%d') AS day FROM interactions",
+    "feedback": "SELECT *, strftime(timezone('UTC', ts), '%Y-%m-%d') AS day FROM feedback",
+    "audit": "SELECT * REPLACE (details::VARCHAR AS details), "
+    "strftime(timezone('UTC', ts), '%Y-%m-%d') AS day FROM audit",
+}
+
+
+@dataclass
+class ExportResult:
+    """Rows written to the lake per table by one export."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PurgeResult:
+    """What retention removed."""
+
+    days: list[str] = field(default_factory=list)  # the day partitions removed from the lake
+    rows: dict[str, int] = field(default_factory=dict)  # rows deleted from DuckDB per table
+
+
+def redact_messages(messages_json: str | None) -> str | None:
+    """A ``messages`` JSON array with each message's content redacted (the JSON stays valid)."""
+    if messages_json is None:
+        return None
+    messages = json.loads(messages_json)
+    for message in messages:
+        message["content"] = redact(message.get("content") or "")
+    return json.dumps(messages)
+
+
+def redact_table(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """``table`` with the given text columns PII-redacted."""
+    for name in columns:
+        values = table.column(name).to_pylist()
+        cleaned = [redact_messages(v) for v in values] if name == "messages" else redact_batch(values)
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(cleaned, pa.string()))
+    return table
+
+
+class Lake:
+    """Exports a store's rows to the lake directory and applies retention to both."""
+
+    def __init__(self, store: DuckDBStore, root: Path) -> None:
+        self._store = store
+        self.root = root
+
+    def export(self) -> ExportResult:
+        """Write every row ingested since the last export, raw and redacted; move the marks."""
+        result = ExportResult()
+        marks = {r["table_name"]: r["exported_through"] for r in self._store.query("SELECT * FROM lake_exports")}
+        for table, columns in TEXT_COLUMNS.items():
+            since = marks.get(table, EPOCH)
+            data = self._store.arrow(_SELECT[table] + " WHERE ingested_at > ? ORDER BY ingested_at", [since])
+            if data.num_rows == 0:
+                continue
+            through = data.column("ingested_at")[-1].as_py()
+            name = f"part-{int(since.timestamp() * 1_000_000)}-{{i}}.parquet"
+            self._write(data, self.root / RAW / table, name)
+            self._write(redact_table(data, columns), self.root / REDACTED / table, name)
+            self._store.execute(
+                "INSERT OR REPLACE INTO lake_exports (table_name, exported_through, exported_at) "
+                "VALUES (?, ?, current_timestamp)",
+                [table, through],
+            )
+            result.rows[table] = data.num_rows
+        return result
+
+    @staticmethod
+    def _write(data: pa.Table, directory: Path, basename: str) -> None:
+        ds.write_dataset(
+            data,
+            directory,
+            format="parquet",
+            partitioning=["day"],
+            partitioning_flavor="hive",
+            basename_template=basename,
+            existing_data_behavior="overwrite_or_ignore",  # a redone export rewrites its own files
+        )
+
+    def purge(self, keep_days: int, today: date | None = None) -> PurgeResult:
+        """Remove every whole day older than ``keep_days`` from the lake and DuckDB, then compact."""
+        today = today or datetime.now(UTC).date()
+        cutoff = date.fromordinal(today.toordinal() - keep_days).isoformat()
+        result = PurgeResult()
+        for day_dir in sorted(self.root.glob("*/*/day=*")):
+            day = day_dir.name.removeprefix("day=")
+            if day < cutoff:
+                shutil.rmtree(day_dir)
+                if day not in result.days:
+                    result.days.append(day)
+        for table in TEXT_COLUMNS:
+            where = f"{_DAY} < '{cutoff}'"
+            count = self._store.query(f"SELECT count(*) AS n FROM {table} WHERE {where}")[0]["n"]  # noqa: S608
+            if count:
+                self._store.execute(f"DELETE FROM {table} WHERE {where}")  # noqa: S608
+            result.rows[table] = int(count)
+        if any(result.rows.values()):
+            self._store.compact()
+        return result

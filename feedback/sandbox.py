@@ -1,0 +1,171 @@
+"""The analyst sandbox: untrusted SQL over the lake, in a separate process with its own DuckDB.
+
+Layers, each of which alone would refuse the usual attacks:
+
+1. The SQL must be exactly one SELECT statement (``WITH ... SELECT``, ``FROM t`` included):
+   INSERT, CREATE, COPY, ATTACH, INSTALL, LOAD, SET, PRAGMA, EXPORT... are refused before running.
+2. It runs in a fresh child process on an in-memory DuckDB instance that knows only views over the
+   lake's Parquet files: ``interactions``, ``feedback``, ``audit`` (PII-redacted), and for admins
+   also ``interactions_raw``, ``feedback_raw``, ``audit_raw``. File access is limited to the
+   redacted tree (the whole lake for admins) by ``allowed_directories`` with external access
+   disabled, so ``read_csv('/etc/passwd')``, ``read_parquet('http://...')`` or the raw tree are
+   permission errors; extensions cannot be installed or loaded; the configuration is locked.
+3. The process has a memory limit (DuckDB's ``memory_limit``, no spilling to disk), returns at
+   most ``max_rows`` rows, and is killed at the timeout.
+
+Views deduplicate on ``event_id`` (``feedback_id`` for feedback), as views spanning several sink
+shards must.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from feedback.errors import FlywheelError
+
+TABLES = {"interactions": "event_id", "feedback": "feedback_id", "audit": "event_id"}
+
+
+class QueryError(FlywheelError):
+    """An analyst query was refused, failed, or ran out of time or memory."""
+
+
+class QueryRefused(QueryError):
+    """The query is not allowed (not a single SELECT, or it reaches outside the lake or its role)."""
+
+
+class QueryFailed(QueryError):
+    """The query is allowed but DuckDB could not run it (a syntax or name error, out of memory)."""
+
+
+class QueryTimeout(QueryError):
+    """The query ran longer than the limit and its process was killed."""
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """Resource bounds of one analyst query."""
+
+    timeout_s: float = 10.0
+    memory_limit: str = "512MB"
+    max_rows: int = 10_000
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The rows of an analyst query, as an Arrow table, and whether the row limit cut them."""
+
+    table: pa.Table
+    truncated: bool
+
+
+def check_statement(sql: str) -> None:
+    """Refuse anything but exactly one SELECT statement, naming what was found."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryFailed(f"SQL syntax error: {exc}") from exc
+    if len(statements) != 1:
+        raise QueryRefused(f"exactly one statement is allowed, got {len(statements)}")
+    kind = str(statements[0].type).rsplit(".", 1)[-1]
+    if kind != "SELECT":
+        raise QueryRefused(f"only SELECT queries are allowed (WITH ... SELECT included); this is a {kind} statement")
+
+
+def run_query(sql: str, lake: Path, *, admin: bool = False, limits: QueryLimits | None = None) -> QueryResult:
+    """Run analyst SQL in a sandboxed child process; raise a QueryError subclass with the reason."""
+    limits = limits or QueryLimits()
+    check_statement(sql)
+    context = multiprocessing.get_context("spawn")  # a clean interpreter: nothing inherited but the request
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(child, sql, str(lake.resolve()), admin, limits), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(limits.timeout_s):
+            raise QueryTimeout(f"the query ran longer than {limits.timeout_s:g} s and was stopped")
+        outcome: tuple[str, Any] = parent.recv()
+    except EOFError as exc:
+        raise QueryFailed("the query process died (out of memory?)") from exc
+    finally:
+        parent.close()
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=10)
+    kind, value = outcome
+    if kind == "refused":
+        raise QueryRefused(value)
+    if kind == "failed":
+        raise QueryFailed(value)
+    table, truncated = value
+    return QueryResult(table, truncated)
+
+
+def _child(conn: Connection, sql: str, lake: str, admin: bool, limits: QueryLimits) -> None:
+    try:
+        conn.send(("ok", _execute(sql, Path(lake), admin, limits)))
+    except duckdb.PermissionException as exc:
+        conn.send(("refused", f"access outside the lake is not allowed: {exc}"))
+    except duckdb.CatalogException as exc:
+        conn.send(("refused" if "_raw" in str(exc) and not admin else "failed", _catalog_message(exc, admin)))
+    except duckdb.Error as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _catalog_message(exc: duckdb.Error, admin: bool) -> str:
+    if "_raw" in str(exc) and not admin:
+        return "raw-text views (*_raw) need the admin token; analysts see the redacted views"
+    return f"{exc} (views: {', '.join(TABLES)}{', and *_raw for admins' if admin else ''})"
+
+
+def _execute(sql: str, lake: Path, admin: bool, limits: QueryLimits) -> tuple[pa.Table, bool]:
+    con = sandbox_connection(lake, admin, limits.memory_limit)
+    reader = con.execute(sql).to_arrow_reader(batch_size=min(limits.max_rows + 1, 10_000))
+    if reader is None:  # a SELECT always has a result; this only satisfies the type
+        raise duckdb.InvalidInputException("the statement returned no result")
+    batches, rows = [], 0
+    for batch in reader:
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows > limits.max_rows:
+            break
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    return table.slice(0, limits.max_rows), rows > limits.max_rows
+
+
+def sandbox_connection(lake: Path, admin: bool, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake's views, file access limited, configuration locked."""
+    con = duckdb.connect(
+        ":memory:",
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "memory_limit": memory_limit,
+            "threads": 1,
+            "temp_directory": "",  # no spilling to disk: the memory limit is a limit
+        },
+    )
+    visible = {"": lake / "redacted"} | ({"_raw": lake / "raw"} if admin else {})
+    con.execute("SET allowed_directories = ?", [[f"{root}/" for root in visible.values()]])
+    con.execute("SET enable_external_access = false")
+    for suffix, root in visible.items():
+        for table, key in TABLES.items():
+            if any((root / table).glob("day=*/*.parquet")):
+                files = f"{root / table}/day=*/*.parquet"
+                con.execute(  # names are this module's constants and the lake's own path
+                    f"CREATE VIEW {table}{suffix} AS SELECT * FROM read_parquet('{files}', hive_partitioning = true, "  # noqa: S608
+                    f"union_by_name = true) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+                )
+            else:  # no rows exported yet: an empty view, so queries still name real views
+                con.execute(f"CREATE VIEW {table}{suffix} AS SELECT NULL AS {key} WHERE false")
+    con.execute("SET lock_configuration = true")
+    return con

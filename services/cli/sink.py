@@ -1,0 +1,81 @@
+"""``flywheel sink status``: the sink's lag, rows and dead letters, and the local write-ahead log.
+
+The worker owns its DuckDB file, and no other process may open it while the worker runs, so the
+status is read through the worker's HTTP API (``GET /v1/sink/status``). The write-ahead log size
+is read from a local gateway's log directory without opening the log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from feedback.settings import Settings
+from feedback.wal import disk_usage
+
+app = typer.Typer(help="The sink (Kafka to DuckDB).", no_args_is_help=True)
+
+WORKER_UNREACHABLE = 3  # exit code when the worker does not answer
+
+
+def fetch_status(worker_url: str) -> dict[str, Any]:
+    """The worker's sink status; raises httpx.HTTPError when it does not answer."""
+    response = httpx.get(f"{worker_url.rstrip('/')}/v1/sink/status", timeout=30)
+    response.raise_for_status()
+    status: dict[str, Any] = response.json()
+    return status
+
+
+def render(status: dict[str, Any], wal_dir: Path, wal_max_bytes: int) -> str:
+    """The status as a short human-readable report."""
+    lines = [f"{'topic':<32} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8}"]
+    for p in status["partitions"]:
+        cells = [str(p[k]) if p[k] is not None else "-" for k in ("committed", "end", "lag")]
+        lines.append(f"{p['topic']:<32} {p['partition']:>9} {cells[0]:>10} {cells[1]:>10} {cells[2]:>8}")
+    lag = status["total_lag"]
+    lines.append(f"total lag: {lag if lag is not None else 'unknown (' + str(status['kafka_error']) + ')'}")
+    lines.append("rows: " + ", ".join(f"{name} {count}" for name, count in status["rows"].items()))
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(status["dead_letter_reasons"].items())) or "none"
+    lines.append(f"dead-lettered: {status['dead_lettered']} (since the worker started: {reasons})")
+    lines.append(f"last commit: {status['last_commit'] or 'never'}")
+    size, segments = disk_usage(wal_dir)
+    lines.append(f"write-ahead log {wal_dir}: {size} bytes in {segments} segments ({size / wal_max_bytes:.1%} of max)")
+    return "\n".join(lines)
+
+
+def register(main: typer.Typer, settings_or_exit: Any, fail: Any) -> None:
+    """Add the ``sink`` commands to the main CLI (it passes its settings loader and error helper)."""
+
+    @app.command("status")
+    def status(
+        worker_url: Annotated[
+            str | None, typer.Option("--worker", help="The worker's URL (default: worker.host and worker.port).")
+        ] = None,
+        wal_dir: Annotated[
+            Path | None, typer.Option(help="A local gateway's log dir (default: gateway.wal.dir).")
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    ) -> None:
+        """Consumer lag per partition, rows ingested, dead letters, last commit, write-ahead log size."""
+        settings: Settings = settings_or_exit()
+        url = worker_url or f"http://{settings.worker.host}:{settings.worker.port}"
+        directory = wal_dir or settings.gateway.wal.dir
+        try:
+            data = fetch_status(url)
+        except httpx.HTTPError as exc:
+            raise fail(
+                f"the worker at {url} did not answer ({exc}); is `flywheel worker` running?", WORKER_UNREACHABLE
+            ) from exc
+        if as_json:
+            size, segments = disk_usage(directory)
+            typer.echo(
+                json.dumps(data | {"wal": {"dir": str(directory), "bytes": size, "segments": segments}}, indent=2)
+            )
+        else:
+            typer.echo(render(data, directory, settings.gateway.wal.max_bytes))
+
+    main.add_typer(app, name="sink")

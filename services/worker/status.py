@@ -1,0 +1,68 @@
+"""The sink's status: lag per partition (Kafka end offsets vs offsets stored in DuckDB), rows, dead letters.
+
+The committed side is read from the worker's own DuckDB connection (a cursor beside the sink),
+the end side from Kafka with a short-lived consumer outside the sink's group, so asking for the
+status never disturbs the group or opens the DuckDB file a second time.
+"""
+
+from __future__ import annotations
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from feedback.settings import KafkaSettings
+from feedback.store import DuckDBStore
+from services.worker.protocol import PartitionLag, SinkStatus
+from services.worker.sink import SinkStats
+
+_COUNTS_SQL = """
+SELECT (SELECT count(*) FROM interactions) AS interactions,
+       (SELECT count(*) FROM feedback) AS feedback,
+       (SELECT count(*) FROM audit) AS audit,
+       (SELECT count(*) FROM dead_letters) AS dead_letters,
+       (SELECT strftime(max(committed_at), '%Y-%m-%dT%H:%M:%S.%f%z') FROM kafka_offsets) AS last_commit
+"""
+
+
+def end_offsets(kafka: KafkaSettings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """Kafka's end offset of every partition of ``topics``; raises KafkaError when unreachable."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-status",
+        group_id=None,  # outside the sink's group: no rebalance
+        request_timeout_ms=kafka.request_timeout_ms,
+        bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,
+    )
+    try:
+        partitions = [
+            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        ends = consumer.end_offsets(partitions)
+        return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+    finally:
+        consumer.close()
+
+
+def sink_status(kafka: KafkaSettings, topics: list[str], store: DuckDBStore, stats: SinkStats) -> SinkStatus:
+    """Lag per partition, rows per table, dead letters and the last commit."""
+    committed = {key: offset for key, offset in store.committed_offsets().items() if key[0] in topics}
+    error: str | None = None
+    try:
+        ends = end_offsets(kafka, topics)
+    except KafkaError as exc:
+        ends, error = {}, f"{type(exc).__name__}: {exc}"
+    partitions = []
+    for topic, partition in sorted(set(ends) | set(committed)):
+        end, done = ends.get((topic, partition)), committed.get((topic, partition))
+        lag = None if end is None else end - (done or 0)
+        partitions.append(PartitionLag(topic=topic, partition=partition, committed=done, end=end, lag=lag))
+    counts = store.query(_COUNTS_SQL)[0]
+    return SinkStatus(
+        partitions=partitions,
+        total_lag=None if error else sum(p.lag or 0 for p in partitions),
+        rows={name: int(counts[name]) for name in ("interactions", "feedback", "audit")},
+        dead_lettered=int(counts["dead_letters"]),
+        dead_letter_reasons=dict(stats.dead_letter_reasons),
+        last_commit=counts["last_commit"],
+        kafka_error=error,
+    )

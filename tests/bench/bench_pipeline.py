@@ -1,0 +1,283 @@
+"""The event pipeline's speed, on a real local broker started for the run.
+
+1. Sink throughput: events/s from Kafka into DuckDB (decode, validate, Arrow batch, dedup, offsets
+   in the transaction) against a bare kafka-python consumer reading the same topic without
+   decoding or writing, same consumer settings. Targets: >= 0.8 of the bare consumer and
+   >= 30,000 events/s.
+2. Freshness: a synthetic producer publishes at 200 events/s through the write-ahead log and
+   Kafka while the sink runs; the time from ``publish`` to the row being visible in DuckDB
+   (polled every 10 ms on another cursor). Target: p99 <= 2 s.
+3. Producer cost on the request path: ``EventProducer.publish`` (write-ahead log included)
+   against kafka-python's bare ``send``. Target: p99 <= 1 ms.
+
+Events are realistic (about 1.5 KB, every field set; tests/pipeline_events.py). Each measurement
+warms up once and is repeated 3 times; medians are printed, with the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared event factory
+
+from pipeline_events import interaction
+
+from feedback.producer import EventProducer, kafka_sender_factory
+from feedback.settings import KafkaSettings, LocalKafkaSettings, TopicSettings
+from feedback.store import DuckDBStore
+from feedback.topics import ensure_topics
+from feedback.wal import WriteAheadLog
+from services.cli import broker
+from services.cli.ports import free_port
+from services.worker.sink import Sink
+
+THROUGHPUT_EVENTS = 60_000
+REPEATS = 3
+FRESHNESS_RATE = 200  # events/s
+FRESHNESS_SECONDS = 10
+PUBLISH_EVENTS = 5_000
+
+
+@contextmanager
+def local_broker() -> Iterator[KafkaSettings]:
+    """A broker on free ports in a temporary directory, stopped at the end."""
+    with tempfile.TemporaryDirectory() as data:
+        local = LocalKafkaSettings(port=free_port(), controller_port=free_port(), data_dir=Path(data), heap="1g")
+        started = broker.run_script("start", local, capture=True)
+        try:
+            if started.returncode != 0:
+                raise RuntimeError(started.stdout + started.stderr)
+            yield KafkaSettings(bootstrap_servers=f"127.0.0.1:{local.port}", local=local)
+        finally:
+            broker.run_script("stop", local, capture=True)
+
+
+def fresh_topics(kafka: KafkaSettings) -> KafkaSettings:
+    """Topics and a consumer group of their own (3 partitions, as in production defaults)."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {f: f"{d}-{suffix}" for f, d in TopicSettings().model_dump().items() if isinstance(d, str)}
+    isolated = kafka.model_copy(update={"topics": TopicSettings(**names), "consumer_group": f"sink-{suffix}"})
+    ensure_topics(isolated)
+    return isolated
+
+
+def fill(kafka: KafkaSettings, count: int) -> None:
+    """``count`` realistic interactions on the interactions topic, lz4-compressed as the gateway sends them."""
+    producer = KafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        compression_type="lz4",
+    )
+    for n in range(count):
+        event = interaction(n)
+        producer.send(kafka.topics.interactions, key=event.kafka_key(), value=event.encode())
+    producer.flush(120)
+    producer.close()
+
+
+def bare_consumer_rate(kafka: KafkaSettings, count: int) -> float:
+    """Events/s of a plain kafka-python consumer reading ``count`` records, nothing else."""
+    consumer = KafkaConsumer(
+        kafka.topics.interactions,
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=f"bare-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    seen, start = 0, 0.0
+    while seen < count:
+        polled = consumer.poll(timeout_ms=500, max_records=5000)
+        if polled and not start:
+            start = time.perf_counter()  # from the first records: group join is not reading
+        seen += sum(len(records) for records in polled.values())
+    rate = seen / (time.perf_counter() - start)
+    consumer.close()
+    return rate
+
+
+def sink_rate(kafka: KafkaSettings, count: int, directory: Path) -> float:
+    """Events/s of the sink reading ``count`` records into a fresh DuckDB file."""
+    store = DuckDBStore(directory / f"{uuid.uuid4().hex}.duckdb")
+    group = kafka.model_copy(update={"consumer_group": f"sink-{uuid.uuid4().hex[:8]}"})
+    sink = Sink(group, store, batch_max=5000, poll_timeout_ms=500)
+    thread = threading.Thread(target=sink.run, daemon=True)
+    thread.start()
+    while sink.stats.batches == 0:
+        time.sleep(0.001)
+    start = time.perf_counter()  # from the first batch, as for the bare consumer
+    first = sink.stats.interactions
+    while sink.stats.interactions < count:
+        time.sleep(0.005)
+    rate = (sink.stats.interactions - first) / (time.perf_counter() - start)
+    sink.stop()
+    thread.join(timeout=60)
+    store.close()
+    return rate
+
+
+def throughput(kafka: KafkaSettings, directory: Path) -> None:
+    """Sink vs bare consumer on the same topic, alternating, after one warm-up each."""
+    topic = fresh_topics(kafka)
+    fill(topic, THROUGHPUT_EVENTS)
+    bare_consumer_rate(topic, THROUGHPUT_EVENTS)
+    sink_rate(topic, THROUGHPUT_EVENTS, directory)
+    bare, ours = [], []
+    for _ in range(REPEATS):
+        bare.append(bare_consumer_rate(topic, THROUGHPUT_EVENTS))
+        ours.append(sink_rate(topic, THROUGHPUT_EVENTS, directory))
+    b, s = statistics.median(bare), statistics.median(ours)
+    print(f"sink throughput, {THROUGHPUT_EVENTS} events of {len(interaction(0).encode())} bytes, median of {REPEATS}:")
+    print(f"  bare kafka-python consumer {b:>9,.0f} events/s   runs {[round(r) for r in bare]}")
+    print(f"  sink into DuckDB           {s:>9,.0f} events/s   runs {[round(r) for r in ours]}")
+    print(f"  sink / bare = {s / b:.2f} (target >= 0.80); sink {s:,.0f} events/s (target >= 30,000)")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def freshness_run(kafka: KafkaSettings, directory: Path) -> list[float]:
+    """Seconds from publish to visibility in DuckDB, for every event of one paced run."""
+    topic = fresh_topics(kafka)
+    store = DuckDBStore(directory / f"{uuid.uuid4().hex}.duckdb")
+    sink = Sink(topic, store, batch_max=5000, poll_timeout_ms=100)
+    sink_thread = threading.Thread(target=sink.run, daemon=True)
+    sink_thread.start()
+    producer = new_producer(topic, directory)
+    producer.start()
+    published: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    done = threading.Event()
+    watcher = threading.Thread(target=watch_rows, args=(store, seen, done), daemon=True)
+    watcher.start()
+    total = FRESHNESS_RATE * FRESHNESS_SECONDS
+    start = time.perf_counter()
+    for n in range(total):
+        time.sleep(max(0.0, start + n / FRESHNESS_RATE - time.perf_counter()))
+        event = interaction(n)
+        published[event.event_id] = time.perf_counter()
+        producer.publish(topic.topics.interactions, event)
+    deadline = time.monotonic() + 30
+    while len(seen) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    watcher.join()
+    producer.close(1)
+    sink.stop()
+    sink_thread.join(timeout=60)
+    store.close()
+    return [seen[k] - published[k] for k in published if k in seen] + [float("inf")] * (total - len(seen))
+
+
+def watch_rows(store: DuckDBStore, seen: dict[str, float], done: threading.Event) -> None:
+    """Record when each event_id first becomes visible, polling every 10 ms."""
+    last = -1
+    while not done.is_set():
+        rows = store.query("SELECT event_id, rowid FROM interactions WHERE rowid > ?", [last])
+        now = time.perf_counter()
+        for row in rows:
+            seen.setdefault(row["event_id"], now)
+            last = max(last, row["rowid"])
+        time.sleep(0.01)
+
+
+def new_producer(kafka: KafkaSettings, directory: Path) -> EventProducer:
+    """The gateway's producer: write-ahead log with 50 ms batched fsync, then Kafka."""
+    wal = WriteAheadLog(
+        directory / f"wal-{uuid.uuid4().hex[:8]}", max_bytes=1 << 30, segment_bytes=8 << 20, fsync_each=False
+    )
+    return EventProducer(wal, kafka_sender_factory(kafka), fsync_interval_s=0.05)
+
+
+def freshness(kafka: KafkaSettings, directory: Path) -> None:
+    """p50/p99 freshness at 200 events/s over 3 runs (after a short warm-up run)."""
+    global FRESHNESS_SECONDS
+    seconds, FRESHNESS_SECONDS = FRESHNESS_SECONDS, 2
+    freshness_run(kafka, directory)
+    FRESHNESS_SECONDS = seconds
+    runs = [freshness_run(kafka, directory) for _ in range(REPEATS)]
+    print(f"freshness at {FRESHNESS_RATE} events/s, {FRESHNESS_SECONDS} s per run, publish -> row visible in DuckDB:")
+    for i, run in enumerate(runs):
+        print(f"  run {i + 1}: p50 {percentile(run, 0.5) * 1000:7.1f} ms   p99 {percentile(run, 0.99) * 1000:7.1f} ms")
+    p99 = statistics.median(percentile(run, 0.99) for run in runs)
+    print(f"  median p99 {p99 * 1000:.1f} ms (target <= 2000 ms): {p99 / 2:.3f} of the budget")
+
+
+def publish_latencies(publish: Callable[[int], None], count: int) -> list[float]:
+    """Seconds each call took, paced at 2,000 calls/s (a busy gateway, not a flood)."""
+    out = []
+    start = time.perf_counter()
+    for n in range(count):
+        time.sleep(max(0.0, start + n / 2000 - time.perf_counter()))
+        t = time.perf_counter()
+        publish(n)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def producer_cost(kafka: KafkaSettings, directory: Path) -> None:
+    """p50/p99 of EventProducer.publish (log included) vs kafka-python's bare send."""
+    topic = fresh_topics(kafka)
+    events = [interaction(n) for n in range(PUBLISH_EVENTS)]
+    ours = new_producer(topic, directory)
+    ours.start()
+    bare = KafkaProducer(bootstrap_servers=topic.bootstrap_servers, acks="all", linger_ms=5, compression_type="lz4")
+    name = topic.topics.interactions
+    runs: dict[str, list[float]] = {"EventProducer.publish (WAL + Kafka)": [], "kafka-python send (no WAL)": []}
+    calls: dict[str, Callable[[int], None]] = {
+        "EventProducer.publish (WAL + Kafka)": lambda n: ours.publish(name, events[n]) and None,
+        "kafka-python send (no WAL)": lambda n: (
+            bare.send(name, key=events[n].kafka_key(), value=events[n].encode()) and None
+        ),
+    }
+    for call in calls.values():
+        publish_latencies(call, 500)  # warm-up
+    for _ in range(REPEATS):
+        for label, call in calls.items():
+            runs[label].append(percentile(publish_latencies(call, PUBLISH_EVENTS), 0.99))
+    ours.close(5)
+    bare.close()
+    print(f"producer cost on the request path, {PUBLISH_EVENTS} publishes at 2,000/s, p99 per run:")
+    for label, p99s in runs.items():
+        print(
+            f"  {label:<38} median p99 {statistics.median(p99s) * 1e6:8.1f} us   runs {[round(p * 1e6) for p in p99s]}"
+        )
+    ratio = statistics.median(runs["EventProducer.publish (WAL + Kafka)"]) / statistics.median(
+        runs["kafka-python send (no WAL)"]
+    )
+    print(f"  publish / bare send p99 = {ratio:.2f}; target p99 <= 1000 us")
+
+
+def main() -> None:
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} cpus, Python {platform.python_version()}")
+    only = set(sys.argv[1:])
+    with local_broker() as kafka, tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        for name, bench in (("throughput", throughput), ("freshness", freshness), ("producer", producer_cost)):
+            if not only or name in only:
+                bench(kafka, directory)
+                print()
+
+
+if __name__ == "__main__":
+    main()

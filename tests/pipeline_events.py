@@ -1,0 +1,81 @@
+"""Realistic events for the pipeline's tests and benchmarks (about 1.5 KB each, every field set).
+
+Importable from any test module: pytest puts this folder on ``sys.path`` (the root conftest.py
+lives here); benchmarks add it themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from feedback.events import AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent
+
+PROMPT = (
+    "I am planning a three-day trip to Lisbon in late October with my partner. We like walking, "
+    "small museums, and seafood, but we want to avoid the most crowded tourist traps. Could you "
+    "suggest a day-by-day plan with neighbourhoods, a couple of restaurants, and how to get around?"
+)
+ANSWER = (
+    "Day 1: start in Alfama early, before the crowds, and walk up to the Miradouro de Santa Luzia. "
+    "Visit the small Museu do Fado, then have grilled sardines at a family tasca near the cathedral. "
+    "Day 2: take tram 15 to Belem, see the monastery cloister and the MAAT, and eat at a seafood "
+    "place in nearby Pedroucos. Day 3: explore Principe Real and its garden, the Gulbenkian museum, "
+    "and end with dinner in Campo de Ourique. Use the Viva Viagem card for trams and the metro."
+)
+
+
+def interaction(n: int, *, interaction_id: str | None = None) -> InteractionEvent:
+    """A served champion answer with every field set; ``n`` makes its ids unique."""
+    return InteractionEvent(
+        interaction_id=interaction_id or f"{n:032x}",
+        request_id=f"req-{n:012d}",
+        unit_id=f"user-{n % 997}",
+        arm="champion",
+        role="served",
+        model_version="smollm2-135m-instruct@base",
+        deployment_id="deployment-0001",
+        phase="champion-only",
+        messages=(
+            ChatMessage(role="system", content="You are a concise, friendly travel assistant."),
+            ChatMessage(role="user", content=PROMPT),
+        ),
+        completion=ANSWER,
+        prompt_tokens=96,
+        completion_tokens=118,
+        latency_ms=812.5 + n % 100,
+        ttft_ms=41.25,
+        finish_reason="stop",
+        confidence=0.71,
+        temperature=0.7,
+        top_p=0.95,
+        max_tokens=256,
+        seed=n,
+    )
+
+
+def feedback(n: int) -> FeedbackEvent:
+    """A rating with a comment for interaction ``n``."""
+    return FeedbackEvent(feedback_id=f"fb-{n}", interaction_id=f"{n:032x}", rating=1 + n % 5, comment="useful")
+
+
+def audit(n: int) -> AuditEvent:
+    """An admin action."""
+    return AuditEvent(actor="admin", action="deployment.ramp", resource=f"deployment-{n}", details={"to": 10})
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def run_in_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """Start ``target`` in a daemon thread."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
