@@ -101,8 +101,9 @@ def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
     """
     exprs = list(dict.fromkeys(e for m in metrics for e in (m.numerator, m.denominator)))
     at = {e: j for j, e in enumerate(exprs)}
-    per_row = ", ".join(f"({e}) AS e{j}" for j, e in enumerate(exprs))
-    per_unit = ", ".join(f"sum(e{j})::DOUBLE AS e{j}" for j in range(len(exprs)))
+    # DOUBLE per row: DuckDB sums integers into 128-bit accumulators, which is several times slower
+    per_row = ", ".join(f"({e})::DOUBLE AS e{j}" for j, e in enumerate(exprs))
+    per_unit = ", ".join(f"sum(e{j}) AS e{j}" for j in range(len(exprs)))
     sums = ", ".join(f"sum(e{j}) AS s{j}, sum(e{j} * e{j}) AS ss{j}" for j in range(len(exprs)))
     products = ", ".join(f"sum(e{at[m.numerator]} * e{at[m.denominator]}) AS md{k}" for k, m in enumerate(metrics))
     named = ", ".join(

@@ -94,6 +94,31 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                 _fmt(m["bayesian"]["chance_to_win"], ".1%"),
             )  # fmt: skip
         console.print(table)
+        for line in extra_lines(ph):
+            console.print(line)
+
+
+def extra_lines(ph: dict[str, Any]) -> list[str]:
+    """CUPED, Mann-Whitney and the bootstrap of the p95 latency lift, one line each."""
+    lines = []
+    cuped, mw, boot = ph["cuped"], ph["mann_whitney"], ph["bootstrap_p95"]
+    if cuped:
+        ci = f"[{_fmt(cuped['ci'][0], '+.2%')}, {_fmt(cuped['ci'][1], '+.2%')}]"
+        text = cuped["error"] or f"lift {_fmt(cuped['estimate'], '+.2%')} {ci}, p = {_fmt(cuped['p_value'], '.4f')}"
+        lines.append(f"CUPED on the primary metric (pre-period covariate): {text}")
+    if mw:
+        text = (
+            mw["error"] or f"p = {_fmt(mw['p_value'], '.4f')}, P(challenger unit > champion unit) = {mw['effect']:.3f}"
+        )
+        lines.append(f"Mann-Whitney U on the primary metric ({mw['n_a']}/{mw['n_b']} units): {text}")
+    if boot:
+        ci = f"[{_fmt(boot['ci'][0], '+.2%')}, {_fmt(boot['ci'][1], '+.2%')}]"
+        lines.append(
+            f"p95 latency lift {_fmt(boot['estimate'], '+.2%')}, bootstrap CI {ci}"
+            if not boot["error"]
+            else boot["error"]
+        )
+    return lines
 
 
 def report(

@@ -5,7 +5,8 @@ SQL (``range`` + ``random``) with the columns of the ``interactions`` and ``feed
 (no primary-key indexes: this measures reads). Three ramp phases (ab-5, ab-25, ab-50, ten days
 each), arms by a stable hash of the user; about 30% of responses get a thumb.
 
-Competitors, each warmed up once and timed over 3 repeats (best and median printed):
+Competitors, each warmed up once, then timed in turn within each of 5 repeats (so load from
+other processes hits all alike); best, median and the median per-repeat ratio are printed:
 - scan: one grouped aggregate (count, sum, sum of squares of latency per arm per day);
 - moments: the report's moment-based part: per-unit sufficient statistics of all 8 built-in
   metrics per arm and phase in one SQL pass, then every test (Welch absolute and relative,
@@ -93,14 +94,18 @@ def sample_parts(db: Connection, settings: ExperimentSettings) -> None:
     bootstrap_quantile_lift(sample["champion"], sample["challenger"], 0.95, resamples=1000, seed=0)
 
 
-def timed(fn: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(competitors: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, list[float]]:
+    """Seconds per repeat for each competitor, run in turn within each repeat (after one warm-up each)
+    so that a busy machine slows all of them alike."""
+    for fn in competitors.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in competitors}
+    for _ in range(repeats):
+        for name, fn in competitors.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -114,20 +119,22 @@ def main() -> None:
         rows = con.execute("SELECT count(*) FROM interactions").fetchone()
         print(f"generated {rows[0] if rows else 0:,} responses in {time.perf_counter() - start:.1f} s\n")
         db = Connection(con)
-        scan = timed(lambda: con.execute(SCAN).fetchall())
-        moments = timed(lambda: moment_report(db, settings))
-        samples = timed(lambda: sample_parts(db, settings))
-        print(f"{'competitor':<42} {'best s':>8} {'median s':>9} {'/ scan':>7}")
-        for name, (best, median) in (
-            ("scan: count, sum, sum sq per arm per day", scan),
-            ("moments: 8 metrics x 3 phases, all tests", moments),
-            ("samples: Mann-Whitney + bootstrap p95", samples),
-        ):
-            print(f"{name:<42} {best:>8.3f} {median:>9.3f} {median / scan[1]:>7.2f}")
-        print(
-            f"\nmoments / scan = {moments[1] / scan[1]:.2f} (target <= 4), moments = {moments[1]:.2f} s (target <= 2)"
+        times = interleaved(
+            {
+                "scan: count, sum, sum sq per arm per day": lambda: con.execute(SCAN).fetchall(),
+                "moments: 8 metrics x 3 phases, all tests": lambda: moment_report(db, settings),
+                "samples: Mann-Whitney + bootstrap p95": lambda: sample_parts(db, settings),
+            }
         )
-        print(f"samples add {samples[1]:.2f} s (target <= 2)")
+        scan, moments, samples = times.values()
+        print(f"{'competitor':<42} {'best s':>8} {'median s':>9} {'median ratio to scan':>21}")
+        for name, values in times.items():
+            ratio = statistics.median(v / s for v, s in zip(values, scan, strict=True))
+            print(f"{name:<42} {min(values):>8.3f} {statistics.median(values):>9.3f} {ratio:>21.2f}")
+        ratio = statistics.median(m / s for m, s in zip(moments, scan, strict=True))
+        median = statistics.median(moments)
+        print(f"\nmoments / scan = {ratio:.2f} (target <= 4); moments median {median:.2f} s (target <= 2)")
+        print(f"samples add {statistics.median(samples):.2f} s (target <= 2)")
         con.close()
 
 

@@ -23,6 +23,11 @@ def test_srm_matches_scipy_chisquare() -> None:
     assert result.mismatch
 
 
+def test_srm_matches_the_gbstats_published_example() -> None:
+    result = check_srm({"champion": 1000, "challenger": 1200}, {"champion": 0.5, "challenger": 0.5})
+    assert round(result.p_value, 9) == 0.000020079
+
+
 def test_srm_passes_a_fair_split_and_handles_empty() -> None:
     assert not check_srm({"champion": 905, "challenger": 95}, {"champion": 0.9, "challenger": 0.1}).mismatch
     assert check_srm({}, {"champion": 0.9, "challenger": 0.1}).p_value == 1.0

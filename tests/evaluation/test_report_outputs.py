@@ -46,7 +46,7 @@ def db_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_table(db_file: Path) -> None:
     result = flywheel("exp-1", "--db", str(db_file))
     assert result.returncode == 0, result.stderr
-    for text in ("experiment exp-1", "SRM ab-10", "positive_feedback_rate", "latency_ms", "phase ab-10"):
+    for text in ("experiment exp-1", "SRM ab-10", "positive_feedback_rate", "phase ab-10", "CUPED", "Mann-Whitney"):
         assert text in result.stdout
 
 
@@ -66,6 +66,12 @@ def test_json_has_every_number_with_inputs(db_file: Path) -> None:
     assert data["shadow"]["pairs"] > 0
     assert data["verdict"]["action"] in {"advance", "hold", "promote", "roll back"}
     assert len(data["phases"][1]["quantiles"]) == 3
+    phase = data["phases"][1]
+    assert phase["cuped"]["method"] == "welch-t-cuped"
+    assert "theta" in phase["cuped"]["inputs"]
+    assert phase["mann_whitney"]["n_a"] > 0
+    assert phase["bootstrap_p95"]["resamples"] == 1000
+    assert phase["timeline"][-1]["units"] == sum(phase["units"].values())
 
 
 def test_html_is_self_contained(db_file: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from evaluation.moments import SampleMean
 from evaluation.sequential import ConfidenceSequence, halfwidth, sequential_rho
 from evaluation.significance import Moments
 
@@ -64,3 +65,14 @@ def test_a_a_simulation_peeking_hourly() -> None:
 
 def test_degenerate() -> None:
     assert ConfidenceSequence().test(Moments(1, 1, 0), Moments(3, 1, 1)).error is not None
+
+
+def test_matches_the_gbstats_published_sequential_example() -> None:
+    # gbstats' own sequential test example (tuning parameter 1000) on sufficient statistics
+    a = Moments.of(SampleMean(3000, 1396.87, 52377.9767))
+    b = Moments.of(SampleMean(3461, 2422.7, 134698.29))
+    result = ConfidenceSequence(alpha=0.05, tuning=1000).test(a, b, relative=True)
+    assert round(result.estimate, 5) == 0.50336
+    assert round(result.stderr, 5) == 0.33341
+    assert [round(x, 5) for x in result.ci] == [-0.55844, 1.56516]
+    assert result.p_value == 1.0
