@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import synthetic_rows
+from experiment_data import synthetic_rows
 
 from evaluation.config import ExperimentSettings
 from evaluation.decision import harmful_gate, next_phase

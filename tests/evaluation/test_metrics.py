@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import synthetic_rows
+from experiment_data import synthetic_rows
 
 from evaluation.config import CustomMetric, ExperimentSettings
 from evaluation.errors import InvalidSplitError, UnknownExperimentError, UnknownMetricError

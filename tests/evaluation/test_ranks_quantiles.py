@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import synthetic_rows
+from experiment_data import synthetic_rows
 from scipy import stats
 
 from evaluation import constants

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import synthetic_rows, write_rows
+from experiment_data import synthetic_rows, write_rows
 from fastapi import FastAPI
 
 from evaluation.significance import Moments, welch_t_test

@@ -55,7 +55,7 @@ def running_sink(settings: Settings) -> Iterator[tuple[Sink, DuckDBStore]]:
         store.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting for the pipeline"
