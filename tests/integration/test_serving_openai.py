@@ -65,16 +65,26 @@ def test_openai_client_non_streaming_and_streaming(
     with serve_app(create_app(settings, backend=TransformersBackend(runtime, settings.gateway))) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         answer = client.chat.completions.create(
-            model="flywheel", messages=QUESTION, max_tokens=12, temperature=0, user="alice"  # type: ignore[arg-type]
+            model="flywheel",
+            messages=QUESTION,
+            max_tokens=12,
+            temperature=0,
+            user="alice",  # type: ignore[arg-type]
         )
         raw = client.chat.completions.with_raw_response.create(
-            model="flywheel", messages=QUESTION, max_tokens=12, temperature=0, stream=True, user="bob"  # type: ignore[arg-type]
+            model="flywheel",
+            messages=QUESTION,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            user="bob",  # type: ignore[arg-type]
         )
         chunks = list(raw.parse())
 
     assert answer.choices[0].message.content == expected.text
     assert answer.choices[0].finish_reason == expected.finish_reason == "stop"
-    assert answer.usage is not None and answer.usage.completion_tokens == expected.completion_tokens
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == expected.completion_tokens
 
     signed = raw.headers["X-Interaction-Id"]
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -91,7 +101,9 @@ def test_openai_client_non_streaming_and_streaming(
     assert streamed.interaction_id == verify_id(signed, SIGNING_KEY)
     for event in (served, streamed):
         assert (event.completion, event.completion_tokens) == (expected.text, expected.completion_tokens)
-        assert event.confidence is not None and abs(event.confidence - expected.confidence) < 1e-4
+        assert event.confidence is not None
+        assert abs(event.confidence - expected.confidence) < 1e-4
         assert (event.arm, event.role, event.phase, event.error) == ("champion", "served", "champion-only", None)
     assert served.ttft_ms is None
-    assert streamed.ttft_ms is not None and 0 < streamed.ttft_ms <= streamed.latency_ms
+    assert streamed.ttft_ms is not None
+    assert 0 < streamed.ttft_ms <= streamed.latency_ms

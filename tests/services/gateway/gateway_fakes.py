@@ -41,7 +41,9 @@ class FakeBackend:
     def check(self, request: GenerationRequest) -> None:
         prompt = sum(len(m.content.split()) for m in request.messages)
         if prompt + request.params.max_tokens > self.context_length:
-            raise ContextLengthError(f"prompt {prompt} + max_tokens {request.params.max_tokens} > {self.context_length}")
+            raise ContextLengthError(
+                f"prompt {prompt} + max_tokens {request.params.max_tokens} > {self.context_length}"
+            )
 
     async def generate(self, request: GenerationRequest) -> Generation:
         self.calls.append(request)
@@ -51,12 +53,22 @@ class FakeBackend:
             await asyncio.Event().wait()
         if self.behaviour == "garbage":
             return Generation(
-                text="\x00" * 3, prompt_tokens=-5, completion_tokens=1, finish_reason="stop", confidence=7.0, token_logprobs=()
+                text="\x00" * 3,
+                prompt_tokens=-5,
+                completion_tokens=1,
+                finish_reason="stop",
+                confidence=7.0,
+                token_logprobs=(),
             )
         if request.on_text is not None:
             for piece in ("Par", "is."):
                 request.on_text(piece)
                 await asyncio.sleep(0)
         return Generation(
-            text=self.text, prompt_tokens=7, completion_tokens=3, finish_reason="stop", confidence=0.5, token_logprobs=()
+            text=self.text,
+            prompt_tokens=7,
+            completion_tokens=3,
+            finish_reason="stop",
+            confidence=0.5,
+            token_logprobs=(),
         )

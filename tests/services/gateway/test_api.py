@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from gateway_fakes import FakeBackend
 
 from feedback.events import ChatMessage, FeedbackEvent, InteractionEvent, decode_event
 from feedback.model.runtime import SamplingParams
@@ -20,7 +21,6 @@ from feedback.settings import Settings
 from feedback.signing import sign_id, verify_id
 from services.cli.ports import free_port
 from services.gateway.app import create_app
-from gateway_fakes import FakeBackend
 
 SIGNING_KEY = "test-signing-key"
 
