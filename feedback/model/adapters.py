@@ -8,6 +8,7 @@ started with and the next batch sees the new adapter. Rows then name their adapt
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ class AdapterSet:
         """
         if name in self._names:
             return
-        with self._runtime.lock:
+        with self._runtime.lock, warnings.catch_warnings():
+            # peft asks transformers 5 for a deprecated alias; nothing for us to change.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             try:
                 if self._peft is None:
                     self._peft = PeftModel.from_pretrained(self._runtime.model, adapter_dir, adapter_name=name)

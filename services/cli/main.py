@@ -20,7 +20,7 @@ import uvicorn
 
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
-from services.cli import broker
+from services.cli import broker, deploy
 from services.cli.ports import port_in_use
 
 app = typer.Typer(help="flywheel: a continuous-learning feedback service for LLMs.", no_args_is_help=True)
@@ -32,6 +32,7 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
+app.add_typer(deploy.app, name="deploy")
 
 
 def settings_or_exit() -> Settings:
