@@ -9,7 +9,7 @@ from feedback.model.runtime import Generation
 from services.gateway.backend import ContextLengthError, GenerationRequest, split_version
 from services.gateway.metrics import GatewayMetrics
 
-Behaviour = Literal["ok", "crash", "hang", "garbage"]
+Behaviour = Literal["ok", "crash", "hang", "garbage", "stall"]  # stall: one piece of text, then hang
 
 
 class FakeBackend:
@@ -60,6 +60,9 @@ class FakeBackend:
                 confidence=7.0,
                 token_logprobs=(),
             )
+        if self.behaviour == "stall" and request.on_text is not None:
+            request.on_text("Par")
+            await asyncio.Event().wait()
         if request.on_text is not None:
             for piece in ("Par", "is."):
                 request.on_text(piece)

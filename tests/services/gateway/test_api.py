@@ -7,7 +7,6 @@ port, so every event stays in the write-ahead log, where the tests read it back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,6 @@ def make_settings(tmp_path: Path, **wal: Any) -> Settings:
             "model": {"max_new_tokens": 64},
         }
     )
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
-
-
-@pytest.fixture
-def client(tmp_path: Path, backend: FakeBackend) -> Iterator[TestClient]:
-    app = create_app(make_settings(tmp_path), backend=backend)
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 def logged_events(client: TestClient) -> list[InteractionEvent | FeedbackEvent]:
