@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal
@@ -30,6 +31,8 @@ from feedback.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 STATE_KEY = b"current"
+_RETRY_SECONDS = 2.0  # wait between reconnection attempts
+_WARN_EVERY_SECONDS = 60.0  # how often an outage is logged again
 Mode = Literal["shadow", "ab"]
 
 
@@ -197,13 +200,16 @@ class DeploymentWatcher:
             return self._changed.wait_for(lambda: self._state.revision >= revision, timeout=timeout_s)
 
     def _run(self) -> None:
+        warned_at = float("-inf")
         while not self._stop.is_set():
             try:
                 self._follow()
             except KafkaError as exc:  # the broker went away; keep the last state and retry
-                log.warning("deployments topic unreachable, keeping %s: %s", self._state.phase, exc)
+                if time.monotonic() - warned_at > _WARN_EVERY_SECONDS:
+                    log.warning("deployments topic unreachable, keeping %s: %s", self._state.phase, exc)
+                    warned_at = time.monotonic()
                 self.caught_up.set()  # serve with what we have rather than not at all
-                self._stop.wait(2.0)
+                self._stop.wait(_RETRY_SECONDS)
 
     def _follow(self) -> None:
         consumer = KafkaConsumer(

@@ -8,8 +8,10 @@ from typing import Literal
 from feedback.model.runtime import Generation
 from services.gateway.backend import ContextLengthError, GenerationRequest, split_version
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.scheduler import Overloaded
 
-Behaviour = Literal["ok", "crash", "hang", "garbage", "stall"]  # stall: one piece of text, then hang
+# stall: one piece of text, then hang; overloaded: the scheduler's queue is full
+Behaviour = Literal["ok", "crash", "hang", "garbage", "stall", "overloaded"]
 
 
 class FakeBackend:
@@ -47,6 +49,8 @@ class FakeBackend:
 
     async def generate(self, request: GenerationRequest) -> Generation:
         self.calls.append(request)
+        if self.behaviour == "overloaded":
+            raise Overloaded
         if self.fail or self.behaviour == "crash":
             raise RuntimeError("device lost")
         if self.behaviour == "hang":

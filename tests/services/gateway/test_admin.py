@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from gateway_fakes import FakeBackend
 from test_api import CHAT, logged_events
 
 ADMIN_PATHS = [
@@ -77,3 +78,13 @@ def test_readyz_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'flywheel_completion_tokens_total{arm="champion",role="served"} 3.0' in text
     assert "flywheel_response_latency_seconds_count" in text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_full_queue_is_a_429_with_retry_after(client: TestClient, backend: FakeBackend, stream: bool) -> None:
+    backend.behaviour = "overloaded"
+    response = client.post("/v1/chat/completions", json=CHAT | {"stream": stream})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["message"] == "the gateway is at capacity; retry after the Retry-After interval"
+    assert logged_events(client) == []
