@@ -151,13 +151,12 @@ class ChatService:
             on_text=functools.partial(_put_from_thread, loop, pieces),
         )
         task = loop.create_task(self._generate(exchange, request))
-        first = await _first_piece(pieces, task)
-        if first is None and task.done() and task.exception() is not None:
-            error = task.exception()
-            assert error is not None
-            if isinstance(error, ApiError) and error.status >= 500:
-                self._record_served(exchange, None, error.detail or error.message)
-            raise error
+        try:
+            first = await _first_piece(pieces, task)
+        except ApiError as exc:
+            if exc.status >= 500:
+                self._record_served(exchange, None, exc.detail or exc.message)
+            raise
         exchange.ttft_ms = (time.perf_counter() - exchange.started) * 1000
         return exchange.signed_id, self._pieces(exchange, first, pieces, task)
 

@@ -113,6 +113,14 @@ def test_models_lists_the_served_name(client: TestClient) -> None:
         ({"max_tokens": 65}, 400, "max_tokens", "max_tokens: at most 64 tokens may be requested"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "stop: Value error, stop takes at most 4 non-empty strings"),
         ({"model": "gpt-4"}, 404, "model", "model 'gpt-4' is not served here; use 'flywheel'"),
+        (
+            {"max_tokens": "many"},
+            400,
+            "max_tokens",
+            "max_tokens: Input should be a valid integer, unable to parse string as an integer",
+        ),
+        ({"messages": "hello"}, 400, "messages", "messages: Input should be a valid list"),
+        ({"messages": [{"role": "user", "content": "w " * 95}]}, 400, "max_tokens", "prompt 95 + max_tokens 8 > 100"),
     ],
 )
 def test_bad_requests_get_a_clear_4xx(

@@ -75,3 +75,15 @@ def test_client_going_away_mid_stream_is_logged(tmp_path: Path, serve_app: Serve
     event = InteractionEvent.model_validate_json(events[0])
     assert (event.completion, event.finish_reason) == ("Par", "error")
     assert event.error == "client disconnected before the stream ended"
+
+
+def test_a_backend_failure_before_the_first_token_is_a_503_and_is_recorded(
+    client: TestClient, backend: FakeBackend
+) -> None:
+    backend.fail = True
+    response = client.post("/v1/chat/completions", json=CHAT | {"stream": True})
+    assert response.status_code == 503
+    assert response.json()["error"]["message"] == "the model backend failed to answer; retry later"
+    [event] = logged_events(client)
+    assert isinstance(event, InteractionEvent)
+    assert (event.finish_reason, event.error, event.completion) == ("error", "RuntimeError: device lost", "")
