@@ -8,8 +8,9 @@ runs form the next one (micro-batching: a request joins at the next batch bounda
 the steps of a running batch).
 
 Under load the shadow queue is shed first: a shadow copy is refused when its queue is full, and
-queued copies are dropped when a served request is refused or when they waited past
-``shadow_timeout_s``; every shed copy is counted. A served request is refused with
+queued copies are dropped when served requests are left waiting after a batch was formed, when a
+served request is refused, or when they waited past ``shadow_timeout_s``; every shed copy is
+counted. A served request is refused with
 :class:`Overloaded` (answered 429) only when ``max_queued_requests`` already wait.
 """
 
@@ -127,6 +128,9 @@ class BatchScheduler:
         self._drop_stale_shadow()
         limit = self._settings.max_batch_size
         batch = self._take("served", limit)
+        if self._queues["served"]:
+            # Served requests still wait: no capacity is left for shadow copies, so shed them now.
+            self._shed_shadow(len(self._queues["shadow"]))
         batch += self._take("shadow", min(limit - len(batch), self._settings.shadow_concurrency))
         self._update_depths()
         return batch

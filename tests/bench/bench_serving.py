@@ -16,6 +16,7 @@ comparison runs both sides in the same run, after a warm-up, with at least 3 rep
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import platform
 import random
@@ -203,8 +204,8 @@ def quantiles(values: list[float]) -> tuple[float, float]:
 
 def bench_shadow(runtime: ModelRuntime, workdir: Path, challenger: str) -> None:
     requests = requests16()
-    payloads = [body(r, max_tokens=16, user=f"u{i}") for i, r in enumerate(requests)] * 2
-    print(f"shadow overhead: 4 concurrent clients, {len(payloads)} requests per run, max_tokens 16, {REPEATS} runs")
+    payloads = [body(r, max_tokens=12, user=f"u{i}") for i, r in enumerate(requests)]
+    print(f"shadow overhead: 4 concurrent clients, {len(payloads)} requests per run, max_tokens 12, {REPEATS} runs")
     with gateway(runtime, workdir) as (url, app):
         with_shadow(app, challenger, 1.0)
         asyncio.run(closed_loop(url, payloads[:8], 4))  # warm-up, loads the adapter
@@ -263,7 +264,7 @@ def bench_overload(runtime: ModelRuntime, workdir: Path, challenger: str, sustai
     payloads = [body(r, max_tokens=16, user=f"u{i}") for i, r in enumerate(requests16())]
     rate = 4 * sustainable
     print(f"overload: open loop at {rate:.1f} req/s (4x {sustainable:.1f} sustainable), 10 s per run, {REPEATS} runs")
-    with gateway(runtime, workdir, max_queued_requests=16) as (url, app):
+    with gateway(runtime, workdir, max_queued_requests=4, shadow_queue_size=4) as (url, app):
         with_shadow(app, challenger, 1.0)
         asyncio.run(closed_loop(url, payloads[:4], 4))
         p99s: dict[str, list[float]] = {"off": [], "on": []}
@@ -287,6 +288,8 @@ def bench_overload(runtime: ModelRuntime, workdir: Path, challenger: str, sustai
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.ERROR)  # the unreachable Kafka is on purpose
+    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
     threads = torch.get_num_threads()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {threads}")
     model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)

@@ -125,3 +125,17 @@ def test_a_failed_mixed_batch_retries_served_rows_alone() -> None:
     assert served.text == "2"  # type: ignore[attr-defined]
     assert isinstance(shadow, RuntimeError)
     assert calls == [["__base__", "bad"], ["__base__"]]
+
+
+def test_shadow_copies_are_shed_while_served_requests_wait() -> None:
+    runner = FakeBatchRunner()
+    settings = GatewaySettings(batch_wait_ms=20, max_batch_size=2)
+
+    async def body(scheduler: BatchScheduler) -> list[object]:
+        served = [scheduler.submit(row(n), "served") for n in (1, 2, 3)]
+        return await asyncio.gather(*served, scheduler.submit(row(9), "shadow"), return_exceptions=True)
+
+    results = asyncio.run(run_with(settings, runner, body))
+    assert [getattr(r, "text", None) for r in results[:3]] == ["1", "2", "3"]  # type: ignore[index]
+    assert isinstance(results[3], ShadowShed)  # type: ignore[index]
+    assert runner.batches == [[1, 2], [3]]
