@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -110,3 +111,25 @@ def test_one_batch_serves_the_base_and_two_adapters(model_dir: Path, adapter_dir
     assert len({base.token_ids, one.token_ids, two.token_ids}) == 3
     assert "one" in adapters
     assert "three" not in adapters
+
+
+def test_an_adapter_loads_while_a_batch_is_in_flight(model_dir: Path, adapter_dirs: list[Path]) -> None:
+    runtime = ModelRuntime.load(model_dir)
+    adapters = AdapterSet(runtime)
+    adapters.load("one", adapter_dirs[0])
+    greedy = SamplingParams(max_tokens=10, temperature=0.0)
+    expected = generate_mixed(runtime, [BatchRow(runtime.render_prompt(STORY), greedy)], adapters.model)[0]
+    started = threading.Event()
+    results: list[Generation] = []
+
+    def in_flight() -> None:
+        row = BatchRow(runtime.render_prompt(STORY), greedy, on_text=lambda _: started.set())
+        results.extend(generate_mixed(runtime, [row], adapters.model))
+
+    worker = threading.Thread(target=in_flight)
+    worker.start()
+    assert started.wait(60)
+    adapters.load("two", adapter_dirs[1])  # waits for the batch's step loop, then loads
+    worker.join(60)
+    assert_same(results[0], expected)
+    assert "two" in adapters
