@@ -25,9 +25,10 @@ from services.gateway.backend import InferenceBackend, TransformersBackend
 from services.gateway.body_limit import BodyLimit
 from services.gateway.deploying import DeploymentControl
 from services.gateway.errors import install_error_handlers
+from services.gateway.feedback_service import FeedbackService
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.routes import admin, chat, feedback, health
-from services.gateway.serving import ChatService, FeedbackService
+from services.gateway.serving import ChatService
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from feedback.producer import EventProducer
 from feedback.settings import Settings
 from services.gateway.deploying import DeploymentControl
-from services.gateway.serving import ChatService, FeedbackService
+from services.gateway.feedback_service import FeedbackService
+from services.gateway.serving import ChatService
 
 
 def _settings(request: Request) -> Settings:

@@ -1,10 +1,9 @@
-"""Answering chat requests and taking feedback, independent of HTTP.
+"""Answering chat requests, independent of HTTP.
 
 A request is routed (:mod:`services.gateway.routing`) to the champion or, in an A/B ramp, to the
 challenger; a sampled copy may go to a shadow challenger (:mod:`services.gateway.shadow`). The
 served answer is recorded as an interaction event in the write-ahead log before a non-streaming
-response returns, and right after a stream ends (also when the client went away). Feedback is
-accepted only for interaction ids this service signed.
+response returns, and right after a stream ends (also when the client went away).
 """
 
 from __future__ import annotations
@@ -18,24 +17,22 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from feedback.deployments import DeploymentState, initial_state
-from feedback.errors import SignatureError, WalFullError
-from feedback.events import Arm, FeedbackEvent, InteractionEvent, Role
+from feedback.events import Arm, InteractionEvent, Role
 from feedback.ids import new_id
 from feedback.model.runtime import Generation, SamplingParams
 from feedback.producer import EventProducer
 from feedback.settings import Settings
-from feedback.signing import sign_id, verify_id
+from feedback.signing import sign_id
 from services.gateway.backend import ContextLengthError, GenerationRequest, InferenceBackend
 from services.gateway.errors import (
     BACKEND_FAILED,
-    EVENT_LOG_FULL,
-    INVALID_SIGNATURE,
     ApiError,
     invalid_request,
     overloaded,
 )
+from services.gateway.feedback_service import publish
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.protocol import ChatCompletionRequest, FeedbackAccepted, FeedbackRequest
+from services.gateway.protocol import ChatCompletionRequest
 from services.gateway.routing import Route, choose_route
 from services.gateway.scheduler import Overloaded
 from services.gateway.shadow import ShadowRunner
@@ -313,46 +310,3 @@ async def _first_piece(pieces: asyncio.Queue[str], task: asyncio.Task[Generation
         if getter in done:
             return getter.result()
         getter.cancel()
-
-
-def publish(
-    producer: EventProducer, topic: str, event: InteractionEvent | FeedbackEvent, metrics: GatewayMetrics | None = None
-) -> None:
-    """Log an event durably, or answer 503 when the log is full."""
-    try:
-        producer.publish(topic, event)
-    except WalFullError as exc:
-        log.error("event log full: %s", exc)
-        if metrics is not None:
-            metrics.publish_failures.inc()
-        raise ApiError(503, EVENT_LOG_FULL, kind="server_error") from exc
-
-
-class FeedbackService:
-    """Accepts feedback for interactions this service signed."""
-
-    def __init__(self, producer: EventProducer, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
-        self._producer = producer
-        self._settings = settings
-        self._metrics = metrics
-
-    def submit(self, request: FeedbackRequest, headers: Mapping[str, str]) -> FeedbackAccepted:
-        """Verify the interaction id's signature and log the feedback event."""
-        try:
-            raw_id = verify_id(request.interaction_id, self._settings.security.signing_key)
-        except SignatureError as exc:
-            raise ApiError(403, INVALID_SIGNATURE, kind="permission_error", param="interaction_id") from exc
-        try:
-            event = FeedbackEvent(
-                feedback_id=request.feedback_id,
-                interaction_id=raw_id,
-                user_id=request.user or headers.get("x-user-id"),
-                thumb=request.thumb,
-                rating=request.rating,
-                comment=request.comment,
-                correction=request.correction,
-            )
-        except ValueError as exc:
-            raise invalid_request("feedback needs a thumb, a rating, a comment or a correction") from exc
-        publish(self._producer, self._settings.kafka.topics.feedback, event, self._metrics)
-        return FeedbackAccepted(feedback_id=request.feedback_id)

@@ -288,7 +288,8 @@ def bench_overload(runtime: ModelRuntime, workdir: Path, challenger: str, sustai
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR)  # the unreachable Kafka is on purpose
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the unreachable Kafka is on purpose
     warnings.filterwarnings("ignore", message="Already found a `peft_config`")
     threads = torch.get_num_threads()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {threads}")
