@@ -9,8 +9,9 @@ the steps of a running batch).
 
 Under load the shadow queue is shed first: a shadow copy is refused when its queue is full, and
 queued copies are dropped when served requests are left waiting after a batch was formed, when a
-served request is refused, or when they waited past ``shadow_timeout_s``; every shed copy is
-counted. A served request is refused with
+served request is refused, or when they waited past ``shadow_timeout_s``; shadow rows already
+generating stop at their next step once ``shadow_preempt_depth`` served requests wait, so the
+batch ends with its served rows and the waiting ones start. Every shed copy is counted. A served request is refused with
 :class:`Overloaded` (answered 429) only when ``max_queued_requests`` already wait.
 """
 
@@ -62,6 +63,7 @@ class BatchScheduler:
         self._queues: dict[Role, deque[_Job]] = {"served": deque(), "shadow": deque()}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._running: list[_Job] = []
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
@@ -94,6 +96,8 @@ class BatchScheduler:
         job = _Job(row, role, asyncio.get_running_loop().create_future())
         self._queues[role].append(job)
         self._update_depths()
+        if role == "served" and len(self._queues["served"]) >= self._settings.shadow_preempt_depth:
+            self._preempt_shadow()
         self._wakeup.set()
         try:
             return await asyncio.shield(job.future)
@@ -108,6 +112,12 @@ class BatchScheduler:
             if not job.future.done():
                 job.future.set_exception(ShadowShed())
         self._update_depths()
+
+    def _preempt_shadow(self) -> None:
+        for job in self._running:
+            if job.role == "shadow" and not job.future.done():
+                job.row.cancelled = True  # the row stops at its next step
+                job.future.set_exception(ShadowShed())
 
     def _update_depths(self) -> None:
         for role, queue in self._queues.items():
@@ -157,10 +167,13 @@ class BatchScheduler:
         for job in batch:
             # A row that finishes resolves its request at once; longer rows keep the batch going.
             job.row.on_done = functools.partial(_resolve_from_thread, loop, job)
+        self._running = batch
         try:
             await asyncio.to_thread(self._run_batch, [job.row for job in batch])
         except Exception as exc:
             await self._recover(batch, exc)
+        finally:
+            self._running = []
 
     async def _recover(self, batch: list[_Job], exc: Exception) -> None:
         """A failed batch: shadow rows fail; served rows run again on their own if shadow rows shared it."""

@@ -264,7 +264,7 @@ def bench_overload(runtime: ModelRuntime, workdir: Path, challenger: str, sustai
     payloads = [body(r, max_tokens=16, user=f"u{i}") for i, r in enumerate(requests16())]
     rate = 4 * sustainable
     print(f"overload: open loop at {rate:.1f} req/s (4x {sustainable:.1f} sustainable), 10 s per run, {REPEATS} runs")
-    with gateway(runtime, workdir, max_queued_requests=4, shadow_queue_size=4) as (url, app):
+    with gateway(runtime, workdir, max_queued_requests=16, shadow_queue_size=4) as (url, app):
         with_shadow(app, challenger, 1.0)
         asyncio.run(closed_loop(url, payloads[:4], 4))
         p99s: dict[str, list[float]] = {"off": [], "on": []}

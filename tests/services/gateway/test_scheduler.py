@@ -139,3 +139,25 @@ def test_shadow_copies_are_shed_while_served_requests_wait() -> None:
     assert [getattr(r, "text", None) for r in results[:3]] == ["1", "2", "3"]  # type: ignore[index]
     assert isinstance(results[3], ShadowShed)  # type: ignore[index]
     assert runner.batches == [[1, 2], [3]]
+
+
+def test_running_shadow_rows_stop_when_served_requests_pile_up() -> None:
+    runner = FakeBatchRunner()
+    runner.release.clear()
+    settings = GatewaySettings(batch_wait_ms=0, shadow_preempt_depth=2)
+
+    async def body(scheduler: BatchScheduler) -> tuple[object, list[BatchRow]]:
+        shadow_row = row(9)
+        shadow = asyncio.ensure_future(scheduler.submit(shadow_row, "shadow"))  # runs, held by the runner
+        await asyncio.sleep(0.1)
+        served = [asyncio.ensure_future(scheduler.submit(row(n), "served")) for n in (1, 2)]
+        await asyncio.sleep(0.05)
+        runner.release.set()
+        outcome = await asyncio.gather(shadow, return_exceptions=True)
+        await asyncio.gather(*served)
+        return outcome[0], [shadow_row]
+
+    outcome, [shadow_row] = asyncio.run(run_with(settings, runner, body))  # type: ignore[misc]
+    assert isinstance(outcome, ShadowShed)
+    assert shadow_row.cancelled
+    assert runner.batches == [[9], [1, 2]]
