@@ -45,6 +45,10 @@ class DeploymentControl:
         timeout = self._settings.gateway.deployment_apply_timeout_s
         if not await asyncio.to_thread(self._watcher.wait_for, new.revision, timeout):
             raise ApiError(503, f"the change was published but not applied within {timeout:g} s", kind="server_error")
+        applied = self._watcher.state
+        if applied.revision == new.revision and applied != new:
+            # Another admin published the same revision first; replicas keep the first one.
+            raise ApiError(409, "a concurrent deployment change won; read the state and retry", kind="conflict_error")
         return self._chat.deployment
 
     async def _check_loadable(self, state: DeploymentState) -> None:
