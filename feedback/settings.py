@@ -88,6 +88,7 @@ class ModelSettings(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights dtype when loaded
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
     max_new_tokens: int = Field(256, ge=1, le=8192)  # upper bound on max_tokens a request may ask
+    registry_dir: Path = Path(".flywheel/registry")  # content-addressed LoRA adapter versions (feedback.registry)
 
 
 class WalSettings(_Section):
@@ -108,6 +109,19 @@ class GatewaySettings(_Section):
     served_model_name: str = "flywheel"  # the model name clients send and /v1/models lists
     drain_timeout_s: float = Field(5.0, ge=0)  # at shutdown, wait this long for Kafka to take the backlog
     wal: WalSettings = WalSettings()
+    ramp: list[int] = Field(
+        default_factory=lambda: [5, 10, 25, 50], min_length=1
+    )  # A/B challenger percentages, in order
+    max_batch_size: int = Field(16, ge=1, le=1024)  # most requests (served and shadow) in one generate batch
+    batch_wait_ms: float = Field(5.0, ge=0)  # after the first request, wait this long for others to join its batch, ms
+    max_queued_requests: int = Field(64, ge=1)  # served requests waiting for a batch; beyond this answer 429
+    retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 429, seconds
+    shadow_queue_size: int = Field(32, ge=0)  # shadow copies waiting; beyond this new copies are shed
+    shadow_concurrency: int = Field(8, ge=1)  # most shadow rows in one batch
+    shadow_timeout_s: float = Field(30.0, gt=0)  # a shadow copy not done by then is abandoned (counted), seconds
+    shadow_preempt_depth: int = Field(4, ge=1)  # served requests waiting at which running shadow rows stop (shed)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)  # larger request bodies get a 413, bytes
+    deployment_apply_timeout_s: float = Field(10.0, gt=0)  # an admin change waits this long to be applied here, s
 
 
 class WorkerSettings(_Section):

@@ -152,6 +152,33 @@ class ModelRuntime:
         """The model's tokenizer."""
         return self._tokenizer
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while the model computes; batch engines (``feedback.model.batch``) take it too."""
+        return self._lock
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Every token id that ends a completion."""
+        return self._eos_ids
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens (prompt plus completion) the model attends to."""
+        return int(getattr(self._model.config, "max_position_embeddings", 2048))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids to text, special tokens (such as EOS) left out."""
+        return self._decode(ids)
+
+    def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts as one left-padded batch on the model's device: input ids and attention mask."""
+        return self._left_pad(prompts)
+
+    def greedy_config(self, max_new_tokens: int) -> GenerationConfig:
+        """A greedy generation config that keeps the raw logits (batch engines choose tokens themselves)."""
+        return self._generation_config(SamplingParams(max_tokens=max_new_tokens, temperature=0.0))
+
     def render_prompt(self, messages: Messages) -> list[int]:
         """Return the prompt token ids: the chat template with the generation prompt added."""
         with self._lock:
@@ -192,10 +219,7 @@ class ModelRuntime:
             return self._score_tokens(prompt_ids, completion_ids)
 
     def _render(self, messages: Messages) -> list[int]:
-        text = self._tokenizer.apply_chat_template(
-            [dict(message) for message in messages], add_generation_prompt=True, tokenize=False
-        )
-        return list(self._tokenizer(cast(str, text), add_special_tokens=False)["input_ids"])
+        return render_chat(self._tokenizer, messages)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return cast(str, self._tokenizer.decode(list(ids), skip_special_tokens=True))
@@ -286,6 +310,14 @@ class ModelRuntime:
         with torch.random.fork_rng(devices=devices, device_type=device.type):
             torch.manual_seed(seed)
             yield
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
+    """Prompt token ids for ``messages``: the chat template with the generation prompt added."""
+    text = tokenizer.apply_chat_template(
+        [dict(message) for message in messages], add_generation_prompt=True, tokenize=False
+    )
+    return list(tokenizer(cast(str, text), add_special_tokens=False)["input_ids"])
 
 
 class _StopStrings(StoppingCriteria):

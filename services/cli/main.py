@@ -22,7 +22,7 @@ import uvicorn
 
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
-from services.cli import broker
+from services.cli import broker, deploy
 from services.cli import query as query_cli
 from services.cli import sink as sink_cli
 from services.cli.ports import port_in_use
@@ -38,6 +38,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 app.command()(report)
+app.add_typer(deploy.app, name="deploy")
 
 
 def settings_or_exit() -> Settings:

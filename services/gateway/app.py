@@ -1,36 +1,46 @@
-"""The gateway application: OpenAI-compatible chat, feedback and health.
+"""The gateway application: OpenAI-compatible chat, feedback, deployments admin, health and metrics.
 
-Long-lived objects (model backend, write-ahead log, event producer) are built in the lifespan
-and kept on ``app.state``; routes reach them through ``services.gateway.deps``.
+Long-lived objects (model backends, write-ahead log, event producer, deployment watcher, metrics)
+are built in the lifespan and kept on ``app.state``; routes reach them through
+``services.gateway.deps``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from feedback.deployments import DeploymentState, DeploymentWatcher
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
 from feedback.producer import EventProducer, kafka_sender_factory
+from feedback.registry import AdapterRegistry
 from feedback.settings import Settings, get_settings
 from feedback.wal import WriteAheadLog
 from services.gateway.backend import InferenceBackend, TransformersBackend
+from services.gateway.body_limit import BodyLimit
+from services.gateway.deploying import DeploymentControl
 from services.gateway.errors import install_error_handlers
-from services.gateway.routes import chat, feedback, health
-from services.gateway.serving import ChatService, FeedbackService
+from services.gateway.feedback_service import FeedbackService
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.routes import admin, chat, feedback, health
+from services.gateway.serving import ChatService
 
 log = logging.getLogger(__name__)
 
+STARTUP_WAIT_S = 5.0  # at start, wait this long to read the deployments topic to its end
 
-def load_backend(settings: Settings) -> InferenceBackend:
+
+def load_backend(settings: Settings) -> TransformersBackend:
     """The champion's backend: the configured model, converted once and loaded from the cache."""
     model = settings.model
     model_dir = prepare_model(model.source, model.cache_dir)
     runtime = ModelRuntime.load(model_dir, device=model.device, dtype=model.dtype, threads=model.threads)
-    return TransformersBackend(runtime)
+    return TransformersBackend(runtime, settings.gateway, AdapterRegistry(model.registry_dir))
 
 
 def open_producer(settings: Settings) -> EventProducer:
@@ -47,27 +57,68 @@ def open_producer(settings: Settings) -> EventProducer:
     )
 
 
-def create_app(settings: Settings | None = None, backend: InferenceBackend | None = None) -> FastAPI:
-    """Build the gateway; ``backend`` replaces the configured model (tests, other engines)."""
+def create_app(
+    settings: Settings | None = None,
+    backend: InferenceBackend | None = None,
+    *,
+    champion: str | None = None,
+    extra_backends: Sequence[InferenceBackend] = (),
+) -> FastAPI:
+    """Build the gateway.
+
+    ``backend`` replaces the configured model (tests, other engines); ``champion`` names its
+    model version (default: the transformers backend's base model); ``extra_backends`` serve
+    challengers on other base models.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
-        champion = backend or load_backend(resolved)
+        main = backend or load_backend(resolved)
+        backends = [main, *extra_backends]
+        metrics = GatewayMetrics()
+        for each in backends:
+            await each.start(metrics)
         producer = open_producer(resolved)
         producer.start()
-        app.state.settings = resolved
-        app.state.producer = producer
-        app.state.chat = ChatService(champion, producer, resolved)
-        app.state.feedback = FeedbackService(producer, resolved)
-        log.info("gateway ready: model %s, Kafka %s", app.state.chat.model_version, resolved.kafka.bootstrap_servers)
+        chat_service = ChatService(backends, champion or _base_name(main), producer, resolved, metrics)
+        watcher = DeploymentWatcher(resolved.kafka, chat_service.deployment, _applier(chat_service))
+        watcher.start()
+        app.state.settings, app.state.producer, app.state.metrics = resolved, producer, metrics
+        app.state.chat, app.state.watcher = chat_service, watcher
+        app.state.feedback = FeedbackService(producer, resolved, metrics)
+        app.state.control = DeploymentControl(watcher, chat_service, resolved)
+        await asyncio.to_thread(watcher.caught_up.wait, STARTUP_WAIT_S)
+        log.info("gateway ready: %s, Kafka %s", chat_service.deployment.phase, resolved.kafka.bootstrap_servers)
         try:
             yield
         finally:
+            await asyncio.to_thread(watcher.close)
+            await chat_service.shadow.close()
+            for each in backends:
+                await each.close()
             producer.close(timeout_s=resolved.gateway.drain_timeout_s)
 
     app = FastAPI(title="flywheel gateway", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=lambda: (settings or get_settings()).gateway.max_body_bytes)
     install_error_handlers(app)
-    for module in (chat, feedback, health):
+    for module in (chat, feedback, admin, health):
         app.include_router(module.router)
     return app
+
+
+def _base_name(backend: InferenceBackend) -> str:
+    base = getattr(backend, "base", None) or getattr(backend, "model_version", None)
+    if not isinstance(base, str):
+        raise TypeError("pass champion= for a backend that names no base model")
+    return base
+
+
+def _applier(chat_service: ChatService) -> Callable[[DeploymentState], None]:
+    """Apply states from the watcher's thread on the event loop (loading adapters while serving)."""
+    loop = asyncio.get_running_loop()
+
+    def apply(state: DeploymentState) -> None:
+        asyncio.run_coroutine_threadsafe(chat_service.apply(state), loop).result()
+
+    return apply

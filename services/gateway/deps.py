@@ -8,7 +8,9 @@ from fastapi import Depends, Request
 
 from feedback.producer import EventProducer
 from feedback.settings import Settings
-from services.gateway.serving import ChatService, FeedbackService
+from services.gateway.deploying import DeploymentControl
+from services.gateway.feedback_service import FeedbackService
+from services.gateway.serving import ChatService
 
 
 def _settings(request: Request) -> Settings:
@@ -31,7 +33,13 @@ def _producer(request: Request) -> EventProducer:
     return producer
 
 
+def _control(request: Request) -> DeploymentControl:
+    control: DeploymentControl = request.app.state.control
+    return control
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ChatDep = Annotated[ChatService, Depends(_chat)]
 FeedbackDep = Annotated[FeedbackService, Depends(_feedback)]
 ProducerDep = Annotated[EventProducer, Depends(_producer)]
+ControlDep = Annotated[DeploymentControl, Depends(_control)]

@@ -2,9 +2,14 @@
 
     ApiError                   any error the gateway answers on purpose
     ├── 400 invalid_request    a request body or parameter is invalid (names the field)
+    ├── 401 unauthenticated    an admin endpoint or forced arm without a bearer token
     ├── 403 invalid_signature  feedback for an interaction id the gateway did not sign
-    ├── 404 model_not_found    the request names a model the gateway does not serve
-    └── 503 unavailable        the event log is full or the model backend failed
+    ├── 403 forbidden          a bearer token that is not the admin token
+    ├── 404 model_not_found    the request names a model (or adapter version) the gateway does not serve
+    ├── 409 conflict           a deployment change not allowed from the current state
+    ├── 413 too_large          a request body over gateway.max_body_bytes
+    ├── 429 overloaded         too many requests wait; the answer carries Retry-After
+    └── 503 unavailable        the event log is full, Kafka is unreachable, or the model backend failed
 
 Every body reads ``{"error": {"message", "type", "param", "code"}}``; messages are fixed strings
 that tests assert.
@@ -19,15 +24,38 @@ from fastapi.responses import JSONResponse
 INVALID_SIGNATURE = "interaction_id was not issued by this service (signature does not verify)"
 EVENT_LOG_FULL = "the service cannot record events right now (event log full); retry later"
 BACKEND_FAILED = "the model backend failed to answer; retry later"
-STREAMING_UNSUPPORTED = "stream=true is not supported yet; send stream=false"
+OVERLOADED = "the gateway is at capacity; retry after the Retry-After interval"
+ADMIN_TOKEN_MISSING = "this endpoint needs an Authorization: Bearer <admin token> header"  # noqa: S105 - a message
+ADMIN_TOKEN_WRONG = "the bearer token is not the admin token"  # noqa: S105 - a message
 
 
 class ApiError(Exception):
     """An error answered with ``status`` and an OpenAI-shaped body."""
 
-    def __init__(self, status: int, message: str, *, kind: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str,
+        param: str | None = None,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
+        self.detail = detail  # what went wrong inside, for the event log; never shown to the client
+        self.headers = headers
+
+
+def overloaded(retry_after_s: int) -> ApiError:
+    """A 429 with Retry-After."""
+    return ApiError(429, OVERLOADED, kind="rate_limit_error", headers={"Retry-After": str(retry_after_s)})
+
+
+def too_large(limit: int) -> ApiError:
+    """A 413 naming the limit."""
+    return ApiError(413, f"the request body exceeds {limit} bytes", kind="invalid_request_error")
 
 
 def invalid_request(message: str, param: str | None = None) -> ApiError:
@@ -41,7 +69,7 @@ def _body(message: str, kind: str, param: str | None) -> dict[str, dict[str, str
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(_body(exc.message, exc.kind, exc.param), status_code=exc.status)
+    return JSONResponse(_body(exc.message, exc.kind, exc.param), status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

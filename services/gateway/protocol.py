@@ -24,6 +24,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     user: str | None = Field(None, max_length=256)
     stream: bool = False
+    stream_options: dict[str, bool] | None = None  # accepted for compatibility; usage is in the final chunk
     n: int = Field(1, ge=1, le=1)
 
     @field_validator("stop")
@@ -129,3 +130,69 @@ class Health(BaseModel):
     wal_bytes: int
     wal_max_bytes: int
     kafka_error: str | None
+
+
+class ChunkChoice(BaseModel):
+    """The one choice of a stream chunk."""
+
+    index: int = 0
+    delta: dict[str, str]  # {"role": "assistant", "content": ""}, then {"content": piece}, then {}
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed answer (``stream: true``), in OpenAI's chunk shape."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    interaction_id: str
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: ready once the model is loaded and the deployment state was read."""
+
+    ready: bool
+    champion: str
+    challenger: str | None
+    phase: str
+    deployment_id: str
+
+
+class SetChallenger(BaseModel):
+    """``POST /v1/admin/deployments/challenger``: a new challenger, in shadow or at the first A/B step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_version: str = Field(min_length=1, max_length=256)  # base name, or base+adapter version
+    mode: Literal["shadow", "ab"] = "shadow"
+    shadow_sample_rate: float = Field(1.0, ge=0, le=1)
+
+
+class SetMode(BaseModel):
+    """``POST /v1/admin/deployments/mode``: shadow, or an A/B ramp step (an index into the ramp)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["shadow", "ab"]
+    step: int = Field(0, ge=0)
+    shadow_sample_rate: float | None = Field(None, ge=0, le=1)
+
+
+class DeploymentView(BaseModel):
+    """The deployment this gateway applies."""
+
+    deployment_id: str
+    revision: int
+    champion: str
+    challenger: str | None
+    mode: Literal["shadow", "ab"]
+    phase: str
+    ramp: list[int]
+    ramp_step: int
+    challenger_percent: float
+    shadow_sample_rate: float
+    updated_by: str

@@ -1,25 +1,48 @@
-"""``/healthz``: the gateway serves whenever the model is loaded; Kafka's state is a flag."""
+"""``/healthz`` (serving and Kafka state), ``/readyz`` (ready for traffic) and ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from services.gateway.deps import ProducerDep
-from services.gateway.protocol import Health
+from services.gateway.deps import ChatDep, ProducerDep
+from services.gateway.protocol import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def health(request: Request, producer: ProducerDep) -> Health:
+async def health(chat: ChatDep, producer: ProducerDep) -> Health:
     """Serving status, Kafka connectivity and the event backlog."""
     state = producer.health()
     return Health(
         status="ok" if state.connected else "degraded",
-        model=request.app.state.chat.model_version,
+        model=chat.model_version,
         kafka_connected=state.connected,
         pending_events=state.pending_events,
         wal_bytes=state.wal_bytes,
         wal_max_bytes=state.wal_max_bytes,
         kafka_error=state.last_error,
     )
+
+
+@router.get("/readyz", response_model=Readiness)
+async def ready(request: Request, chat: ChatDep) -> JSONResponse:
+    """200 once the model is loaded and the deployment state was read; 503 before."""
+    state = chat.deployment
+    is_ready = request.app.state.watcher.caught_up.is_set()
+    body = Readiness(
+        ready=is_ready,
+        champion=state.champion,
+        challenger=state.challenger,
+        phase=state.phase,
+        deployment_id=state.deployment_id,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

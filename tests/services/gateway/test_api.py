@@ -7,15 +7,15 @@ port, so every event stays in the write-ahead log, where the tests read it back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from gateway_fakes import FakeBackend
 
 from feedback.events import ChatMessage, FeedbackEvent, InteractionEvent, decode_event
-from feedback.model.runtime import Generation, SamplingParams
+from feedback.model.runtime import SamplingParams
 from feedback.settings import Settings
 from feedback.signing import sign_id, verify_id
 from services.cli.ports import free_port
@@ -24,45 +24,20 @@ from services.gateway.app import create_app
 SIGNING_KEY = "test-signing-key"
 
 
-class FakeBackend:
-    """Answers with a fixed text; can be told to fail."""
-
-    model_version = "fake-model@1"
-
-    def __init__(self) -> None:
-        self.fail = False
-        self.calls: list[tuple[tuple[ChatMessage, ...], SamplingParams]] = []
-
-    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Generation:
-        self.calls.append((tuple(messages), params))
-        if self.fail:
-            raise RuntimeError("device lost")
-        return Generation(
-            text="Paris.", prompt_tokens=7, completion_tokens=3, finish_reason="stop", confidence=0.5, token_logprobs=()
-        )
-
-
 def make_settings(tmp_path: Path, **wal: Any) -> Settings:
     return Settings.model_validate(
         {
             "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "bootstrap_timeout_ms": 200},
-            "gateway": {"served_model_name": "flywheel", "drain_timeout_s": 0, "wal": {"dir": tmp_path / "wal", **wal}},
+            "gateway": {
+                "served_model_name": "flywheel",
+                "drain_timeout_s": 0,
+                "wal": {"dir": tmp_path / "wal", **wal},
+                "max_body_bytes": 4096,
+            },
             "security": {"signing_key": SIGNING_KEY},
             "model": {"max_new_tokens": 64},
         }
     )
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
-
-
-@pytest.fixture
-def client(tmp_path: Path, backend: FakeBackend) -> Iterator[TestClient]:
-    app = create_app(make_settings(tmp_path), backend=backend)
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 def logged_events(client: TestClient) -> list[InteractionEvent | FeedbackEvent]:
@@ -85,7 +60,7 @@ def test_chat_answers_in_the_openai_shape_with_a_signed_id(client: TestClient, b
     assert response.headers["X-Interaction-Id"] == body["interaction_id"]
     raw_id = verify_id(body["interaction_id"], SIGNING_KEY)
     assert body["id"] == f"chatcmpl-{raw_id}"
-    assert backend.calls[0][1] == SamplingParams(max_tokens=8, temperature=0.0, top_p=1.0, stop=(), seed=7)
+    assert backend.calls[0].params == SamplingParams(max_tokens=8, temperature=0.0, top_p=1.0, stop=(), seed=7)
 
 
 def test_every_answer_is_logged_as_an_interaction_event(client: TestClient) -> None:
@@ -137,8 +112,15 @@ def test_models_lists_the_served_name(client: TestClient) -> None:
         ({"max_tokens": 0}, 400, "max_tokens", "max_tokens: Input should be greater than or equal to 1"),
         ({"max_tokens": 65}, 400, "max_tokens", "max_tokens: at most 64 tokens may be requested"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "stop: Value error, stop takes at most 4 non-empty strings"),
-        ({"stream": True}, 400, "stream", "stream=true is not supported yet; send stream=false"),
         ({"model": "gpt-4"}, 404, "model", "model 'gpt-4' is not served here; use 'flywheel'"),
+        (
+            {"max_tokens": "many"},
+            400,
+            "max_tokens",
+            "max_tokens: Input should be a valid integer, unable to parse string as an integer",
+        ),
+        ({"messages": "hello"}, 400, "messages", "messages: Input should be a valid list"),
+        ({"messages": [{"role": "user", "content": "w " * 95}]}, 400, "max_tokens", "prompt 95 + max_tokens 8 > 100"),
     ],
 )
 def test_bad_requests_get_a_clear_4xx(

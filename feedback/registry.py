@@ -1,0 +1,111 @@
+"""A content-addressed registry of LoRA adapter versions on disk, with lineage.
+
+An adapter version is named by the SHA-256 of its weights, its config and the manifest of the
+dataset it was trained on, so the same adapter is stored once and a gateway anywhere can fetch it
+by that name and check, on load, that the bytes are what the name says. Layout::
+
+    <root>/<version>/adapter_config.json
+    <root>/<version>/adapter_model.safetensors
+    <root>/<version>/dataset_manifest.json   canonical JSON, part of the hash
+    <root>/<version>/lineage.json            parent, dataset hash, training, metrics, state ...
+
+A version is written into a temporary directory and renamed into place, so a reader never sees
+half an adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from feedback.errors import FlywheelError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+DATASET_MANIFEST = "dataset_manifest.json"
+LINEAGE = "lineage.json"
+STATES = ("candidate", "shadow", "canary", "champion", "retired", "rejected", "superseded")
+
+
+class RegistryError(FlywheelError):
+    """An adapter version is missing, incomplete, or its bytes do not match its name."""
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no spaces: the same mapping always gives the same bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def adapter_hash(adapter_dir: Path, dataset_manifest: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the adapter's files and the dataset manifest, each prefixed by its name."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        path = adapter_dir / name
+        if not path.is_file():
+            raise RegistryError(f"{str(adapter_dir)!r} holds no {name}")
+        digest.update(name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    digest.update(DATASET_MANIFEST.encode() + b"\0" + canonical_json(dataset_manifest))
+    return digest.hexdigest()
+
+
+class AdapterRegistry:
+    """Adapter versions under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def register(self, adapter_dir: Path, *, dataset_manifest: Mapping[str, Any], lineage: Mapping[str, Any]) -> str:
+        """Store the adapter saved in ``adapter_dir`` (peft ``save_pretrained``); return its version."""
+        version = adapter_hash(adapter_dir, dataset_manifest)
+        target = self.root / version
+        if target.is_dir():
+            return version
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            for name in ADAPTER_FILES:
+                shutil.copyfile(adapter_dir / name, staging / name)
+            (staging / DATASET_MANIFEST).write_bytes(canonical_json(dataset_manifest))
+            record = {
+                "version": version,
+                "dataset_hash": hashlib.sha256(canonical_json(dataset_manifest)).hexdigest(),
+                "created": datetime.now(UTC).isoformat(),
+                "state": "candidate",
+                **lineage,
+            }
+            (staging / LINEAGE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return version
+
+    def fetch(self, version: str) -> Path:
+        """The directory of ``version``, after checking its bytes still hash to its name."""
+        path = self.root / version
+        if not path.is_dir():
+            raise RegistryError(f"adapter version {version!r} is not in the registry at {str(self.root)!r}")
+        try:
+            manifest = json.loads((path / DATASET_MANIFEST).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"adapter version {version!r} has no readable dataset manifest") from exc
+        actual = adapter_hash(path, manifest)
+        if actual != version:
+            raise RegistryError(f"adapter version {version!r} is corrupt: its files hash to {actual!r}")
+        return path
+
+    def lineage(self, version: str) -> dict[str, Any]:
+        """The lineage record of ``version``."""
+        try:
+            record: dict[str, Any] = json.loads((self.root / version / LINEAGE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"adapter version {version!r} has no readable lineage") from exc
+        return record

@@ -1,0 +1,76 @@
+"""``/v1/admin/deployments``: set a challenger, change mode or ramp step, promote, roll back.
+
+Every route needs ``Authorization: Bearer <security.admin_token>`` (401 without, 403 when wrong).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from feedback import deployments
+from feedback.deployments import DeploymentState
+from services.gateway.auth import require_admin
+from services.gateway.deps import ControlDep, SettingsDep
+from services.gateway.protocol import DeploymentView, SetChallenger, SetMode
+
+
+def _admin(request: Request, settings: SettingsDep) -> str:
+    return require_admin(request.headers.get("authorization"), settings)
+
+
+AdminDep = Annotated[str, Depends(_admin)]
+router = APIRouter(prefix="/v1/admin/deployments", tags=["admin"])
+
+
+def view(state: DeploymentState) -> DeploymentView:
+    """The state as the API shows it."""
+    return DeploymentView(
+        **state.model_dump(include={"deployment_id", "revision", "champion", "challenger", "mode", "ramp_step"}),
+        ramp=list(state.ramp),
+        phase=state.phase,
+        challenger_percent=state.challenger_percent,
+        shadow_sample_rate=state.shadow_sample_rate,
+        updated_by=state.updated_by,
+    )
+
+
+@router.get("")
+async def current(admin: AdminDep, control: ControlDep) -> DeploymentView:
+    """The deployment this gateway applies now."""
+    return view(control.state)
+
+
+@router.post("/challenger")
+async def set_challenger(body: SetChallenger, admin: AdminDep, control: ControlDep) -> DeploymentView:
+    """Deploy a new challenger (a new deployment id)."""
+    return view(
+        await control.change(
+            lambda s: deployments.set_challenger(
+                s, body.model_version, by=admin, mode=body.mode, sample_rate=body.shadow_sample_rate
+            )
+        )
+    )
+
+
+@router.post("/mode")
+async def set_mode(body: SetMode, admin: AdminDep, control: ControlDep) -> DeploymentView:
+    """Switch between shadow and A/B, or move up the ramp."""
+    return view(
+        await control.change(
+            lambda s: deployments.set_mode(s, body.mode, by=admin, step=body.step, sample_rate=body.shadow_sample_rate)
+        )
+    )
+
+
+@router.post("/promote")
+async def promote(admin: AdminDep, control: ControlDep) -> DeploymentView:
+    """Make the challenger the champion."""
+    return view(await control.change(lambda s: deployments.promote(s, by=admin)))
+
+
+@router.post("/rollback")
+async def roll_back(admin: AdminDep, control: ControlDep) -> DeploymentView:
+    """Remove the challenger."""
+    return view(await control.change(lambda s: deployments.roll_back(s, by=admin)))

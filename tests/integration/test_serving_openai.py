@@ -1,0 +1,109 @@
+"""The official OpenAI client against the gateway over real HTTP, on the real default model and Kafka.
+
+Non-streaming and streaming (SSE) answers must be the same greedy text the model runtime makes,
+carry the signed interaction id, and each become exactly one interaction event on Kafka, logged
+after the stream ended, with the time to first token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from fastapi import FastAPI
+from kafka import KafkaConsumer
+from openai import OpenAI
+
+from feedback.events import InteractionEvent, decode_event
+from feedback.model.runtime import ModelRuntime, SamplingParams
+from feedback.settings import KafkaSettings, Settings
+from feedback.signing import verify_id
+from services.gateway.app import create_app
+from services.gateway.backend import TransformersBackend
+
+SIGNING_KEY = "serving-signing-key"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
+
+
+def serving_settings(tmp_path: Path, kafka: KafkaSettings) -> Settings:
+    return Settings.model_validate(
+        {
+            "kafka": kafka.model_dump(),
+            "gateway": {"wal": {"dir": tmp_path / "wal"}, "drain_timeout_s": 10},
+            "security": {"signing_key": SIGNING_KEY},
+            "model": {"registry_dir": tmp_path / "registry"},
+        }
+    )
+
+
+def interaction_events(kafka: KafkaSettings, expected: int, timeout_s: float = 60) -> list[InteractionEvent]:
+    consumer = KafkaConsumer(
+        kafka.topics.interactions, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest"
+    )
+    events: list[InteractionEvent] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(events) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    event = decode_event(record.value)
+                    assert isinstance(event, InteractionEvent)
+                    events.append(event)
+    finally:
+        consumer.close()
+    return sorted(events, key=lambda e: e.event_id)
+
+
+def test_openai_client_non_streaming_and_streaming(
+    tmp_path: Path, kafka_isolated: KafkaSettings, runtime: ModelRuntime, serve_app: ServeApp
+) -> None:
+    expected = runtime.generate(QUESTION, SamplingParams(max_tokens=12, temperature=0.0))
+    settings = serving_settings(tmp_path, kafka_isolated)
+    with serve_app(create_app(settings, backend=TransformersBackend(runtime, settings.gateway))) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(
+            model="flywheel",
+            messages=QUESTION,
+            max_tokens=12,
+            temperature=0,
+            user="alice",  # type: ignore[arg-type]
+        )
+        raw = client.chat.completions.with_raw_response.create(
+            model="flywheel",
+            messages=QUESTION,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            user="bob",  # type: ignore[arg-type]
+        )
+        chunks = list(raw.parse())
+
+    assert answer.choices[0].message.content == expected.text
+    assert answer.choices[0].finish_reason == expected.finish_reason == "stop"
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == expected.completion_tokens
+
+    signed = raw.headers["X-Interaction-Id"]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [c.choices[0].delta.content or "" for c in chunks]
+    assert len([p for p in pieces if p]) >= 3  # token by token, not one blob
+    assert "".join(pieces) == expected.text
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+    assert all(c.finish_reason is None for chunk in chunks[:-1] for c in chunk.choices)
+    assert {c.model_extra["interaction_id"] for c in chunks if c.model_extra} == {signed}
+    assert {c.id for c in chunks} == {f"chatcmpl-{verify_id(signed, SIGNING_KEY)}"}
+
+    served, streamed = interaction_events(kafka_isolated, 2)
+    assert (served.unit_id, streamed.unit_id) == ("alice", "bob")
+    assert streamed.interaction_id == verify_id(signed, SIGNING_KEY)
+    for event in (served, streamed):
+        assert (event.completion, event.completion_tokens) == (expected.text, expected.completion_tokens)
+        assert event.confidence is not None
+        assert abs(event.confidence - expected.confidence) < 1e-4
+        assert (event.arm, event.role, event.phase, event.error) == ("champion", "served", "champion-only", None)
+    assert served.ttft_ms is None
+    assert streamed.ttft_ms is not None
+    assert 0 < streamed.ttft_ms <= streamed.latency_ms
