@@ -18,13 +18,12 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from evaluation.config import ExperimentSettings
 from evaluation.errors import EvaluationError
 from evaluation.html import render_html
 from evaluation.metrics import parse_split
 from evaluation.report import build_report, require_arms, to_json
 from feedback.errors import ConfigError
-from feedback.settings import load_settings
+from feedback.settings import Settings, load_settings
 
 
 class ReadOnlyDuckDB:
@@ -49,11 +48,15 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open(db: Path | None) -> ReadOnlyDuckDB:
+def _settings() -> Settings:
     try:
-        path = db or load_settings().duckdb.path
+        return load_settings()
     except ConfigError as exc:
         raise _fail(str(exc), 2) from exc
+
+
+def _open(db: Path | None, settings: Settings) -> ReadOnlyDuckDB:
+    path = db or settings.duckdb.path
     if not path.is_file():
         raise _fail(f"no DuckDB file at {path}; pass --db or set FLYWHEEL_DUCKDB__PATH", 2)
     try:
@@ -130,13 +133,18 @@ def report(
     db: Annotated[Path | None, typer.Option("--db", help="the DuckDB file (default: duckdb.path)")] = None,
     metric: Annotated[list[str] | None, typer.Option("--metric", help="only these metrics (repeatable)")] = None,
     split: Annotated[str | None, typer.Option("--split", help="expected split champion/challenger, e.g. 90/10")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", min=0.0001, max=0.5, help="significance level")] = 0.05,
+    alpha: Annotated[
+        float | None,
+        typer.Option("--alpha", min=0.0001, max=0.5, help="significance level (default: experiment.alpha)"),
+    ] = None,
 ) -> None:
     """The A/B report of an experiment: SRM per phase, every metric, shadow analysis and the verdict."""
-    store = _open(db)
+    settings = _settings()
+    stats = settings.experiment if alpha is None else settings.experiment.model_copy(update={"alpha": alpha})
+    store = _open(db, settings)
     try:
         expected = parse_split(split) if split else None
-        built = build_report(store, experiment, ExperimentSettings(alpha=alpha), metrics=metric, split=expected)
+        built = build_report(store, experiment, stats, metrics=metric, split=expected)
         require_arms(built)
     except EvaluationError as exc:
         raise _fail(str(exc), 1) from exc

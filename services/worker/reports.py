@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from evaluation.config import ExperimentSettings
 from evaluation.errors import EvaluationError, UnknownExperimentError
 from evaluation.html import render_html
 from evaluation.metrics import parse_split
@@ -50,7 +49,7 @@ _cache = ReportCache()
 
 def compute(request: Request, experiment: str, metrics: list[str], split: str | None) -> dict[str, Any]:
     """The report as JSON-safe data; evaluation errors become 404/422."""
-    settings = getattr(request.app.state.settings, "experiment", None) or ExperimentSettings()
+    settings = request.app.state.settings.experiment
     try:
         expected = parse_split(split) if split else None
         report = build_report(request.app.state.store, experiment, settings, metrics=metrics or None, split=expected)
