@@ -214,7 +214,7 @@ def watch_lake(root: Path, seen: dict[str, float], done: threading.Event) -> Non
         with duckdb.connect() as con:
             try:
                 rows = con.execute("SELECT event_id FROM read_parquet(?)", [files]).fetchall()
-            except duckdb.IOException:  # no file yet
+            except duckdb.Error:  # no file yet
                 rows = []
         now = time.perf_counter()
         for (event_id,) in rows:
