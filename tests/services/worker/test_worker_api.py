@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
-from conftest import ServeApp
+from fastapi import FastAPI
 from kafka import KafkaProducer
 from pipeline_events import feedback, interaction, wait_until
 
@@ -16,6 +18,8 @@ from feedback.settings import KafkaSettings, Settings
 from feedback.wal import WriteAheadLog
 from services.cli.ports import free_port
 from services.worker.app import create_app
+
+ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
 
 
 def flywheel(*args: str) -> subprocess.CompletedProcess[str]:
