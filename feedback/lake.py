@@ -18,7 +18,9 @@ DuckDB and this lake; Kafka keeps events only for ``kafka.topics.retention_hours
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -112,17 +114,28 @@ class Lake:
             result.rows[table] = data.num_rows
         return result
 
-    @staticmethod
-    def _write(data: pa.Table, directory: Path, basename: str) -> None:
-        ds.write_dataset(
-            data,
-            directory,
-            format="parquet",
-            partitioning=["day"],
-            partitioning_flavor="hive",
-            basename_template=basename,
-            existing_data_behavior="overwrite_or_ignore",  # a redone export rewrites its own files
-        )
+    def _write(self, data: pa.Table, directory: Path, basename: str) -> None:
+        """Write day partitions into a staging folder, then move each file into place atomically.
+
+        A reader (the sandbox) then never sees a half-written file, and an export that dies
+        midway leaves nothing in the lake; a redone export replaces its own files.
+        """
+        staging = self.root / ".staging" / uuid.uuid4().hex
+        try:
+            ds.write_dataset(
+                data,
+                staging,
+                format="parquet",
+                partitioning=["day"],
+                partitioning_flavor="hive",
+                basename_template=basename,
+            )
+            for file in sorted(staging.rglob("*.parquet")):
+                target = directory / file.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(file, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def purge(self, keep_days: int, today: date | None = None) -> PurgeResult:
         """Remove every whole day older than ``keep_days`` from the lake and DuckDB, then compact."""
