@@ -53,7 +53,10 @@ def open_producer(settings: Settings) -> EventProducer:
         fsync_each=wal_settings.fsync_interval_ms == 0,
     )
     return EventProducer(
-        wal, kafka_sender_factory(settings.kafka), fsync_interval_s=wal_settings.fsync_interval_ms / 1000
+        wal,
+        kafka_sender_factory(settings.kafka),
+        fsync_interval_s=wal_settings.fsync_interval_ms / 1000,
+        warn_fraction=wal_settings.warn_fraction,
     )
 
 
