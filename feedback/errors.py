@@ -16,7 +16,12 @@ are translated where they enter the package, with ``raise ... from exc``.
     ├── KafkaUnavailableError     the Kafka cluster is unreachable or refused an admin request
     ├── WalError
     │   └── WalFullError          the write-ahead log reached its size bound
-    └── StoreError                DuckDB could not be opened or written
+    ├── StoreError                DuckDB could not be opened or written
+    ├── RegistryError             an adapter version is missing, incomplete or fails its hash
+    └── QueryError                an analyst query in the sandbox
+        ├── QueryRefused          not a single SELECT, or it reaches outside the lake or its role
+        ├── QueryFailed           allowed, but DuckDB could not run it
+        └── QueryTimeout          ran past its time limit and was killed
 """
 
 from __future__ import annotations
@@ -72,3 +77,23 @@ class WalFullError(WalError):
 
 class StoreError(FlywheelError):
     """The DuckDB store could not be opened, migrated or written."""
+
+
+class RegistryError(FlywheelError):
+    """An adapter version is missing, incomplete, or its bytes do not match its name."""
+
+
+class QueryError(FlywheelError):
+    """An analyst query was refused, failed, or ran out of time or memory."""
+
+
+class QueryRefused(QueryError):
+    """The query is not allowed (not a single SELECT, or it reaches outside the lake or its role)."""
+
+
+class QueryFailed(QueryError):
+    """The query is allowed but DuckDB could not run it (a syntax or name error, out of memory)."""
+
+
+class QueryTimeout(QueryError):
+    """The query ran longer than the limit and its process was killed."""

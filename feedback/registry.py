@@ -25,16 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from feedback.errors import FlywheelError
+from feedback.errors import RegistryError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DATASET_MANIFEST = "dataset_manifest.json"
 LINEAGE = "lineage.json"
 STATES = ("candidate", "shadow", "canary", "champion", "retired", "rejected", "superseded")
-
-
-class RegistryError(FlywheelError):
-    """An adapter version is missing, incomplete, or its bytes do not match its name."""
 
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:

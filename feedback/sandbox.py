@@ -28,25 +28,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from feedback.errors import FlywheelError
+from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
 
 TABLES = {"interactions": "event_id", "feedback": "feedback_id", "audit": "event_id"}
-
-
-class QueryError(FlywheelError):
-    """An analyst query was refused, failed, or ran out of time or memory."""
-
-
-class QueryRefused(QueryError):
-    """The query is not allowed (not a single SELECT, or it reaches outside the lake or its role)."""
-
-
-class QueryFailed(QueryError):
-    """The query is allowed but DuckDB could not run it (a syntax or name error, out of memory)."""
-
-
-class QueryTimeout(QueryError):
-    """The query ran longer than the limit and its process was killed."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from feedback.sandbox import QueryFailed, QueryLimits, QueryRefused, QueryTimeout, run_query
+from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
+from feedback.sandbox import QueryLimits, run_query
 from feedback.settings import Settings
 
 EXIT_CODES: dict[type[Exception], int] = {QueryRefused: 3, QueryTimeout: 4, QueryFailed: 1}

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 
 from evaluation.summary import arm_summary
-from feedback.sandbox import QueryFailed, QueryLimits, QueryRefused, QueryTimeout, run_query
+from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
+from feedback.sandbox import QueryLimits, run_query
 from services.worker.protocol import AnalyticsQuery, AnalyticsResult, SinkStatus
 from services.worker.status import sink_status
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from feedback.errors import RegistryError
 from feedback.model.runtime import ModelRuntime
-from feedback.registry import AdapterRegistry, RegistryError
+from feedback.registry import AdapterRegistry
 
 MANIFEST = {"rows": 12, "sha256": "ab" * 32}
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from pipeline_events import feedback, interaction
 
+from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
 from feedback.events import ChatMessage
 from feedback.lake import Lake
-from feedback.sandbox import QueryFailed, QueryLimits, QueryRefused, QueryTimeout, run_query
+from feedback.sandbox import QueryLimits, run_query
 from feedback.store import DuckDBStore, Located
 
 SECRET_EMAIL = "jane.doe@example.com"
