@@ -119,6 +119,7 @@ class GatewaySettings(_Section):
     shadow_queue_size: int = Field(32, ge=0)  # shadow copies waiting; beyond this new copies are shed
     shadow_concurrency: int = Field(8, ge=1)  # most shadow rows in one batch
     shadow_timeout_s: float = Field(30.0, gt=0)  # a shadow copy not done by then is abandoned (counted), seconds
+    challenger_timeout_s: float = Field(20.0, gt=0)  # A/B challenger silent this long: champion answers instead, s
     shadow_preempt_depth: int = Field(4, ge=1)  # served requests waiting at which running shadow rows stop (shed)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # larger request bodies get a 413, bytes
     deployment_apply_timeout_s: float = Field(10.0, gt=0)  # an admin change waits this long to be applied here, s

@@ -8,6 +8,7 @@ are built in the lifespan and kept on ``app.state``; routes reach them through
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from services.gateway.deploying import DeploymentControl
 from services.gateway.errors import install_error_handlers
 from services.gateway.feedback_service import FeedbackService
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.pool import BackendPool
 from services.gateway.routes import admin, chat, feedback, health
 from services.gateway.serving import ChatService
 
@@ -35,10 +37,10 @@ log = logging.getLogger(__name__)
 STARTUP_WAIT_S = 5.0  # at start, wait this long to read the deployments topic to its end
 
 
-def load_backend(settings: Settings) -> TransformersBackend:
-    """The champion's backend: the configured model, converted once and loaded from the cache."""
+def load_backend(settings: Settings, source: str | None = None) -> TransformersBackend:
+    """A backend on the model ``source`` (default: the configured model), converted once and loaded from the cache."""
     model = settings.model
-    model_dir = prepare_model(model.source, model.cache_dir)
+    model_dir = prepare_model(source or model.source, model.cache_dir)
     runtime = ModelRuntime.load(model_dir, device=model.device, dtype=model.dtype, threads=model.threads)
     return TransformersBackend(runtime, settings.gateway, AdapterRegistry(model.registry_dir))
 
@@ -71,20 +73,20 @@ def create_app(
 
     ``backend`` replaces the configured model (tests, other engines); ``champion`` names its
     model version (default: the transformers backend's base model); ``extra_backends`` serve
-    challengers on other base models.
+    challengers on other base models. A deployment naming a base that none of them serves loads
+    it from its model source (:mod:`services.gateway.pool`).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         main = backend or load_backend(resolved)
-        backends = [main, *extra_backends]
+        pool = BackendPool([main, *extra_backends], functools.partial(load_backend, resolved))
         metrics = GatewayMetrics()
-        for each in backends:
-            await each.start(metrics)
+        await pool.start(metrics)
         producer = open_producer(resolved)
         producer.start()
-        chat_service = ChatService(backends, champion or _base_name(main), producer, resolved, metrics)
+        chat_service = ChatService(pool, champion or _base_name(main), producer, resolved, metrics)
         watcher = DeploymentWatcher(resolved.kafka, chat_service.deployment, _applier(chat_service))
         watcher.start()
         app.state.settings, app.state.producer, app.state.metrics = resolved, producer, metrics
@@ -98,8 +100,7 @@ def create_app(
         finally:
             await asyncio.to_thread(watcher.close)
             await chat_service.shadow.close()
-            for each in backends:
-                await each.close()
+            await pool.close()
             producer.close(timeout_s=resolved.gateway.drain_timeout_s)
 
     app = FastAPI(title="flywheel gateway", lifespan=lifespan)

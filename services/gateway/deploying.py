@@ -54,7 +54,7 @@ class DeploymentControl:
     async def _check_loadable(self, state: DeploymentState) -> None:
         for version in filter(None, (state.champion, state.challenger)):
             try:
-                await self._chat.backend_for(version).load(version)
+                await self._chat.load(version)
             except Exception as exc:  # unknown base, missing or corrupt adapter: say which
                 raise ApiError(
                     404,

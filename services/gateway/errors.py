@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 INVALID_SIGNATURE = "interaction_id was not issued by this service (signature does not verify)"
 EVENT_LOG_FULL = "the service cannot record events right now (event log full); retry later"
 BACKEND_FAILED = "the model backend failed to answer; retry later"
+STREAM_FAILED = "the model backend failed while streaming; the answer is incomplete"
 OVERLOADED = "the gateway is at capacity; retry after the Retry-After interval"
 ADMIN_TOKEN_MISSING = "this endpoint needs an Authorization: Bearer <admin token> header"  # noqa: S105 - a message
 ADMIN_TOKEN_WRONG = "the bearer token is not the admin token"  # noqa: S105 - a message
@@ -63,13 +64,14 @@ def invalid_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, kind="invalid_request_error", param=param)
 
 
-def _body(message: str, kind: str, param: str | None) -> dict[str, dict[str, str | None]]:
+def error_body(message: str, kind: str, param: str | None) -> dict[str, dict[str, str | None]]:
+    """The OpenAI error object."""
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(_body(exc.message, exc.kind, exc.param), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(error_body(exc.message, exc.kind, exc.param), status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -78,7 +80,7 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    return JSONResponse(_body(message, "invalid_request_error", param), status_code=400)
+    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
 
 def install_error_handlers(app: FastAPI) -> None:

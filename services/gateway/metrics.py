@@ -9,7 +9,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class GatewayMetrics:
-    """Latency and tokens per arm and role, queues, shadow outcomes, batch sizes, publish failures."""
+    """Latency and tokens per arm and role, queues, shadow outcomes, batch sizes, failures and fallbacks."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -33,6 +33,19 @@ class GatewayMetrics:
         )
         self.rejected = Counter("flywheel_rejected_requests", "Served requests refused with 429", registry=r)
         self.publish_failures = Counter("flywheel_event_publish_failures", "Events the log refused", registry=r)
+        self.fallbacks = Counter(
+            "flywheel_challenger_fallbacks",
+            "A/B challenger answers that failed, timed out or were invalid; the champion answered instead",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_failures = Counter(
+            "flywheel_stream_failures", "Streams ended with an error chunk after their first chunk", ["arm"], registry=r
+        )
+        self.bases = Gauge("flywheel_base_models", "Base models loaded on demand, by state", ["state"], registry=r)
+        self.load_failures = Counter(
+            "flywheel_model_load_failures", "Model versions (bases or adapters) that failed to load", registry=r
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

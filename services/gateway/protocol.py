@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from feedback.events import ChatMessage
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a final chunk with the token counts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = False  # strict: "yes" or 1 is a 400, not True
 
 
 class ChatCompletionRequest(BaseModel):
@@ -24,7 +32,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     user: str | None = Field(None, max_length=256)
     stream: bool = False
-    stream_options: dict[str, bool] | None = None  # accepted for compatibility; usage is in the final chunk
+    stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
 
     @field_validator("stop")
@@ -35,6 +43,11 @@ class ChatCompletionRequest(BaseModel):
         if value == "":
             raise ValueError("stop must not be empty")
         return value
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
 
     def stop_strings(self) -> tuple[str, ...]:
         """``stop`` as a tuple."""
@@ -142,24 +155,31 @@ class ChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
-    """One server-sent event of a streamed answer (``stream: true``), in OpenAI's chunk shape."""
+    """One server-sent event of a streamed answer (``stream: true``), in OpenAI's chunk shape.
+
+    With ``stream_options.include_usage`` every chunk carries ``usage: null`` and a last chunk
+    with no choices carries the usage; without it the field is left out.
+    """
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChunkChoice]
+    usage: Usage | None = None
     interaction_id: str
 
 
 class Readiness(BaseModel):
-    """``GET /readyz``: ready once the model is loaded and the deployment state was read."""
+    """``GET /readyz``: ready once the champion can be served and the deployment state was read."""
 
     ready: bool
     champion: str
     challenger: str | None
     phase: str
     deployment_id: str
+    bases_loading: list[str]  # base models of other deployed versions being loaded now
+    bases_loaded: list[str]  # base models loaded on demand (besides the configured ones)
 
 
 class SetChallenger(BaseModel):

@@ -4,16 +4,20 @@ A request is routed (:mod:`services.gateway.routing`) to the champion or, in an 
 challenger; a sampled copy may go to a shadow challenger (:mod:`services.gateway.shadow`). The
 served answer is recorded as an interaction event in the write-ahead log before a non-streaming
 response returns, and right after a stream ends (also when the client went away).
+
+An A/B challenger never shows the user an error: when it fails, hangs or answers garbage before
+its first piece of text, the champion answers. The event stays in the challenger arm
+(intention-to-treat), its ``error`` says what the challenger did, and its ``model_version`` (with
+completion, token counts and confidence) is the champion's, the version that actually answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from feedback.deployments import DeploymentState, initial_state
@@ -23,19 +27,23 @@ from feedback.model.runtime import Generation, SamplingParams
 from feedback.producer import EventProducer
 from feedback.settings import Settings
 from feedback.signing import sign_id
-from services.gateway.backend import ContextLengthError, GenerationRequest, InferenceBackend
+from services.gateway.backend import ContextLengthError, GenerationRequest
 from services.gateway.errors import (
     BACKEND_FAILED,
+    STREAM_FAILED,
     ApiError,
     invalid_request,
     overloaded,
 )
+from services.gateway.fallback import fallback_error, invalid_answer
 from services.gateway.feedback_service import publish
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.pool import BackendPool
 from services.gateway.protocol import ChatCompletionRequest
 from services.gateway.routing import Route, choose_route
 from services.gateway.scheduler import Overloaded
 from services.gateway.shadow import ShadowRunner
+from services.gateway.streaming import RunningStream, StreamFailure, StreamItem, next_piece, start_stream
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,8 @@ class Exchange:
     interaction_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
     ttft_ms: float | None = None
+    answered_by: str = ""  # the model version whose answer the user got
+    fallback: str | None = None  # why the A/B challenger did not answer, when the champion did
 
     def generation_request(self, model_version: str, role: Role) -> GenerationRequest:
         """What a backend needs to answer this exchange with ``model_version``."""
@@ -68,17 +78,17 @@ class Exchange:
 
 
 class ChatService:
-    """Routes, serves and records chat completions; shadows the challenger."""
+    """Routes, serves and records chat completions; shadows the challenger; falls back to the champion."""
 
     def __init__(
         self,
-        backends: Sequence[InferenceBackend],
+        pool: BackendPool,
         champion: str,
         producer: EventProducer,
         settings: Settings,
         metrics: GatewayMetrics,
     ) -> None:
-        self._backends = list(backends)
+        self.pool = pool
         self._producer = producer
         self._settings = settings
         self._metrics = metrics
@@ -90,21 +100,32 @@ class ChatService:
         """The champion's model version."""
         return self.deployment.champion
 
-    def backend_for(self, model_version: str) -> InferenceBackend:
-        """The backend that serves ``model_version``."""
-        for backend in self._backends:
-            if backend.serves(model_version):
-                return backend
-        raise LookupError(f"no backend serves model version {model_version!r}")
+    def can_serve(self, model_version: str) -> bool:
+        """Whether a backend serves ``model_version`` now."""
+        try:
+            self.pool.backend_for(model_version)
+        except LookupError:
+            return False
+        return True
+
+    async def load(self, model_version: str) -> None:
+        """Make ``model_version`` servable (its base model and adapter), while serving goes on."""
+        await self.pool.load(model_version)
 
     async def apply(self, state: DeploymentState) -> None:
-        """Adopt a deployment state, loading its model versions first (a failed load is logged, not fatal)."""
+        """Adopt a deployment state, loading its model versions first (a failed load is logged, not fatal).
+
+        A challenger that failed to load still takes its place in the state, so every replica
+        agrees on the phase: its A/B users get the champion's answer (recorded as a fallback) and
+        its shadow copies record the error. Bases no longer deployed are released.
+        """
         for version in filter(None, (state.champion, state.challenger)):
             try:
-                await self.backend_for(version).load(version)
-            except Exception:  # the state still holds; requests to this version record the error
+                await self.pool.load(version)
+            except Exception:  # counted by the pool; requests to this version record the error
                 log.exception("could not load model version %s", version)
         self.deployment = state
+        await self.pool.retain((state.champion, state.challenger))
 
     def open(self, request: ChatCompletionRequest, headers: Mapping[str, str], forced: Arm | None) -> Exchange:
         """Validate and route one request."""
@@ -112,17 +133,26 @@ class ChatService:
         request_id = headers.get("x-request-id") or new_id()
         unit = assignment_unit(request, headers, request_id)
         route = choose_route(self.deployment, unit, forced=forced, draw=random.random())
-        exchange = Exchange(request, params, request_id, unit, route, signed_id="")
+        exchange = Exchange(request, params, request_id, unit, route, signed_id="", answered_by=route.model_version)
         exchange.signed_id = sign_id(exchange.interaction_id, self._settings.security.signing_key)
         return exchange
 
     async def complete(self, exchange: Exchange) -> Generation:
-        """Serve the exchange and log its event before returning; start its shadow copy."""
-        request = exchange.generation_request(exchange.route.model_version, "served")
-        self._check(request)
+        """Serve the exchange and log its event before returning; start its shadow copy.
+
+        An A/B challenger that fails, hangs past ``gateway.challenger_timeout_s`` or answers
+        garbage is replaced by the champion: the user sees no error.
+        """
+        champion = exchange.generation_request(exchange.route.state.champion, "served")
+        self._check(champion)
         self._start_shadow(exchange)
+        if exchange.route.arm == "challenger":
+            answer = await self._try_challenger(exchange)
+            if answer is not None:
+                self._record_served(exchange, answer, None)
+                return answer
         try:
-            generation = await self._generate(exchange, request)
+            generation = await self._generate(exchange, champion)
         except ApiError as exc:
             if exc.status >= 500:
                 self._record_served(exchange, None, exc.detail or exc.message)
@@ -130,61 +160,117 @@ class ChatService:
         self._record_served(exchange, generation, None)
         return generation
 
-    async def stream(self, exchange: Exchange) -> tuple[str, AsyncIterator[str | Generation]]:
+    async def stream(self, exchange: Exchange) -> tuple[str, AsyncIterator[StreamItem]]:
         """Serve the exchange as text pieces, then its generation; the first piece has arrived on return.
 
-        Errors before the first piece (prompt too long, overload) raise here, before any byte is sent.
+        Errors before the first piece (prompt too long, overload) raise here, before any byte is
+        sent; an A/B challenger failing before its first piece is replaced by the champion. A
+        failure after the first piece ends the stream with a :class:`StreamFailure`.
         """
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str] = asyncio.Queue()
-        request = exchange.generation_request(exchange.route.model_version, "served")
-        self._check(request)
+        champion = exchange.generation_request(exchange.route.state.champion, "served")
+        self._check(champion)
         self._start_shadow(exchange)
-        request = GenerationRequest(
-            request.messages,
-            request.params,
-            request.model_version,
-            "served",
-            on_text=functools.partial(_put_from_thread, loop, pieces),
-        )
-        task = loop.create_task(self._generate(exchange, request))
+        if exchange.route.arm == "challenger":
+            opened = await self._open_challenger_stream(exchange)
+            if opened is not None:
+                return exchange.signed_id, self._pieces(exchange, *opened)
+        running = start_stream(self.pool.backend_for(champion.model_version), champion)
         try:
-            first = await _first_piece(pieces, task)
-        except ApiError as exc:
-            if exc.status >= 500:
-                self._record_served(exchange, None, exc.detail or exc.message)
-            raise
+            first = await next_piece(running, None)
+        except Exception as exc:
+            error = self._as_api_error(exchange, exc)
+            if error.status >= 500:
+                self._record_served(exchange, None, error.detail or error.message)
+            raise error from exc
         exchange.ttft_ms = (time.perf_counter() - exchange.started) * 1000
-        return exchange.signed_id, self._pieces(exchange, first, pieces, task)
+        return exchange.signed_id, self._pieces(exchange, running, first, None)
+
+    async def _try_challenger(self, exchange: Exchange) -> Generation | None:
+        """The challenger's answer, or None after recording why the champion must answer instead."""
+        version, timeout = exchange.route.model_version, self._settings.gateway.challenger_timeout_s
+        try:
+            request = exchange.generation_request(version, "served")
+            backend = self.pool.backend_for(version)
+            backend.check(request)
+            generation = await asyncio.wait_for(backend.generate(request), timeout)
+        except TimeoutError:
+            self._fall_back(exchange, "timeout", f"no answer within {timeout:g} s")
+            return None
+        except Exception as exc:  # the challenger's failure is data, never the user's problem
+            self._fall_back(exchange, "error", f"{type(exc).__name__}: {exc}")
+            return None
+        problem = invalid_answer(generation)
+        if problem is not None:
+            self._fall_back(exchange, "invalid", problem)
+            return None
+        return generation
+
+    async def _open_challenger_stream(self, exchange: Exchange) -> tuple[RunningStream, str | None, float] | None:
+        """The challenger's stream with its first piece, or None after recording a fallback."""
+        version, timeout = exchange.route.model_version, self._settings.gateway.challenger_timeout_s
+        running: RunningStream | None = None
+        try:
+            request = exchange.generation_request(version, "served")
+            self.pool.backend_for(version).check(request)
+            running = start_stream(self.pool.backend_for(version), request)
+            first = await next_piece(running, timeout)
+            problem = invalid_answer(running.task.result()) if first is None else None
+        except TimeoutError:
+            problem, reason = f"no text within {timeout:g} s", "timeout"
+        except Exception as exc:  # before the first byte the champion can still answer
+            problem, reason = f"{type(exc).__name__}: {exc}", "error"
+        else:
+            if problem is None:
+                exchange.ttft_ms = (time.perf_counter() - exchange.started) * 1000
+                return running, first, timeout
+            reason = "invalid"
+        if running is not None:
+            running.task.cancel()
+        self._fall_back(exchange, reason, problem)
+        return None
+
+    def _fall_back(self, exchange: Exchange, reason: str, problem: str) -> None:
+        version = exchange.route.model_version
+        log.warning(
+            "challenger %s failed for request %s (%s); the champion answers", version, exchange.request_id, problem
+        )
+        exchange.answered_by = exchange.route.state.champion
+        exchange.fallback = fallback_error(version, problem)
+        self._metrics.fallbacks.labels(reason=reason).inc()
 
     async def _pieces(
-        self, exchange: Exchange, first: str | None, pieces: asyncio.Queue[str], task: asyncio.Task[Generation]
-    ) -> AsyncIterator[str | Generation]:
+        self, exchange: Exchange, running: RunningStream, first: str | None, timeout: float | None
+    ) -> AsyncIterator[StreamItem]:
         sent: list[str] = []
         try:
             if first is not None:
                 sent.append(first)
                 yield first
-            while True:
-                piece = await _first_piece(pieces, task)
-                if piece is None:
-                    break
+            while (piece := await next_piece(running, timeout)) is not None:
                 sent.append(piece)
                 yield piece
-            generation = task.result()
-        except ApiError as exc:
-            self._record_served(exchange, None, exc.detail or exc.message, "".join(sent))
-            raise
+            generation = running.task.result()
+            problem = invalid_answer(generation) if exchange.fallback is None and timeout is not None else None
+            if problem is not None:
+                raise ValueError(problem)
         except (asyncio.CancelledError, GeneratorExit):
-            task.cancel()
+            running.task.cancel()
             self._record_served(exchange, None, DISCONNECTED, "".join(sent))
             raise
+        except Exception as exc:  # the first chunk went out: end the stream with an error chunk
+            running.task.cancel()
+            detail = f"no text for {timeout:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            log.warning("stream of request %s failed after its first chunk: %s", exchange.request_id, detail)
+            self._record_served(exchange, None, detail, "".join(sent))
+            self._metrics.stream_failures.labels(arm=exchange.route.arm).inc()
+            yield StreamFailure(STREAM_FAILED)
+            return
         self._record_served(exchange, generation, None)
         yield generation
 
     def _check(self, request: GenerationRequest) -> None:
         try:
-            self.backend_for(request.model_version).check(request)
+            self.pool.backend_for(request.model_version).check(request)
         except ContextLengthError as exc:
             raise invalid_request(str(exc), "max_tokens") from exc
         except LookupError as exc:
@@ -192,21 +278,28 @@ class ChatService:
 
     async def _generate(self, exchange: Exchange, request: GenerationRequest) -> Generation:
         try:
-            return await self.backend_for(request.model_version).generate(request)
-        except ContextLengthError as exc:
-            raise invalid_request(str(exc), "max_tokens") from exc
-        except Overloaded as exc:
-            raise overloaded(self._settings.gateway.retry_after_s) from exc
-        except Exception as exc:  # any backend failure is recorded by the caller, then answered with a 503
-            log.exception("backend failed for request %s", exchange.request_id)
-            raise ApiError(503, BACKEND_FAILED, kind="server_error", detail=f"{type(exc).__name__}: {exc}") from exc
+            return await self.pool.backend_for(request.model_version).generate(request)
+        except Exception as exc:
+            raise self._as_api_error(exchange, exc) from exc
+
+    def _as_api_error(self, exchange: Exchange, exc: Exception) -> ApiError:
+        """What the user gets for a failure of the served answer; called while handling ``exc``."""
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, ContextLengthError):
+            return invalid_request(str(exc), "max_tokens")
+        if isinstance(exc, Overloaded):
+            return overloaded(self._settings.gateway.retry_after_s)
+        # any other backend failure is recorded by the caller, then answered with a 503
+        log.exception("backend failed for request %s", exchange.request_id)
+        return ApiError(503, BACKEND_FAILED, kind="server_error", detail=f"{type(exc).__name__}: {exc}")
 
     def _start_shadow(self, exchange: Exchange) -> None:
         version = exchange.route.shadow_version
         if version is None:
             return
         try:
-            backend = self.backend_for(version)
+            backend = self.pool.backend_for(version)
         except LookupError as exc:
             self._record(exchange, "challenger", "shadow", version, None, str(exc))
             return
@@ -240,8 +333,9 @@ class ChatService:
     def _record_served(
         self, exchange: Exchange, generation: Generation | None, error: str | None, partial: str = ""
     ) -> None:
-        route = exchange.route
-        self._record(exchange, route.arm, "served", route.model_version, generation, error, partial)
+        if exchange.fallback is not None:
+            error = exchange.fallback if error is None else f"{exchange.fallback}; then {error}"
+        self._record(exchange, exchange.route.arm, "served", exchange.answered_by, generation, error, partial)
 
     def _record(
         self,
@@ -287,26 +381,3 @@ class ChatService:
         self._metrics.responses.labels(arm=arm, role=role, outcome="error" if event.error else "ok").inc()
         if event.ttft_ms is not None:
             self._metrics.ttft.labels(arm=arm).observe(event.ttft_ms / 1000)
-
-
-def _put_from_thread(loop: asyncio.AbstractEventLoop, pieces: asyncio.Queue[str], text: str) -> None:
-    loop.call_soon_threadsafe(pieces.put_nowait, text)
-
-
-async def _first_piece(pieces: asyncio.Queue[str], task: asyncio.Task[Generation]) -> str | None:
-    """The next piece of text, or None once the generation is over and every piece was taken."""
-    while True:
-        if not pieces.empty():
-            return pieces.get_nowait()
-        if task.done():
-            await asyncio.sleep(0)  # let the last call_soon_threadsafe pieces land
-            if pieces.empty():
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-                return None
-            continue
-        getter = asyncio.ensure_future(pieces.get())
-        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            return getter.result()
-        getter.cancel()

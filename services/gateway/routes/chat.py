@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -13,6 +14,7 @@ from feedback.events import Arm
 from feedback.model.runtime import Generation
 from services.gateway.auth import require_admin
 from services.gateway.deps import ChatDep, SettingsDep
+from services.gateway.errors import error_body, invalid_request
 from services.gateway.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -25,6 +27,7 @@ from services.gateway.protocol import (
     Usage,
 )
 from services.gateway.serving import Exchange
+from services.gateway.streaming import StreamFailure, StreamItem
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -44,6 +47,8 @@ async def chat_completions(
     """Answer with the routed arm; the signed interaction id is in the body (or every chunk) and a header."""
     if arm is not None:
         require_admin(request.headers.get("authorization"), settings)
+    if body.stream_options is not None and not body.stream:
+        raise invalid_request("stream_options: only allowed when stream is true", "stream_options")
     exchange = chat.open(body, request.headers, arm)
     headers = {INTERACTION_HEADER: exchange.signed_id}
     if body.stream:
@@ -60,36 +65,51 @@ def _response(exchange: Exchange, generation: Generation) -> ChatCompletionRespo
         created=int(time.time()),
         model=exchange.request.model,
         choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
-        usage=Usage(
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
-            total_tokens=generation.prompt_tokens + generation.completion_tokens,
-        ),
+        usage=_usage(generation),
         interaction_id=exchange.signed_id,
     )
 
 
-async def _sse(exchange: Exchange, pieces: AsyncIterator[str | Generation]) -> AsyncIterator[str]:
-    """Role chunk, one chunk per piece of text, the final chunk with finish_reason, then [DONE]."""
-    created = int(time.time())
+async def _sse(exchange: Exchange, pieces: AsyncIterator[StreamItem]) -> AsyncIterator[str]:
+    """Role chunk, one chunk per piece of text, the final chunk with finish_reason, then [DONE].
 
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+    With ``stream_options.include_usage`` every chunk has ``usage: null`` and a last chunk with no
+    choices carries the usage, as OpenAI sends it. A failure after the first chunk ends the stream
+    with an OpenAI error event (the official client raises it) and [DONE].
+    """
+    created = int(time.time())
+    include_usage = exchange.request.include_usage
+
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         body = ChatCompletionChunk(
             id=f"chatcmpl-{exchange.interaction_id}",
             created=created,
             model=exchange.request.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+            choices=choices,
+            usage=usage,
             interaction_id=exchange.signed_id,
         )
-        return f"data: {body.model_dump_json()}\n\n"
+        return f"data: {body.model_dump_json(exclude=None if include_usage else {'usage'})}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk([ChunkChoice(delta={"role": "assistant", "content": ""})])
     async for piece in pieces:
         if isinstance(piece, str):
-            yield chunk({"content": piece})
+            yield chunk([ChunkChoice(delta={"content": piece})])
+        elif isinstance(piece, StreamFailure):
+            yield f"data: {json.dumps(error_body(piece.message, 'server_error', None))}\n\n"
         else:
-            yield chunk({}, piece.finish_reason)
+            yield chunk([ChunkChoice(delta={}, finish_reason=piece.finish_reason)])
+            if include_usage:
+                yield chunk([], _usage(piece))
     yield "data: [DONE]\n\n"
+
+
+def _usage(generation: Generation) -> Usage:
+    return Usage(
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        total_tokens=generation.prompt_tokens + generation.completion_tokens,
+    )
 
 
 @router.get("/models")

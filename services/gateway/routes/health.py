@@ -29,15 +29,20 @@ async def health(chat: ChatDep, producer: ProducerDep) -> Health:
 
 @router.get("/readyz", response_model=Readiness)
 async def ready(request: Request, chat: ChatDep) -> JSONResponse:
-    """200 once the model is loaded and the deployment state was read; 503 before."""
+    """200 once the deployment state was read and the champion can be served; 503 before.
+
+    Bases loading for a challenger do not hold readiness back: the champion serves meanwhile.
+    """
     state = chat.deployment
-    is_ready = request.app.state.watcher.caught_up.is_set()
+    is_ready = request.app.state.watcher.caught_up.is_set() and chat.can_serve(state.champion)
     body = Readiness(
         ready=is_ready,
         champion=state.champion,
         challenger=state.challenger,
         phase=state.phase,
         deployment_id=state.deployment_id,
+        bases_loading=chat.pool.loading,
+        bases_loaded=chat.pool.loaded,
     )
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
 

@@ -73,6 +73,8 @@ def test_readyz_and_metrics(client: TestClient) -> None:
         "challenger": None,
         "phase": "champion-only",
         "deployment_id": "initial",
+        "bases_loading": [],
+        "bases_loaded": [],
     }
     client.post("/v1/chat/completions", json=CHAT)
     text = client.get("/metrics").text
