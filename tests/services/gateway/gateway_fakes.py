@@ -10,8 +10,8 @@ from services.gateway.backend import ContextLengthError, GenerationRequest, spli
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.scheduler import Overloaded
 
-# stall: one piece of text, then hang; overloaded: the scheduler's queue is full
-Behaviour = Literal["ok", "crash", "hang", "garbage", "stall", "overloaded"]
+# stall: one piece of text, then hang; break: one piece, then crash; overloaded: the scheduler's queue is full
+Behaviour = Literal["ok", "crash", "hang", "garbage", "stall", "break", "overloaded"]
 
 
 class FakeBackend:
@@ -25,19 +25,19 @@ class FakeBackend:
         self.context_length = 100
         self.calls: list[GenerationRequest] = []
         self.loaded: list[str] = []
+        self.started = self.closed = False
 
     async def start(self, metrics: GatewayMetrics) -> None:
-        """Nothing to start."""
+        self.started = True
 
     async def close(self) -> None:
-        """Nothing to close."""
+        self.closed = True
 
     def serves(self, model_version: str) -> bool:
         return split_version(model_version)[0] == self.base
 
     async def load(self, model_version: str) -> None:
-        if model_version.endswith("+missing"):
-            raise LookupError(f"adapter version {model_version!r} is not in the registry")
+        _check_adapter(model_version)
         self.loaded.append(model_version)
 
     def check(self, request: GenerationRequest) -> None:
@@ -49,6 +49,7 @@ class FakeBackend:
 
     async def generate(self, request: GenerationRequest) -> Generation:
         self.calls.append(request)
+        _check_adapter(request.model_version)  # a version that failed to load fails again here, as for real
         if self.behaviour == "overloaded":
             raise Overloaded
         if self.fail or self.behaviour == "crash":
@@ -64,8 +65,11 @@ class FakeBackend:
                 confidence=7.0,
                 token_logprobs=(),
             )
-        if self.behaviour == "stall" and request.on_text is not None:
+        if self.behaviour in ("stall", "break") and request.on_text is not None:
             request.on_text("Par")
+            await asyncio.sleep(0.05)  # the piece goes out before the failure
+            if self.behaviour == "break":
+                raise RuntimeError("device lost mid-stream")
             await asyncio.Event().wait()
         if request.on_text is not None:
             for piece in ("Par", "is."):
@@ -79,3 +83,8 @@ class FakeBackend:
             confidence=0.5,
             token_logprobs=(),
         )
+
+
+def _check_adapter(model_version: str) -> None:
+    if model_version.endswith("+missing"):
+        raise LookupError(f"adapter version {model_version!r} is not in the registry")

@@ -17,6 +17,7 @@ from test_api import CHAT, SIGNING_KEY, logged_events, make_settings
 from feedback.events import InteractionEvent
 from feedback.signing import verify_id
 from services.gateway.app import create_app
+from services.gateway.errors import STREAM_FAILED
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
 
@@ -87,3 +88,62 @@ def test_a_backend_failure_before_the_first_token_is_a_503_and_is_recorded(
     [event] = logged_events(client)
     assert isinstance(event, InteractionEvent)
     assert (event.finish_reason, event.error, event.completion) == ("error", "RuntimeError: device lost", "")
+
+
+def test_include_usage_adds_a_usage_chunk_and_null_usage_elsewhere(client: TestClient) -> None:
+    body = CHAT | {"stream": True, "stream_options": {"include_usage": True}}
+    data = sse_data(client.post("/v1/chat/completions", json=body).text)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert [c["usage"] for c in chunks[:-1]] == [None, None, None, None]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, None, "stop"]
+    last = chunks[-1]
+    assert (last["choices"], last["usage"]) == ([], {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+    assert last["id"] == chunks[0]["id"]
+    assert last["interaction_id"] == chunks[0]["interaction_id"]
+
+
+def test_without_include_usage_chunks_carry_no_usage(client: TestClient) -> None:
+    for options in (None, {"include_usage": False}, {}):
+        body = CHAT | {"stream": True, "stream_options": options}
+        chunks = [json.loads(d) for d in sse_data(client.post("/v1/chat/completions", json=body).text)[:-1]]
+        assert len(chunks) == 4
+        assert all("usage" not in c for c in chunks)
+
+
+def test_stream_options_of_the_wrong_type_are_a_400(client: TestClient) -> None:
+    cases = [
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+        ({"stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+        ({"stream": True, "stream_options": "usage"}, "stream_options"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ]
+    for extra, param in cases:
+        response = client.post("/v1/chat/completions", json=CHAT | extra)
+        assert response.status_code == 400, extra
+        assert response.json()["error"]["param"] == param
+    refused = client.post("/v1/chat/completions", json=CHAT | {"stream_options": {"include_usage": True}})
+    assert refused.json()["error"]["message"] == "stream_options: only allowed when stream is true"
+    assert logged_events(client) == []
+
+
+def test_a_failure_after_the_first_piece_ends_the_stream_with_an_error_chunk(
+    client: TestClient, backend: FakeBackend
+) -> None:
+    backend.behaviour = "break"
+    response = client.post("/v1/chat/completions", json=CHAT | {"stream": True})
+    assert response.status_code == 200
+    data = sse_data(response.text)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [{"role": "assistant", "content": ""}, {"content": "Par"}]
+    assert chunks[-1] == {"error": {"message": STREAM_FAILED, "type": "server_error", "param": None, "code": None}}
+    [event] = logged_events(client)
+    assert isinstance(event, InteractionEvent)
+    assert (event.arm, event.completion, event.finish_reason, event.error) == (
+        "champion",
+        "Par",
+        "error",
+        "RuntimeError: device lost mid-stream",
+    )
+    assert 'flywheel_stream_failures_total{arm="champion"} 1.0' in client.get("/metrics").text

@@ -1,0 +1,137 @@
+"""The backend pool with fake backends: pinned backends, bases loaded once on demand, released when unused."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from gateway_fakes import FakeBackend
+from test_api import make_settings
+
+from feedback.errors import ModelNotFoundError
+from services.gateway.app import create_app
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.pool import BackendPool
+
+
+class FakeBaseLoader:
+    """Opens a FakeBackend per base, counting calls; ``gate`` holds a load until set."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+        self.backends: dict[str, FakeBackend] = {}
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, base: str) -> FakeBackend:
+        self.gate.wait(10)
+        if base.startswith("/missing"):
+            raise ModelNotFoundError(f"model path {base!r} does not exist")
+        self.opened.append(base)
+        self.backends[base] = FakeBackend(base="loaded-name", text=f"from {base}")
+        return self.backends[base]
+
+
+def metric(metrics: GatewayMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def started(loader: FakeBaseLoader) -> tuple[BackendPool, FakeBackend, GatewayMetrics]:
+    pinned, metrics = FakeBackend(), GatewayMetrics()
+    pool = BackendPool([pinned], loader)
+    await pool.start(metrics)
+    return pool, pinned, metrics
+
+
+def test_pinned_backends_serve_their_versions_without_loading() -> None:
+    async def scenario() -> None:
+        loader = FakeBaseLoader()
+        pool, pinned, _ = await started(loader)
+        await pool.load("fake-model@1+v1")
+        assert pool.backend_for("fake-model@1+v1") is pinned
+        assert (pinned.started, pinned.loaded, loader.opened) == (True, ["fake-model@1+v1"], [])
+        with pytest.raises(LookupError, match="base model '/models/other' is not loaded"):
+            pool.backend_for("/models/other+v1")
+        await pool.close()
+        assert pinned.closed
+
+    asyncio.run(scenario())
+
+
+def test_a_base_loads_once_for_concurrent_callers_and_is_released_when_unused() -> None:
+    async def scenario() -> None:
+        loader = FakeBaseLoader()
+        loader.gate.clear()
+        pool, pinned, metrics = await started(loader)
+        loads = [asyncio.create_task(pool.load(v)) for v in ("/models/other+v1", "/models/other+v2")]
+        await asyncio.sleep(0.05)
+        assert (pool.loading, pool.loaded) == (["/models/other"], [])
+        assert metric(metrics, "flywheel_base_models", state="loading") == 1.0
+        with pytest.raises(LookupError, match="base model '/models/other' is still loading"):
+            pool.backend_for("/models/other+v1")
+        loader.gate.set()
+        await asyncio.gather(*loads)
+        other = loader.backends["/models/other"]
+        assert loader.opened == ["/models/other"]
+        assert (pool.loading, pool.loaded) == ([], ["/models/other"])
+        assert pool.backend_for("/models/other+v2") is other
+        assert (other.started, other.loaded) == (True, ["/models/other+v1", "/models/other+v2"])
+        assert metric(metrics, "flywheel_base_models", state="loaded") == 1.0
+
+        await pool.retain(["fake-model@1", "/models/other+v2"])
+        assert not other.closed
+        await pool.retain(["fake-model@1", None])
+        assert (other.closed, pinned.closed, pool.loaded) == (True, False, [])
+        assert metric(metrics, "flywheel_base_models", state="loaded") == 0.0
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_base_that_fails_to_load_raises_and_is_counted() -> None:
+    async def scenario() -> None:
+        pool, _, metrics = await started(FakeBaseLoader())
+        with pytest.raises(ModelNotFoundError, match="model path '/missing/base' does not exist"):
+            await pool.load("/missing/base+v1")
+        assert (pool.loading, pool.loaded) == ([], [])
+        assert metric(metrics, "flywheel_model_load_failures_total") == 1.0
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pool_without_a_loader_names_the_problem() -> None:
+    async def scenario() -> None:
+        pool = BackendPool([FakeBackend()])
+        await pool.start(GatewayMetrics())
+        with pytest.raises(LookupError, match="this gateway loads no other bases"):
+            await pool.load("other-model")
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_challenger_on_a_missing_base_is_refused_with_a_404(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    app = create_app(make_settings(tmp_path), backend=FakeBackend())
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/admin/deployments/challenger",
+            json={"model_version": str(missing)},
+            headers={"Authorization": "Bearer dev-admin-token"},
+        )
+        view = client.get("/v1/admin/deployments", headers={"Authorization": "Bearer dev-admin-token"}).json()
+        ready = client.get("/readyz").json()
+        text = client.get("/metrics").text
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "message": f"model version {str(missing)!r} cannot be served: model path {str(missing)!r} does not exist",
+        "type": "not_found_error",
+        "param": "model_version",
+        "code": None,
+    }
+    assert (view["challenger"], view["revision"], ready["bases_loading"], ready["bases_loaded"]) == (None, 0, [], [])
+    assert "flywheel_model_load_failures_total 1.0" in text

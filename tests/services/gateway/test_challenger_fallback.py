@@ -1,0 +1,146 @@
+"""An A/B challenger that crashes, hangs or answers garbage: its users get the champion's answer, never an error.
+
+The event stays in the challenger arm (intention-to-treat) with the challenger's failure in
+``error`` and the champion's version in ``model_version``; fallbacks are counted in /metrics.
+Fake backends: the real model's version of this runs in tests/integration/test_serving_bases.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from gateway_fakes import Behaviour, FakeBackend
+from test_api import CHAT, make_settings
+from test_gateway_shadow import interactions
+from test_streaming import sse_data
+
+from feedback import deployments
+from services.gateway.app import create_app
+from services.gateway.errors import STREAM_FAILED
+
+CHALLENGER = "challenger-model+v2"
+CHAMPION = "fake-model@1"
+
+
+def ab_client(tmp_path: Path, behaviour: Behaviour, challenger: str = CHALLENGER) -> Iterator[TestClient]:
+    """A gateway whose A/B ramp puts every user in the challenger arm."""
+    settings = make_settings(tmp_path)
+    settings.gateway.challenger_timeout_s = 0.3
+    settings.gateway.ramp = [100]
+    app = create_app(
+        settings, backend=FakeBackend(), extra_backends=[FakeBackend("challenger-model", "Lyon.", behaviour)]
+    )
+    with TestClient(app) as client:
+        chat = app.state.chat
+        state = deployments.set_challenger(chat.deployment, challenger, by="test", mode="ab")
+        client.portal.call(chat.apply, state)  # type: ignore[union-attr]
+        yield client
+
+
+def fallback(problem: str, challenger: str = CHALLENGER) -> str:
+    return f"challenger {challenger} failed ({problem}); the champion answered"
+
+
+FAILURES = [
+    ("crash", "RuntimeError: device lost", "error"),
+    ("hang", "no answer within 0.3 s", "timeout"),
+    ("garbage", "an empty or unprintable answer", "invalid"),
+    ("overloaded", "Overloaded: ", "error"),
+]
+
+
+@pytest.mark.parametrize(("behaviour", "problem", "reason"), FAILURES)
+def test_a_failing_challenger_is_replaced_by_the_champion(
+    tmp_path: Path, behaviour: Behaviour, problem: str, reason: str
+) -> None:
+    for client in ab_client(tmp_path, behaviour):
+        answers = [client.post("/v1/chat/completions", json=CHAT | {"user": f"u{i}"}) for i in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert {a.json()["choices"][0]["message"]["content"] for a in answers} == {"Paris."}
+        events = interactions(client, 3)
+        text = client.get("/metrics").text
+    assert len(events) == 3
+    assert {(e.arm, e.role, e.phase, e.model_version) for e in events} == {("challenger", "served", "ab-100", CHAMPION)}
+    assert {(e.completion, e.finish_reason, e.confidence, e.completion_tokens) for e in events} == {
+        ("Paris.", "stop", 0.5, 3)
+    }
+    assert {e.error for e in events} == {fallback(problem)}
+    assert f'flywheel_challenger_fallbacks_total{{reason="{reason}"}} 3.0' in text
+    assert 'flywheel_responses_total{arm="challenger",outcome="error",role="served"} 3.0' in text
+
+
+def test_a_healthy_challenger_answers_its_arm(tmp_path: Path) -> None:
+    for client in ab_client(tmp_path, "ok"):
+        answer = client.post("/v1/chat/completions", json=CHAT | {"user": "u1"})
+        [event] = interactions(client, 1)
+        text = client.get("/metrics").text
+    assert answer.json()["choices"][0]["message"]["content"] == "Lyon."
+    assert (event.arm, event.model_version, event.completion, event.error) == ("challenger", CHALLENGER, "Lyon.", None)
+    assert "flywheel_challenger_fallbacks_total{" not in text
+
+
+@pytest.mark.parametrize(("behaviour", "problem", "reason"), FAILURES)
+def test_a_challenger_failing_before_its_first_piece_streams_the_champion(
+    tmp_path: Path, behaviour: Behaviour, problem: str, reason: str
+) -> None:
+    hang = {"hang": "no text within 0.3 s"}
+    for client in ab_client(tmp_path, behaviour):
+        response = client.post("/v1/chat/completions", json=CHAT | {"stream": True, "user": "u1"})
+        [event] = interactions(client, 1)
+        text = client.get("/metrics").text
+    assert response.status_code == 200
+    chunks = [json.loads(d) for d in sse_data(response.text)[:-1]]
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Par"},
+        {"content": "is."},
+        {},
+    ]
+    assert (event.arm, event.model_version, event.completion, event.finish_reason) == (
+        "challenger",
+        CHAMPION,
+        "Paris.",
+        "stop",
+    )
+    assert event.error == fallback(hang.get(behaviour, problem))
+    assert f'flywheel_challenger_fallbacks_total{{reason="{reason}"}} 1.0' in text
+
+
+def test_a_challenger_stalling_mid_stream_ends_it_with_an_error_chunk(tmp_path: Path) -> None:
+    for client in ab_client(tmp_path, "stall"):
+        response = client.post("/v1/chat/completions", json=CHAT | {"stream": True, "user": "u1"})
+        [event] = interactions(client, 1)
+        text = client.get("/metrics").text
+    data = sse_data(response.text)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [{"role": "assistant", "content": ""}, {"content": "Par"}]
+    assert chunks[-1] == {"error": {"message": STREAM_FAILED, "type": "server_error", "param": None, "code": None}}
+    assert (event.arm, event.model_version, event.completion, event.finish_reason, event.error) == (
+        "challenger",
+        CHALLENGER,
+        "Par",
+        "error",
+        "no text for 0.3 s",
+    )
+    assert 'flywheel_stream_failures_total{arm="challenger"} 1.0' in text
+
+
+def test_a_challenger_that_failed_to_load_leaves_its_users_with_the_champion(tmp_path: Path) -> None:
+    missing = "challenger-model+missing"
+    for client in ab_client(tmp_path, "ok", challenger=missing):
+        ready = client.get("/readyz").json()
+        answer = client.post("/v1/chat/completions", json=CHAT | {"user": "u1"})
+        [event] = interactions(client, 1)
+        text = client.get("/metrics").text
+    assert (ready["ready"], ready["phase"], ready["challenger"]) == (True, "ab-100", missing)
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"] == "Paris."
+    assert (event.arm, event.model_version) == ("challenger", CHAMPION)
+    problem = "LookupError: adapter version 'challenger-model+missing' is not in the registry"
+    assert event.error == fallback(problem, missing)
+    assert "flywheel_model_load_failures_total 1.0" in text
