@@ -1,7 +1,7 @@
 """The official OpenAI client against the gateway over real HTTP, on the real default model and Kafka.
 
 Non-streaming and streaming (SSE) answers must be the same greedy text the model runtime makes,
-carry the signed interaction id, and each become exactly one interaction event on Kafka, logged
+carry the signed interaction id (a stream with ``stream_options.include_usage`` ends with the usage), and each become exactly one interaction event on Kafka, logged
 after the stream ended, with the time to first token.
 """
 
@@ -80,6 +80,17 @@ def test_openai_client_non_streaming_and_streaming(
             user="bob",  # type: ignore[arg-type]
         )
         chunks = list(raw.parse())
+        with_usage = list(
+            client.chat.completions.create(
+                model="flywheel",
+                messages=QUESTION,
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                user="carol",  # type: ignore[arg-type]
+            )
+        )
 
     assert answer.choices[0].message.content == expected.text
     assert answer.choices[0].finish_reason == expected.finish_reason == "stop"
@@ -96,7 +107,19 @@ def test_openai_client_non_streaming_and_streaming(
     assert {c.model_extra["interaction_id"] for c in chunks if c.model_extra} == {signed}
     assert {c.id for c in chunks} == {f"chatcmpl-{verify_id(signed, SIGNING_KEY)}"}
 
-    served, streamed = interaction_events(kafka_isolated, 2)
+    usage = with_usage[-1].usage
+    assert with_usage[-1].choices == []
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        expected.prompt_tokens,
+        expected.completion_tokens,
+        expected.prompt_tokens + expected.completion_tokens,
+    )
+    assert all(c.usage is None for c in with_usage[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in with_usage[:-1]) == expected.text
+    assert all(c.usage is None for c in chunks)  # not asked for: not sent
+
+    served, streamed, _ = interaction_events(kafka_isolated, 3)
     assert (served.unit_id, streamed.unit_id) == ("alice", "bob")
     assert streamed.interaction_id == verify_id(signed, SIGNING_KEY)
     for event in (served, streamed):
