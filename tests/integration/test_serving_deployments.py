@@ -97,13 +97,18 @@ def admin(url: str, path: str = "", body: dict[str, Any] | None = None, token: s
     return httpx.request(method, f"{url}/v1/admin/deployments{path}", json=body, headers=headers, timeout=120)
 
 
-def wait_for_phase(url: str, phase: str, timeout_s: float = 30) -> dict[str, Any]:
+def wait_for_view(url: str, field: str, value: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The deployment view once its ``field`` reads ``value`` (or the last one seen at the timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
         view: dict[str, Any] = admin(url).json()
-        if view["phase"] == phase or time.monotonic() > deadline:
+        if view[field] == value or time.monotonic() > deadline:
             return view
         time.sleep(0.2)
+
+
+def wait_for_phase(url: str, phase: str, timeout_s: float = 30) -> dict[str, Any]:
+    return wait_for_view(url, "phase", phase, timeout_s)
 
 
 def deploy(*args: str) -> tuple[int, str]:

@@ -1,8 +1,9 @@
 """The official OpenAI client against the gateway over real HTTP, on the real default model and Kafka.
 
 Non-streaming and streaming (SSE) answers must be the same greedy text the model runtime makes,
-carry the signed interaction id (a stream with ``stream_options.include_usage`` ends with the usage), and each become exactly one interaction event on Kafka, logged
-after the stream ended, with the time to first token.
+carry the signed interaction id, and each become exactly one interaction event on Kafka, logged
+after the stream ended, with the time to first token. A stream with
+``stream_options.include_usage`` ends with a chunk holding the usage and no choices.
 """
 
 from __future__ import annotations
