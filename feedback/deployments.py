@@ -153,6 +153,7 @@ def publish_state(kafka: KafkaSettings, state: DeploymentState) -> None:
             client_id=f"{kafka.client_id}-deployments",
             acks="all",
             request_timeout_ms=kafka.request_timeout_ms,
+            bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,  # an unreachable broker fails the change soon
         )
     except KafkaError as exc:
         raise KafkaUnavailableError(f"Kafka at {kafka.bootstrap_servers} is not reachable: {exc}") from exc

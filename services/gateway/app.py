@@ -28,7 +28,7 @@ from services.gateway.deploying import DeploymentControl
 from services.gateway.errors import install_error_handlers
 from services.gateway.feedback_service import FeedbackService
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.pool import BackendPool
+from services.gateway.pool import BackendPool, OpenBase
 from services.gateway.routes import admin, chat, feedback, health
 from services.gateway.serving import ChatService
 
@@ -68,20 +68,22 @@ def create_app(
     *,
     champion: str | None = None,
     extra_backends: Sequence[InferenceBackend] = (),
+    open_base: OpenBase | None = None,
 ) -> FastAPI:
     """Build the gateway.
 
     ``backend`` replaces the configured model (tests, other engines); ``champion`` names its
     model version (default: the transformers backend's base model); ``extra_backends`` serve
     challengers on other base models. A deployment naming a base that none of them serves loads
-    it from its model source (:mod:`services.gateway.pool`).
+    it with ``open_base`` (default: from that model source, with the configured model settings;
+    see :mod:`services.gateway.pool`).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         main = backend or load_backend(resolved)
-        pool = BackendPool([main, *extra_backends], functools.partial(load_backend, resolved))
+        pool = BackendPool([main, *extra_backends], open_base or functools.partial(load_backend, resolved))
         metrics = GatewayMetrics()
         await pool.start(metrics)
         producer = open_producer(resolved)

@@ -41,6 +41,8 @@ class DeploymentControl:
         try:
             await asyncio.to_thread(publish_state, self._settings.kafka, new)
         except KafkaUnavailableError as exc:
+            current = self._chat.deployment  # a base loaded for the refused change is not kept
+            await self._chat.pool.retain((current.champion, current.challenger))
             raise ApiError(503, f"the deployments topic is unreachable: {exc}", kind="server_error") from exc
         timeout = self._settings.gateway.deployment_apply_timeout_s
         if not await asyncio.to_thread(self._watcher.wait_for, new.revision, timeout):
@@ -52,6 +54,7 @@ class DeploymentControl:
         return self._chat.deployment
 
     async def _check_loadable(self, state: DeploymentState) -> None:
+        """Load the state's versions here first (a base model on another instance, in a thread), or refuse it."""
         for version in filter(None, (state.champion, state.challenger)):
             try:
                 await self._chat.load(version)

@@ -135,3 +135,19 @@ def test_a_challenger_on_a_missing_base_is_refused_with_a_404(tmp_path: Path) ->
     }
     assert (view["challenger"], view["revision"], ready["bases_loading"], ready["bases_loaded"]) == (None, 0, [], [])
     assert "flywheel_model_load_failures_total 1.0" in text
+
+
+def test_a_base_loaded_for_a_change_that_cannot_be_published_is_released(tmp_path: Path) -> None:
+    loader = FakeBaseLoader()
+    app = create_app(make_settings(tmp_path), backend=FakeBackend(), open_base=loader)
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/admin/deployments/challenger",
+            json={"model_version": "/models/other"},
+            headers={"Authorization": "Bearer dev-admin-token"},
+        )
+        ready = client.get("/readyz").json()
+    assert response.status_code == 503
+    assert response.json()["error"]["message"].startswith("the deployments topic is unreachable: ")
+    assert loader.opened == ["/models/other"]
+    assert (ready["challenger"], ready["bases_loaded"], loader.backends["/models/other"].closed) == (None, [], True)
