@@ -52,7 +52,13 @@ def show(url: UrlOption = None) -> None:
 
 @app.command()
 def challenger(
-    model_version: Annotated[str, typer.Argument(help="base model name, or base+adapter version")],
+    model_version: Annotated[
+        str,
+        typer.Argument(
+            help="base, or base+adapter version; the base is a served model's name or another model source "
+            "(a GGUF file or model directory, loaded on its own instance)"
+        ),
+    ],
     mode: Annotated[Literal["shadow", "ab"], typer.Option(help="enter in shadow or at the first A/B step")] = "shadow",
     sample_rate: Annotated[float, typer.Option(help="share of requests copied in shadow mode")] = 1.0,
     url: UrlOption = None,

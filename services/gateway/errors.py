@@ -12,7 +12,8 @@
     └── 503 unavailable        the event log is full, Kafka is unreachable, or the model backend failed
 
 Every body reads ``{"error": {"message", "type", "param", "code"}}``; messages are fixed strings
-that tests assert.
+that tests assert. A stream that fails after its first chunk cannot change its status any more:
+it ends with the same error object as its last event (:data:`STREAM_FAILED`), then ``[DONE]``.
 """
 
 from __future__ import annotations
