@@ -43,7 +43,14 @@ from services.gateway.protocol import ChatCompletionRequest
 from services.gateway.routing import Route, choose_route
 from services.gateway.scheduler import Overloaded
 from services.gateway.shadow import ShadowRunner
-from services.gateway.streaming import RunningStream, StreamFailure, StreamItem, next_piece, start_stream
+from services.gateway.streaming import (
+    RunningStream,
+    StreamFailure,
+    StreamItem,
+    first_piece,
+    next_piece,
+    start_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +181,9 @@ class ChatService:
             opened = await self._open_challenger_stream(exchange)
             if opened is not None:
                 return exchange.signed_id, self._pieces(exchange, *opened)
-        running = start_stream(self.pool.backend_for(champion.model_version), champion)
         try:
-            first = await next_piece(running, None)
+            running = start_stream(self.pool.backend_for(champion.model_version), champion)
+            first = await first_piece(running, None)
         except Exception as exc:
             error = self._as_api_error(exchange, exc)
             if error.status >= 500:
@@ -213,7 +220,7 @@ class ChatService:
             request = exchange.generation_request(version, "served")
             self.pool.backend_for(version).check(request)
             running = start_stream(self.pool.backend_for(version), request)
-            first = await next_piece(running, timeout)
+            first = await first_piece(running, timeout)
             problem = invalid_answer(running.task.result()) if first is None else None
         except TimeoutError:
             problem, reason = f"no text within {timeout:g} s", "timeout"
@@ -250,7 +257,8 @@ class ChatService:
                 sent.append(piece)
                 yield piece
             generation = running.task.result()
-            problem = invalid_answer(generation) if exchange.fallback is None and timeout is not None else None
+            answered_by_challenger = exchange.route.arm == "challenger" and exchange.fallback is None
+            problem = invalid_answer(generation) if answered_by_challenger else None
             if problem is not None:
                 raise ValueError(problem)
         except (asyncio.CancelledError, GeneratorExit):

@@ -65,3 +65,16 @@ async def next_piece(running: RunningStream, timeout: float | None) -> str | Non
         getter.cancel()
         if not done:
             raise TimeoutError
+
+
+async def first_piece(running: RunningStream, timeout: float | None) -> str | None:
+    """Like :func:`next_piece`, but the generation is cancelled when waiting fails or is cancelled.
+
+    Before the first piece nobody else holds the task, so a client gone at that point (or a
+    timeout) must not leave it generating.
+    """
+    try:
+        return await next_piece(running, timeout)
+    except BaseException:
+        running.task.cancel()
+        raise
