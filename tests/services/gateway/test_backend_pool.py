@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
-from test_api import make_settings
+from test_api import CHAT, make_settings
 
+from feedback import deployments
 from feedback.errors import ModelNotFoundError
 from services.gateway.app import create_app
 from services.gateway.metrics import GatewayMetrics
@@ -151,3 +153,36 @@ def test_a_base_loaded_for_a_change_that_cannot_be_published_is_released(tmp_pat
     assert response.json()["error"]["message"].startswith("the deployments topic is unreachable: ")
     assert loader.opened == ["/models/other"]
     assert (ready["challenger"], ready["bases_loaded"], loader.backends["/models/other"].closed) == (None, [], True)
+
+
+def test_a_deployment_on_another_base_loads_it_while_the_champion_serves(tmp_path: Path) -> None:
+    loader = FakeBaseLoader()
+    loader.gate.clear()
+    app = create_app(make_settings(tmp_path), backend=FakeBackend(), open_base=loader)
+    with TestClient(app) as client:
+        chat = app.state.chat
+        state = deployments.set_challenger(chat.deployment, "/models/other+v1", by="test")
+        applying = client.portal.start_task_soon(chat.apply, state)  # type: ignore[union-attr]
+        while not chat.pool.loading:
+            time.sleep(0.01)
+        loading = client.get("/readyz").json()
+        answer = client.post("/v1/chat/completions", json=CHAT)
+        loader.gate.set()
+        applying.result(timeout=10)
+        loaded = client.get("/readyz").json()
+        other = loader.backends["/models/other"]
+        shadowed = client.post("/v1/chat/completions", json=CHAT)
+        while chat.shadow.in_flight:  # the shadow copy on the other base
+            time.sleep(0.01)
+        client.portal.call(chat.apply, deployments.roll_back(chat.deployment, by="test"))  # type: ignore[union-attr]
+        released = client.get("/readyz").json()
+    assert (loading["ready"], loading["challenger"], loading["bases_loading"]) == (True, None, ["/models/other"])
+    assert answer.json()["choices"][0]["message"]["content"] == "Paris."  # not held up by the load
+    assert (loaded["challenger"], loaded["bases_loading"], loaded["bases_loaded"]) == (
+        "/models/other+v1",
+        [],
+        ["/models/other"],
+    )
+    assert shadowed.status_code == 200
+    assert [call.model_version for call in other.calls] == ["/models/other+v1"]
+    assert (released["bases_loaded"], other.closed) == ([], True)
