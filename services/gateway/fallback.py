@@ -17,6 +17,11 @@ def fallback_error(challenger: str, problem: str) -> str:
     return f"challenger {challenger} failed ({problem}); the champion answered"[:MAX_ERROR_CHARS]
 
 
+def silent(timeout_s: float) -> str:
+    """What a challenger that produced no text for ``timeout_s`` did."""
+    return f"no new text for {timeout_s:g} s"
+
+
 def invalid_answer(generation: Generation) -> str | None:
     """Why a challenger's answer cannot be served (empty, unprintable or inconsistent), or None."""
     text = generation.text

@@ -35,7 +35,7 @@ from services.gateway.errors import (
     invalid_request,
     overloaded,
 )
-from services.gateway.fallback import fallback_error, invalid_answer
+from services.gateway.fallback import fallback_error, invalid_answer, silent
 from services.gateway.feedback_service import publish
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import BackendPool
@@ -193,15 +193,22 @@ class ChatService:
         return exchange.signed_id, self._pieces(exchange, running, first, None)
 
     async def _try_challenger(self, exchange: Exchange) -> Generation | None:
-        """The challenger's answer, or None after recording why the champion must answer instead."""
+        """The challenger's answer, or None after recording why the champion must answer instead.
+
+        The timeout is on silence, not on the whole answer: a challenger still producing text is
+        never abandoned, one that produces nothing for ``gateway.challenger_timeout_s`` is.
+        """
         version, timeout = exchange.route.model_version, self._settings.gateway.challenger_timeout_s
         try:
             request = exchange.generation_request(version, "served")
             backend = self.pool.backend_for(version)
             backend.check(request)
-            generation = await asyncio.wait_for(backend.generate(request), timeout)
+            running = start_stream(backend, request)
+            while await first_piece(running, timeout) is not None:
+                pass
+            generation = running.task.result()
         except TimeoutError:
-            self._fall_back(exchange, "timeout", f"no answer within {timeout:g} s")
+            self._fall_back(exchange, "timeout", silent(timeout))
             return None
         except Exception as exc:  # the challenger's failure is data, never the user's problem
             self._fall_back(exchange, "error", f"{type(exc).__name__}: {exc}")
@@ -223,7 +230,7 @@ class ChatService:
             first = await first_piece(running, timeout)
             problem = invalid_answer(running.task.result()) if first is None else None
         except TimeoutError:
-            problem, reason = f"no text within {timeout:g} s", "timeout"
+            problem, reason = silent(timeout), "timeout"
         except Exception as exc:  # before the first byte the champion can still answer
             problem, reason = f"{type(exc).__name__}: {exc}", "error"
         else:
@@ -267,7 +274,10 @@ class ChatService:
             raise
         except Exception as exc:  # the first chunk went out: end the stream with an error chunk
             running.task.cancel()
-            detail = f"no text for {timeout:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, TimeoutError) and timeout is not None:
+                detail = silent(timeout)
+            else:
+                detail = f"{type(exc).__name__}: {exc}"
             log.warning("stream of request %s failed after its first chunk: %s", exchange.request_id, detail)
             self._record_served(exchange, None, detail, "".join(sent))
             self._metrics.stream_failures.labels(arm=exchange.route.arm).inc()
