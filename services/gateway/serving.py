@@ -35,7 +35,7 @@ from services.gateway.errors import (
     invalid_request,
     overloaded,
 )
-from services.gateway.fallback import fallback_error, invalid_answer, silent
+from services.gateway.fallback import ChallengerBreaker, fallback_error, invalid_answer, silent
 from services.gateway.feedback_service import publish
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pool import BackendPool
@@ -100,6 +100,7 @@ class ChatService:
         self._settings = settings
         self._metrics = metrics
         self.shadow = ShadowRunner(settings.gateway, metrics)
+        self.breaker = ChallengerBreaker()
         self.deployment: DeploymentState = initial_state(champion, settings.gateway.ramp)
 
     @property
@@ -199,6 +200,9 @@ class ChatService:
         never abandoned, one that produces nothing for ``gateway.challenger_timeout_s`` is.
         """
         version, timeout = exchange.route.model_version, self._settings.gateway.challenger_timeout_s
+        if (skipped := self.breaker.skip(version)) is not None:
+            self._fall_back(exchange, "breaker", skipped)
+            return None
         try:
             request = exchange.generation_request(version, "served")
             backend = self.pool.backend_for(version)
@@ -217,11 +221,15 @@ class ChatService:
         if problem is not None:
             self._fall_back(exchange, "invalid", problem)
             return None
+        self.breaker.record(version, ok=True)
         return generation
 
     async def _open_challenger_stream(self, exchange: Exchange) -> tuple[RunningStream, str | None, float] | None:
         """The challenger's stream with its first piece, or None after recording a fallback."""
         version, timeout = exchange.route.model_version, self._settings.gateway.challenger_timeout_s
+        if (skipped := self.breaker.skip(version)) is not None:
+            self._fall_back(exchange, "breaker", skipped)
+            return None
         running: RunningStream | None = None
         try:
             request = exchange.generation_request(version, "served")
@@ -235,6 +243,7 @@ class ChatService:
             problem, reason = f"{type(exc).__name__}: {exc}", "error"
         else:
             if problem is None:
+                self.breaker.record(version, ok=True)
                 exchange.ttft_ms = (time.perf_counter() - exchange.started) * 1000
                 return running, first, timeout
             reason = "invalid"
@@ -245,12 +254,14 @@ class ChatService:
 
     def _fall_back(self, exchange: Exchange, reason: str, problem: str) -> None:
         version = exchange.route.model_version
-        log.warning(
-            "challenger %s failed for request %s (%s); the champion answers", version, exchange.request_id, problem
-        )
         exchange.answered_by = exchange.route.state.champion
         exchange.fallback = fallback_error(version, problem)
         self._metrics.fallbacks.labels(reason=reason).inc()
+        if reason != "breaker":  # skips are not news; the failures that opened the breaker were logged
+            self.breaker.record(version, ok=False)
+            log.warning(
+                "challenger %s failed on request %s (%s); the champion answers", version, exchange.request_id, problem
+            )
 
     async def _pieces(
         self, exchange: Exchange, running: RunningStream, first: str | None, timeout: float | None
@@ -281,6 +292,8 @@ class ChatService:
             log.warning("stream of request %s failed after its first chunk: %s", exchange.request_id, detail)
             self._record_served(exchange, None, detail, "".join(sent))
             self._metrics.stream_failures.labels(arm=exchange.route.arm).inc()
+            if exchange.answered_by != exchange.route.state.champion:
+                self.breaker.record(exchange.answered_by, ok=False)
             yield StreamFailure(STREAM_FAILED)
             return
         self._record_served(exchange, generation, None)

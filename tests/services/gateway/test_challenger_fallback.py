@@ -21,6 +21,7 @@ from test_streaming import sse_data
 from feedback import deployments
 from services.gateway.app import create_app
 from services.gateway.errors import STREAM_FAILED
+from services.gateway.fallback import ChallengerBreaker
 
 CHALLENGER = "challenger-model+v2"
 CHAMPION = "fake-model@1"
@@ -147,3 +148,46 @@ def test_a_challenger_that_failed_to_load_leaves_its_users_with_the_champion(tmp
     problem = "LookupError: adapter version 'challenger-model+missing' is not in the registry"
     assert event.error == fallback(problem, missing)
     assert "flywheel_model_load_failures_total 1.0" in text
+
+
+def test_a_challenger_failing_again_and_again_is_skipped_until_the_cooldown_ends(tmp_path: Path) -> None:
+    for client in ab_client(tmp_path, "crash"):
+        answers = [client.post("/v1/chat/completions", json=CHAT | {"user": f"u{i}"}) for i in range(7)]
+        events = interactions(client, 7)
+        text = client.get("/metrics").text
+        challenger = client.app.state.chat.pool.backend_for(CHALLENGER)  # type: ignore[attr-defined]
+    assert [a.status_code for a in answers] == [200] * 7
+    assert len(challenger.calls) == 5  # BREAKER_FAILURES; the last two users did not wait for it
+    skipped = fallback("skipped after 5 failures in a row, retried 30 s after the last")
+    assert [e.error for e in events] == [fallback("RuntimeError: device lost")] * 5 + [skipped] * 2
+    assert {(e.arm, e.model_version, e.completion) for e in events} == {("challenger", CHAMPION, "Paris.")}
+    assert 'flywheel_challenger_fallbacks_total{reason="error"} 5.0' in text
+    assert 'flywheel_challenger_fallbacks_total{reason="breaker"} 2.0' in text
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_closes_after_the_cooldown() -> None:
+    clock = FakeClock()
+    breaker = ChallengerBreaker(failures=2, cooldown_s=10, clock=clock)
+    breaker.record("c+1", ok=False)
+    breaker.record("c+1", ok=True)  # a success resets the count
+    breaker.record("c+1", ok=False)
+    assert breaker.skip("c+1") is None
+    breaker.record("c+1", ok=False)
+    assert breaker.skip("c+1") == "skipped after 2 failures in a row, retried 10 s after the last"
+    clock.now = 109.9
+    assert breaker.skip("c+1") is not None
+    clock.now = 110.0
+    assert breaker.skip("c+1") is None  # half open: one more failure opens it again
+    breaker.record("c+1", ok=False)
+    assert breaker.skip("c+1") is not None
+    assert breaker.skip("c+2") is None  # a new challenger starts with a clean record
+    breaker.record("c+2", ok=False)
+    assert breaker.skip("c+2") is None
