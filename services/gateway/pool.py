@@ -99,7 +99,7 @@ class BackendPool:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._open(base, self._open_base))
             self._loading[base] = task
-            task.add_done_callback(lambda _: self._done_loading(base))
+            task.add_done_callback(lambda done: self._done_loading(base, done))
             self._count()
         await asyncio.shield(task)
 
@@ -112,9 +112,11 @@ class BackendPool:
         self._loaded[base] = backend
         return backend
 
-    def _done_loading(self, base: str) -> None:
+    def _done_loading(self, base: str, task: asyncio.Task[InferenceBackend]) -> None:
         self._loading.pop(base, None)
         self._count()
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have gone away (cancelled)
 
     def _count(self) -> None:
         if self._metrics is not None:
