@@ -11,6 +11,9 @@ The fast path is stricter, never looser: it accepts only complete events (every 
 it is then re-encoded to its canonical JSON) or raises the exact reason the dead-letter topic
 carries. A schema feature the translation does not know (a field validator, a constraint type)
 fails at import, so the two definitions cannot drift apart silently.
+
+One known difference: a timestamp with more than six fractional digits is rounded to the
+microsecond here, where pydantic truncates (the gateway writes microseconds, so never on its events).
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ from feedback.ingest import TABLES, EventBatch, TableWriter
 from feedback.migrations import MIGRATIONS
 
 _INSERT_DEAD = "INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM batch_dead"  # once per Kafka position
+_INSERT_OFFSETS = (
+    "INSERT OR REPLACE INTO kafka_offsets (topic, partition, next_offset, committed_at) "
+    "SELECT topic, partition, next_offset, current_timestamp FROM batch_offsets"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +135,14 @@ class DuckDBStore:
         views = {self._writers[name].view: c.arrow() for name, c in batch.tables.items() if c.raw}
         if dead:
             views["batch_dead"] = _dead_letters(dead)
+        if result.offsets:
+            views["batch_offsets"] = _offsets(result.offsets)
         try:
             with self._lock:
                 for view, table in views.items():  # registered outside the transaction: a failed one aborts
                     self._con.register(view, table)
-                try:  # optimistic: a batch rarely holds a stored event, and a plain INSERT is cheaper
-                    inserted = self._write_views(views, result, fresh=True)
-                except duckdb.ConstraintException:  # a redelivery: again, skipping stored keys
-                    inserted = self._write_views(views, result, fresh=False)
+                try:
+                    inserted = self._write_views(views, result)
                 finally:
                     for view in views:
                         self._con.unregister(view)
@@ -150,26 +154,26 @@ class DuckDBStore:
         result.duplicates = len(batch) - sum(inserted.values())
         return result
 
-    def _write_views(self, views: Mapping[str, pa.Table], result: BatchResult, *, fresh: bool) -> dict[str, int]:
-        inserted = {}
-        with self._transaction():
-            for name, writer in self._writers.items():
-                if writer.view in views:
-                    inserted[name] = self._inserted(writer.insert if fresh else writer.insert_new)
+    def _write_views(self, views: Mapping[str, pa.Table], result: BatchResult) -> dict[str, int]:
+        writers = {name: w for name, w in self._writers.items() if w.view in views}
+        if "batch_dead" not in views:  # the usual batch: one round trip, so one wait for the GIL
+            statements = ["BEGIN TRANSACTION", *(w.insert for w in writers.values())]
+            if "batch_offsets" in views:
+                statements.append(_INSERT_OFFSETS)
+            try:  # optimistic: a plain INSERT adds every row or fails on a stored key, and is cheaper
+                self._con.execute(";\n".join([*statements, "COMMIT"])).fetchall()
+                return {name: views[w.view].num_rows for name, w in writers.items()}
+            except duckdb.Error as exc:
+                self._con.execute("ROLLBACK").fetchall()
+                if not isinstance(exc, duckdb.ConstraintException):
+                    raise
+        with self._transaction():  # a redelivery or dead letters: step by step, counting what is new
+            inserted = {name: self._inserted(w.insert_new) for name, w in writers.items()}
             if "batch_dead" in views:
-                result.dead_lettered = self._inserted(
-                    "INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM batch_dead"
-                )
-            self._store_offsets(result.offsets)
+                result.dead_lettered = self._inserted(_INSERT_DEAD)
+            if "batch_offsets" in views:
+                self._run(_INSERT_OFFSETS)
         return inserted
-
-    def _store_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
-        if offsets:  # one row per partition, a handful per batch
-            self._con.executemany(
-                "INSERT OR REPLACE INTO kafka_offsets (topic, partition, next_offset, committed_at) "
-                "VALUES (?, ?, ?, current_timestamp)",
-                [[topic, partition, offset] for (topic, partition), offset in offsets.items()],
-            )
 
     def _inserted(self, sql: str) -> int:
         row = self._con.execute(sql).fetchone()  # DuckDB answers an INSERT with its row count
@@ -244,5 +248,15 @@ def _dead_letters(dead: Sequence[DeadLetter]) -> pa.Table:
             "kafka_offset": [d.offset for d in dead],
             "reason": [d.reason for d in dead],
             "size_bytes": [d.size_bytes for d in dead],
+        }
+    )
+
+
+def _offsets(offsets: Mapping[tuple[str, int], int]) -> pa.Table:
+    return pa.table(
+        {
+            "topic": [topic for topic, _ in offsets],
+            "partition": pa.array([partition for _, partition in offsets], pa.int32()),
+            "next_offset": pa.array(list(offsets.values()), pa.int64()),
         }
     )

@@ -54,6 +54,14 @@ class SinkStats:
     last_commit: str | None = None  # ISO time of the last committed batch
 
 
+@dataclass
+class Decoded:
+    """One poll's records, validated: the events to write and the refused records with reasons."""
+
+    batch: EventBatch = field(default_factory=EventBatch)
+    dead: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
+
+
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
@@ -129,30 +137,28 @@ class Sink:
         """Poll and write batches until ``stop`` is called.
 
         Every call on the consumer is made on one thread of its own (kafka-python's consumer is
-        not thread-safe), which fetches and parses the next batch while this thread decodes and
-        writes the current one; DuckDB writes outside Python's GIL, so the two overlap.
+        not thread-safe), which fetches and validates the next batch while this thread writes the
+        current one; DuckDB parses and writes outside Python's GIL, so the two overlap.
         """
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-kafka") as kafka:
             self._consumer = kafka.submit(self._connect).result()
             try:
-                pending = kafka.submit(self._poll)
+                pending = kafka.submit(self._fetch)
                 while not self._stop.is_set():
-                    polled = pending.result()
+                    decoded = pending.result()
                     with self._writing:  # a rebalance during the next poll waits for this commit
-                        pending = kafka.submit(self._poll)
-                        if polled:
-                            self.write(polled)
+                        pending = kafka.submit(self._fetch)
+                        if decoded is not None:
+                            self._commit(decoded)
             finally:  # after the poll in flight, whose records are read again at the next start
                 kafka.submit(self._consumer.close, autocommit=False).result()
                 if self._dead_letter is not None:
                     self._dead_letter.close()
 
-    def _poll(self) -> Mapping[TopicPartition, list[ConsumerRecord]]:
+    def _fetch(self) -> Decoded | None:
         assert self._consumer is not None
-        polled: Mapping[TopicPartition, list[ConsumerRecord]] = self._consumer.poll(
-            timeout_ms=self._poll_timeout_ms, max_records=self._batch_max
-        )
-        return polled
+        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_max)
+        return self.decode(polled) if polled else None
 
     def wait_for_commit(self) -> None:
         """Block until the batch being written (if any) is committed with its offsets."""
@@ -161,27 +167,33 @@ class Sink:
 
     def write(self, polled: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
         """Decode one poll's records and commit them, with their offsets, in one transaction."""
-        batch = EventBatch()
-        dead: list[tuple[ConsumerRecord, str]] = []
+        self._commit(self.decode(polled))
+
+    def decode(self, polled: Mapping[TopicPartition, list[ConsumerRecord]]) -> Decoded:
+        """Validate one poll's records into a batch of events and a list of refusals."""
+        decoded = Decoded()
         for tp, records in polled.items():
             for record in records:
                 reason = self._refusal(record)
                 if reason is None:
                     try:
-                        event, raw = decode_fast(record.value)
-                        batch.add(event, raw, tp.partition, record.offset)
+                        decoded.batch.add(*decode_fast(record.value), tp.partition, record.offset)
                         continue
                     except UnknownSchemaError as exc:
                         reason = f"unknown-schema: {exc}"
                     except EventError as exc:
                         reason = f"invalid: {exc}"
-                dead.append((record, reason))
+                decoded.dead.append((record, reason))
             if records:
-                batch.advance(tp.topic, tp.partition, records[-1].offset + 1)
+                decoded.batch.advance(tp.topic, tp.partition, records[-1].offset + 1)
+        return decoded
+
+    def _commit(self, decoded: Decoded) -> None:
+        dead = decoded.dead
         if dead:
             self._send_dead_letters(dead)
         letters = [DeadLetter(r.topic, r.partition, r.offset, reason, len(r.value or b"")) for r, reason in dead]
-        result = self._store.write_events(batch, dead=letters)
+        result = self._store.write_events(decoded.batch, dead=letters)
         self._count(result.interactions_inserted, result.feedback_inserted, result.audit_inserted, result.duplicates)
         self.stats.dead_lettered += result.dead_lettered
         for _record, reason in dead:
