@@ -1,10 +1,11 @@
 """The columnar write path: a batch of validated events as a few Arrow columns, parsed by DuckDB.
 
-The sink validates each event once, in Python (``feedback.codec``), and keeps its JSON bytes.
-Here a batch becomes one Arrow table per target table with four columns (the JSON, ``ts``, the
-Kafka partition and offset); DuckDB's own JSON reader (``json_transform``, outside Python's GIL)
-turns the JSON into the table's columns inside the INSERT. ``ts`` comes from the validated event
-rather than from the text, so every timestamp the validator accepts is stored exactly as it read it.
+The sink validates each event once, in Python (``feedback.codec``), which hands back JSON encoded
+from the validated values. Here a batch becomes one Arrow table per target table with four
+columns (that JSON, ``ts``, the Kafka partition and offset); DuckDB's own JSON reader
+(``json_transform``, outside Python's GIL) turns the JSON into the table's columns inside the
+INSERT. ``ts`` comes from the validated event rather than from the text, so every timestamp is
+stored exactly as the validator read it.
 
 Deduplication: equal keys inside a batch are dropped as the batch is built (the first one read
 wins); against stored rows, the batch is inserted optimistically and, only when the primary key

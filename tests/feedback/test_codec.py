@@ -34,9 +34,8 @@ def test_a_complete_event_takes_the_fast_path_with_the_models_values(
 ) -> None:
     raw = event.encode()
     struct, stored = decode_fast(raw)
-    assert stored is raw  # accepted as it came: no re-encoding
     assert FAST_TYPES[type(struct)] == event.type
-    assert as_dict(struct) | {"type": event.type} == json.loads(raw)
+    assert as_dict(struct) == json.loads(raw) == json.loads(stored)
 
 
 def mutated(**changes: object) -> bytes:
@@ -120,6 +119,15 @@ def test_a_lone_surrogate_pydantic_accepts_is_refused_not_crashed() -> None:
     assert "\ud800" in decode_event(raw).messages[1].content  # pydantic lets it through
     with pytest.raises(InvalidEventError, match=r"^not representable: "):
         decode_fast(raw)
+
+
+def test_a_key_given_twice_is_stored_as_validated_the_last() -> None:
+    twice = GOOD[:-1] + b', "prompt_tokens" : 5}'
+    assert decode_event(twice).prompt_tokens == 5
+    struct, stored = decode_fast(twice)
+    assert (struct.prompt_tokens, json.loads(stored)["prompt_tokens"], stored.count(b'"prompt_tokens"')) == (5, 5, 1)
+    poisoned_first = GOOD.replace(b'"prompt_tokens":96', b'"prompt_tokens":"many","prompt_tokens":96')
+    assert json.loads(decode_fast(poisoned_first)[1])["prompt_tokens"] == 96
 
 
 def test_to_fast_matches_decode_fast() -> None:
