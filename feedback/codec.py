@@ -5,12 +5,13 @@ field by field into a msgspec ``Struct`` (same names, types, ``Literal`` choices
 constraints, unknown fields forbidden), and one msgspec decoder, tagged on ``type``, validates raw
 bytes straight into them, faster than pydantic (the sink benchmark prints both per event).
 
-The fast path is stricter, never looser: it accepts only complete events (every field without a
-``None`` default present, as the gateway writes them). Anything it refuses goes through
+The fast path is stricter, never looser: it accepts only complete events (every field present,
+``null`` where empty, as the gateway writes them). Anything it refuses goes through
 ``events.decode_event``, which either accepts the event (pydantic's lax rules, defaults filled in)
-or raises the exact reason the dead-letter topic carries. What is stored is always JSON encoded
-from the validated values, never the raw bytes. A schema feature the translation does not know (a
-field validator, a constraint type) fails at import, so the two definitions cannot drift apart.
+or raises the exact reason the dead-letter topic carries. What is stored is the raw JSON when it
+holds each key once (``feedback.quotes``), else JSON encoded from the validated values. A schema
+feature the translation does not know (a field validator, a constraint type) fails at import, so
+the two definitions cannot drift apart.
 
 One known difference: a timestamp with more than six fractional digits is rounded to the
 microsecond here, where pydantic truncates (the gateway writes microseconds, so never on its events).
@@ -31,6 +32,7 @@ from pydantic_core import PydanticSerializationError
 
 from feedback.errors import InvalidEventError, UnknownSchemaError
 from feedback.events import KNOWN_SCHEMA_VERSIONS, AuditEvent, FeedbackEvent, InteractionEvent, decode_event
+from feedback.quotes import struct_counter
 
 _CONSTRAINTS = {at.Ge: "ge", at.Gt: "gt", at.Le: "le", at.Lt: "lt", at.MinLen: "min_length", at.MaxLen: "max_length"}
 _SCALARS = (str, int, float, bool, datetime)
@@ -74,7 +76,7 @@ def _translate(
 def _struct(
     model: type[BaseModel], structs: dict[type[BaseModel], type[msgspec.Struct]], tag: str | None = None
 ) -> type[msgspec.Struct]:
-    """A msgspec Struct with the model's fields; required unless their default is None."""
+    """A msgspec Struct with the model's fields, every one required (``None`` must be explicit)."""
     if model in structs:
         return structs[model]
     decorators = model.__pydantic_decorators__
@@ -82,13 +84,11 @@ def _struct(
         raise TypeError(f"{model.__name__} has field validators, which the fast decoder cannot mirror")
     if any(d.info.mode != "after" for d in decorators.model_validators.values()):
         raise TypeError(f"{model.__name__} has a before/wrap model validator, which the fast decoder cannot mirror")
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    for name, info in model.model_fields.items():
-        if name == "type" and tag is not None:
-            continue  # the union's tag
-        kind = _translate(info.annotation, _constraints(info.metadata), structs)
-        fields.append((name, kind, None) if info.default is None and info.default_factory is None else (name, kind))
-    fields.sort(key=len)  # msgspec wants required fields before optional ones
+    fields = [
+        (name, _translate(info.annotation, _constraints(info.metadata), structs))
+        for name, info in model.model_fields.items()
+        if not (name == "type" and tag is not None)  # the union's tag
+    ]
     struct = msgspec.defstruct(
         f"Fast{model.__name__}",
         fields,
@@ -111,15 +111,16 @@ _AFTER_VALIDATORS: dict[type[msgspec.Struct], list[Callable[[Any], Any]]] = {
 }
 _DECODER = msgspec.json.Decoder(Union[tuple(FAST_TYPES)])  # noqa: UP007 - a union built at run time
 _ENCODER = msgspec.json.Encoder()
+_QUOTES = {struct: struct_counter(struct) for struct in FAST_TYPES}
 
 
 def decode_fast(raw: bytes) -> tuple[Any, bytes]:
     """Validate one event; return it as a struct and the JSON bytes to store for it.
 
-    The bytes are the struct encoded again, not ``raw``: a key given twice counts once (the last,
-    as for pydantic) in the struct, but DuckDB's JSON reader would take the first, so only the
-    re-encoded values are what was validated. Raises InvalidEventError / UnknownSchemaError with
-    pydantic's exact reason.
+    The bytes are ``raw`` when it provably holds every key once, else the struct encoded again: a
+    key given twice counts once (the last, as for pydantic) in the struct, but DuckDB's JSON
+    reader would take the first. Raises InvalidEventError / UnknownSchemaError with pydantic's
+    exact reason.
     """
     try:
         event = _DECODER.decode(raw)
@@ -129,6 +130,9 @@ def decode_fast(raw: bytes) -> tuple[Any, bytes]:
         return _from_model(decode_event(raw))  # raises the exact reason, or accepts laxly
     if event.schema_version not in KNOWN_SCHEMA_VERSIONS:
         raise UnknownSchemaError(f"unknown schema_version {event.schema_version!r}")
+    fixed, varying = _QUOTES[type(event)]
+    if raw.count(b'"') == fixed + (varying(event) if varying else 0):
+        return event, raw  # every key once, as validated (feedback.quotes): stored as it came
     return event, _ENCODER.encode(event)
 
 

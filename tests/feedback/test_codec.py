@@ -148,3 +148,31 @@ def test_a_schema_feature_without_translation_fails_loudly() -> None:
 
     with pytest.raises(TypeError, match="Checked has field validators"):
         _struct(Checked, {})
+
+
+def test_a_complete_event_is_stored_as_it_came() -> None:
+    for event in (interaction(1), feedback(2), audit(3)):
+        raw = event.encode()
+        assert decode_fast(raw)[1] is raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        GOOD[:-1] + b',"seed":5}',  # a key twice
+        GOOD.replace(b'{"role":"system",', b'{"role":"user","role":"system",'),  # twice inside a message
+        GOOD.replace(b'"completion":"', b'"completion":"a \\"quoted\\" word. '),  # quotes inside a string
+        GOOD.replace(b'"seed":', b'"se\\u0065d":1,"seed":'),  # the repeat spelled with an escape
+    ],
+)
+def test_raw_that_may_repeat_a_key_is_stored_re_encoded(raw: bytes) -> None:
+    struct, stored = decode_fast(raw)
+    assert stored is not raw
+    assert msgspec.json.decode(stored) == json.loads(msgspec.json.encode(struct))
+    assert stored.count(b'"seed"') == 1
+
+
+def test_audit_details_repeating_a_key_are_re_encoded() -> None:
+    raw = audit(1).encode().replace(b'"details":{"to":10}', b'"details":{"to":1,"to":10}')
+    struct, stored = decode_fast(raw)
+    assert (struct.details, json.loads(stored)["details"], stored is raw) == ({"to": 10}, {"to": 10}, False)
