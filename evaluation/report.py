@@ -117,7 +117,7 @@ def metric_result(metric: Metric, a: Ratio, b: Ratio, days: float, settings: Exp
     ma, mb = Moments.of(a), Moments.of(b)
     alpha, sides = settings.alpha, settings.sides
     relative = welch_t_test(ma, mb, relative=True, sides=sides, alpha=alpha)
-    cs = ConfidenceSequence(alpha, settings.sequential_tuning)
+    cs = ConfidenceSequence(alpha, settings.sequential_tuning, sides)
     prior = (settings.prior_mean, settings.prior_stddev) if settings.prior == "normal" else (None, None)
     return MetricResult(
         name=metric.name,

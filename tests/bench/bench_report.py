@@ -12,7 +12,10 @@ other processes hits all alike); best, median and the median per-repeat ratio ar
   metrics per arm and phase in one SQL pass, then every test (Welch absolute and relative,
   always-valid sequence, Bayesian, power, SRM, Holm) in Python;
 - samples: the rank and resampling parts on bounded samples (Mann-Whitney on up to 100,000
-  units per arm, bootstrap of the p95 lift on up to 100,000 responses per arm, 1,000 replicates).
+  units per arm, bootstrap of the p95 lift on up to 100,000 responses per arm, 1,000 replicates);
+- floor: what any exact per-user report must do before it sums a single metric: join the
+  feedback (aggregated per interaction) to the responses and group them per user, phase and arm,
+  counting rows only. ``moments`` minus ``floor`` is the cost of the metrics themselves.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import duckdb
 
 from evaluation.config import ExperimentSettings
 from evaluation.guards import adjust, check_srm
-from evaluation.metrics import BUILT_IN, metric_moments, phase_split
+from evaluation.metrics import BUILT_IN, FEEDBACK_CTE, metric_moments, phase_split
 from evaluation.quantiles import bootstrap_quantile_lift, latency_sample
 from evaluation.ranks import mann_whitney
 from evaluation.report import metric_result
@@ -58,6 +61,14 @@ SCAN = """
 SELECT arm, ts::DATE AS day, count(*) AS n, sum(latency_ms) AS s, sum(latency_ms * latency_ms) AS ss
 FROM interactions GROUP BY ALL
 """
+FLOOR = f"""
+WITH {FEEDBACK_CTE}
+SELECT phase, challenger, count(*) AS units, sum(responses) AS responses, sum(rated) AS rated
+FROM (SELECT i.phase, i.arm = 'challenger' AS challenger, i.unit_id, count(*) AS responses, count(fb.ups) AS rated
+      FROM interactions i LEFT JOIN fb USING (interaction_id)
+      WHERE i.deployment_id = 'bench' AND i.role = 'served' GROUP BY ALL)
+GROUP BY ALL
+"""  # noqa: S608 (constants of this file)
 
 
 class Connection:
@@ -112,6 +123,7 @@ def main() -> None:
     threads = os.cpu_count() or 1
     print(f"machine: {platform.processor() or platform.machine()}, {threads} cpus, duckdb {duckdb.__version__}")
     settings = ExperimentSettings()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         con = duckdb.connect(str(Path(tmp) / "bench.duckdb"), config={"threads": threads})
         start = time.perf_counter()
@@ -124,9 +136,10 @@ def main() -> None:
                 "scan: count, sum, sum sq per arm per day": lambda: con.execute(SCAN).fetchall(),
                 "moments: 8 metrics x 3 phases, all tests": lambda: moment_report(db, settings),
                 "samples: Mann-Whitney + bootstrap p95": lambda: sample_parts(db, settings),
+                "floor: feedback join + per-user grouping": lambda: con.execute(FLOOR).fetchall(),
             }
         )
-        scan, moments, samples = times.values()
+        scan, moments, samples, floor = times.values()
         print(f"{'competitor':<42} {'best s':>8} {'median s':>9} {'median ratio to scan':>21}")
         for name, values in times.items():
             ratio = statistics.median(v / s for v, s in zip(values, scan, strict=True))
@@ -135,6 +148,9 @@ def main() -> None:
         median = statistics.median(moments)
         print(f"\nmoments / scan = {ratio:.2f} (target <= 4); moments median {median:.2f} s (target <= 2)")
         print(f"samples add {statistics.median(samples):.2f} s (target <= 2)")
+        floor_ratio = statistics.median(f / s for f, s in zip(floor, scan, strict=True))
+        print(f"floor / scan = {floor_ratio:.2f}: per-user grouping and the feedback join alone, no metric summed")
+        print(f"load average before / after: {load} / {os.getloadavg()}")
         con.close()
 
 
