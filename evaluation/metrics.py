@@ -43,6 +43,21 @@ class Queryable(Protocol):
         ...
 
 
+class Flag(str):
+    """A per-response 0/1 expression, ``(condition)::INT``, usable wherever SQL text is.
+
+    Per unit it is counted with a filter instead of summed: DuckDB's grouped ``count`` keeps a
+    narrower state than ``sum(DOUBLE)``, and the per-unit grouping is most of a report's time.
+    """
+
+    condition: str
+
+    def __new__(cls, condition: str) -> Flag:
+        flag = super().__new__(cls, f"({condition})::INT")
+        flag.condition = condition
+        return flag
+
+
 @dataclass(frozen=True, slots=True)
 class Metric:
     """A ratio metric: SQL numerator and denominator per served response."""
@@ -57,11 +72,11 @@ BUILT_IN: tuple[Metric, ...] = (
     Metric("positive_feedback_rate", "coalesce(fb.ups, 0)", "coalesce(fb.ups + fb.downs, 0)"),
     Metric("negative_feedback_rate", "coalesce(fb.downs, 0)", "coalesce(fb.ups + fb.downs, 0)", False),
     Metric("mean_rating", "coalesce(fb.rating_sum, 0)", "coalesce(fb.ratings, 0)"),
-    Metric("correction_rate", "(coalesce(fb.corrections, 0) > 0)::INT", "1", False),
-    Metric("error_rate", "(i.error IS NOT NULL)::INT", "1", False),
+    Metric("correction_rate", Flag("coalesce(fb.corrections, 0) > 0"), "1", False),
+    Metric("error_rate", Flag("i.error IS NOT NULL"), "1", False),
     Metric("latency_ms", "i.latency_ms", "1", False),
     Metric("completion_tokens", "i.completion_tokens", "1"),
-    Metric("confidence", "coalesce(i.confidence, 0)", "(i.confidence IS NOT NULL)::INT"),
+    Metric("confidence", "coalesce(i.confidence, 0)", Flag("i.confidence IS NOT NULL")),
 )
 
 FEEDBACK_CTE = """fb AS (
@@ -92,18 +107,29 @@ def select_metrics(settings: ExperimentSettings, names: Sequence[str] | None) ->
     return [known[n] for n in names]
 
 
+def per_unit_sum(expr: str, j: int) -> tuple[str | None, str]:
+    """The per-row column feeding expression ``j`` (None when it needs none) and its per-unit total."""
+    if expr == "1":
+        return None, f"count(*)::DOUBLE AS e{j}"
+    if isinstance(expr, Flag):
+        return f"({expr.condition}) AS f{j}", f"(count(*) FILTER (WHERE f{j}))::DOUBLE AS e{j}"
+    # DOUBLE per row: DuckDB sums integers into 128-bit accumulators, which is several times slower
+    return f"({expr})::DOUBLE AS e{j}", f"sum(e{j}) AS e{j}"
+
+
 def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
     """One scan: per-unit totals, then per (phase, arm) sums of totals, squares and products.
 
-    Expressions shared by several metrics (most denominators) are summed once. Parameters: the
-    experiment id. With ``cohort``, rows are also grouped by each unit's first day in one phase
-    (parameters: experiment, phase, experiment, phase), for cumulative timelines.
+    Expressions shared by several metrics (most denominators) are totalled once per unit; the
+    arm is grouped as a boolean (a narrower key than its name). Parameters: the experiment id.
+    With ``cohort``, rows are also grouped by each unit's first day in one phase (parameters:
+    experiment, phase, experiment, phase), for cumulative timelines.
     """
     exprs = list(dict.fromkeys(e for m in metrics for e in (m.numerator, m.denominator)))
     at = {e: j for j, e in enumerate(exprs)}
-    # DOUBLE per row: DuckDB sums integers into 128-bit accumulators, which is several times slower
-    per_row = ", ".join(f"({e})::DOUBLE AS e{j}" for j, e in enumerate(exprs))
-    per_unit = ", ".join(f"sum(e{j}) AS e{j}" for j in range(len(exprs)))
+    columns = [per_unit_sum(e, j) for j, e in enumerate(exprs)]
+    per_row = "".join(f", {row}" for row, _ in columns if row)
+    per_unit = ", ".join(total for _, total in columns)
     sums = ", ".join(f"sum(e{j}) AS s{j}, sum(e{j} * e{j}) AS ss{j}" for j in range(len(exprs)))
     products = ", ".join(f"sum(e{at[m.numerator]} * e{at[m.denominator]}) AS md{k}" for k, m in enumerate(metrics))
     named = ", ".join(
@@ -120,16 +146,17 @@ def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
         day, join, where = ", f.day", " JOIN first f USING (unit_id)", " AND i.phase = ?"
     needs_feedback = any("fb." in e for e in exprs)
     fb, fb_join = (FEEDBACK_CTE + ",", " LEFT JOIN fb USING (interaction_id)") if needs_feedback else ("", "")
-    keys = "phase, arm" + (", day" if cohort else "")
+    keys = "phase, challenger" + (", day" if cohort else "")
     # metric expressions come from code and settings (trusted); the experiment id is a bound parameter
     return f"""
 WITH {first} {fb}
-r AS (SELECT i.phase, i.arm, i.unit_id{day}, {per_row}
+r AS (SELECT i.phase, i.arm = 'challenger' AS challenger, i.unit_id{day}{per_row}
       FROM interactions i{fb_join}{join}
-      WHERE i.deployment_id = ? AND i.role = 'served'{where}),
+      WHERE i.deployment_id = ? AND i.role = 'served' AND i.arm IN ('champion', 'challenger'){where}),
 u AS (SELECT {keys}, unit_id, {per_unit} FROM r GROUP BY ALL),
 agg AS (SELECT {keys}, count(*) AS n, {sums}, {products} FROM u GROUP BY ALL)
-SELECT {keys}, n, {named} FROM agg ORDER BY ALL
+SELECT phase, CASE WHEN challenger THEN 'challenger' ELSE 'champion' END AS arm{", day" if cohort else ""}, n, {named}
+FROM agg ORDER BY ALL
 """  # noqa: S608
 
 

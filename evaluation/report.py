@@ -1,7 +1,8 @@
 """An experiment's full report: every phase's metrics, guards and tests, the shadow analysis, the verdict.
 
 Everything moment-based comes from one grouped SQL scan per experiment (``metric_moments``) plus
-one cohort scan for the timeline and one CUPED scan for the primary metric; quantiles are exact
+one cohort scan for the timeline and one CUPED scan per phase for every metric (``cuped`` repeats
+the primary metric's); quantiles are exact
 SQL order statistics; Mann-Whitney (on the primary metric), the bootstrap of the p95 latency lift
 and answer similarity work on bounded samples (see their modules).
 Each number carries its inputs, method and alpha, and the report carries the settings, so anyone
@@ -22,7 +23,7 @@ import numpy as np
 
 from evaluation.bayesian import BayesianResult, bayesian_test
 from evaluation.config import ExperimentSettings
-from evaluation.cuped import cuped_test
+from evaluation.cuped import cuped_tests
 from evaluation.decision import Verdict, decide
 from evaluation.errors import EmptyArmError
 from evaluation.guards import PowerResult, SrmResult, adjust, below_minimum, check_srm, power_analysis
@@ -96,6 +97,7 @@ class PhaseReport:
     quantiles: list[TestResult] = field(default_factory=list)
     mann_whitney: MannWhitneyResult | None = None
     cuped: TestResult | None = None
+    cuped_metrics: dict[str, TestResult] = field(default_factory=dict)
     bootstrap_p95: BootstrapResult | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
@@ -117,7 +119,7 @@ def metric_result(metric: Metric, a: Ratio, b: Ratio, days: float, settings: Exp
     ma, mb = Moments.of(a), Moments.of(b)
     alpha, sides = settings.alpha, settings.sides
     relative = welch_t_test(ma, mb, relative=True, sides=sides, alpha=alpha)
-    cs = ConfidenceSequence(alpha, settings.sequential_tuning)
+    cs = ConfidenceSequence(alpha, settings.sequential_tuning, sides)
     prior = (settings.prior_mean, settings.prior_stddev) if settings.prior == "normal" else (None, None)
     return MetricResult(
         name=metric.name,
@@ -183,15 +185,15 @@ def phase_report(
     primary = next((m for m in metrics if m.name == settings.primary_metric), metrics[0])
     mw = mann_whitney(db, experiment, phase, primary, sample_per_arm=settings.sample_per_arm, seed=settings.seed)
     timeline = cohort_timeline(db, experiment, phase, primary, settings)
-    cuped = cuped_test(db, experiment, phase, primary, alpha=settings.alpha, sides=settings.sides)
+    cuped = cuped_tests(db, experiment, phase, metrics, alpha=settings.alpha, sides=settings.sides)
     sample = latency_sample(db, experiment, phase, settings.sample_per_arm, settings.seed)
     bootstrap = bootstrap_quantile_lift(
         sample.get("champion", np.empty(0)), sample.get("challenger", np.empty(0)), 0.95,
         resamples=settings.bootstrap_resamples, alpha=settings.alpha, seed=settings.seed,
     )  # fmt: skip
     return replace(
-        report, metrics=results, quantiles=quantiles, mann_whitney=mw, timeline=timeline, cuped=cuped,
-        bootstrap_p95=bootstrap,
+        report, metrics=results, quantiles=quantiles, mann_whitney=mw, timeline=timeline, cuped=cuped[primary.name],
+        cuped_metrics=cuped, bootstrap_p95=bootstrap,
     )  # fmt: skip
 
 

@@ -6,13 +6,17 @@ SQL (``range`` + ``random``) with the columns of the ``interactions`` and ``feed
 each), arms by a stable hash of the user; about 30% of responses get a thumb.
 
 Competitors, each warmed up once, then timed in turn within each of 5 repeats (so load from
-other processes hits all alike); best, median and the median per-repeat ratio are printed:
+other processes hits all alike); best and median wall time, the median per-repeat ratio to the
+scan, and the same for CPU time (steadier than wall time on a shared machine) are printed:
 - scan: one grouped aggregate (count, sum, sum of squares of latency per arm per day);
 - moments: the report's moment-based part: per-unit sufficient statistics of all 8 built-in
   metrics per arm and phase in one SQL pass, then every test (Welch absolute and relative,
   always-valid sequence, Bayesian, power, SRM, Holm) in Python;
 - samples: the rank and resampling parts on bounded samples (Mann-Whitney on up to 100,000
-  units per arm, bootstrap of the p95 lift on up to 100,000 responses per arm, 1,000 replicates).
+  units per arm, bootstrap of the p95 lift on up to 100,000 responses per arm, 1,000 replicates);
+- floor: what any exact per-user report must do before it sums a single metric: join the
+  feedback (aggregated per interaction) to the responses and group them per user, phase and arm,
+  counting rows only. ``moments`` minus ``floor`` is the cost of the metrics themselves.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import duckdb
 
 from evaluation.config import ExperimentSettings
 from evaluation.guards import adjust, check_srm
-from evaluation.metrics import BUILT_IN, metric_moments, phase_split
+from evaluation.metrics import BUILT_IN, FEEDBACK_CTE, metric_moments, phase_split
 from evaluation.quantiles import bootstrap_quantile_lift, latency_sample
 from evaluation.ranks import mann_whitney
 from evaluation.report import metric_result
@@ -58,6 +62,14 @@ SCAN = """
 SELECT arm, ts::DATE AS day, count(*) AS n, sum(latency_ms) AS s, sum(latency_ms * latency_ms) AS ss
 FROM interactions GROUP BY ALL
 """
+FLOOR = f"""
+WITH {FEEDBACK_CTE}
+SELECT phase, challenger, count(*) AS units, sum(responses) AS responses, sum(rated) AS rated
+FROM (SELECT i.phase, i.arm = 'challenger' AS challenger, i.unit_id, count(*) AS responses, count(fb.ups) AS rated
+      FROM interactions i LEFT JOIN fb USING (interaction_id)
+      WHERE i.deployment_id = 'bench' AND i.role = 'served' GROUP BY ALL)
+GROUP BY ALL
+"""  # noqa: S608 (constants of this file)
 
 
 class Connection:
@@ -94,24 +106,36 @@ def sample_parts(db: Connection, settings: ExperimentSettings) -> None:
     bootstrap_quantile_lift(sample["champion"], sample["challenger"], 0.95, resamples=1000, seed=0)
 
 
-def interleaved(competitors: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, list[float]]:
-    """Seconds per repeat for each competitor, run in turn within each repeat (after one warm-up each)
-    so that a busy machine slows all of them alike."""
+Times = dict[str, list[float]]
+
+
+def interleaved(competitors: dict[str, Callable[[], object]], repeats: int = 5) -> tuple[Times, Times]:
+    """Wall and CPU seconds per repeat for each competitor, run in turn within each repeat (after one
+    warm-up each) so that a busy machine slows all of them alike. CPU time (all of this process's
+    threads, DuckDB's included) shifts less than wall time when other processes share the cores."""
     for fn in competitors.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in competitors}
+    wall: Times = {name: [] for name in competitors}
+    cpu: Times = {name: [] for name in competitors}
     for _ in range(repeats):
         for name, fn in competitors.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def median_ratio(values: list[float], base: list[float]) -> float:
+    """The median over repeats of ``values / base`` (both measured in the same repeat)."""
+    return statistics.median(v / b for v, b in zip(values, base, strict=True))
 
 
 def main() -> None:
     threads = os.cpu_count() or 1
     print(f"machine: {platform.processor() or platform.machine()}, {threads} cpus, duckdb {duckdb.__version__}")
     settings = ExperimentSettings()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         con = duckdb.connect(str(Path(tmp) / "bench.duckdb"), config={"threads": threads})
         start = time.perf_counter()
@@ -119,22 +143,31 @@ def main() -> None:
         rows = con.execute("SELECT count(*) FROM interactions").fetchone()
         print(f"generated {rows[0] if rows else 0:,} responses in {time.perf_counter() - start:.1f} s\n")
         db = Connection(con)
-        times = interleaved(
+        times, cpu = interleaved(
             {
                 "scan: count, sum, sum sq per arm per day": lambda: con.execute(SCAN).fetchall(),
                 "moments: 8 metrics x 3 phases, all tests": lambda: moment_report(db, settings),
                 "samples: Mann-Whitney + bootstrap p95": lambda: sample_parts(db, settings),
+                "floor: feedback join + per-user grouping": lambda: con.execute(FLOOR).fetchall(),
             }
         )
-        scan, moments, samples = times.values()
-        print(f"{'competitor':<42} {'best s':>8} {'median s':>9} {'median ratio to scan':>21}")
+        scan, moments, samples, floor = times.values()
+        header = f"{'competitor':<42} {'best s':>7} {'median s':>9} {'ratio':>6} {'cpu s':>7} {'cpu ratio':>10}"
+        print(header + "  (ratios: median per-repeat ratio to scan)")
         for name, values in times.items():
-            ratio = statistics.median(v / s for v, s in zip(values, scan, strict=True))
-            print(f"{name:<42} {min(values):>8.3f} {statistics.median(values):>9.3f} {ratio:>21.2f}")
-        ratio = statistics.median(m / s for m, s in zip(moments, scan, strict=True))
+            ratio, cpu_ratio = median_ratio(values, scan), median_ratio(cpu[name], cpu[next(iter(cpu))])
+            cpu_median = statistics.median(cpu[name])
+            print(
+                f"{name:<42} {min(values):>7.3f} {statistics.median(values):>9.3f} {ratio:>6.2f} "
+                f"{cpu_median:>7.3f} {cpu_ratio:>10.2f}"
+            )
         median = statistics.median(moments)
-        print(f"\nmoments / scan = {ratio:.2f} (target <= 4); moments median {median:.2f} s (target <= 2)")
+        print(
+            f"\nmoments / scan = {median_ratio(moments, scan):.2f} (target <= 4); median {median:.2f} s (target <= 2)"
+        )
         print(f"samples add {statistics.median(samples):.2f} s (target <= 2)")
+        print(f"floor / scan = {median_ratio(floor, scan):.2f}: per-user grouping and feedback join, no metric summed")
+        print(f"load average before / after: {load} / {os.getloadavg()}")
         con.close()
 
 

@@ -11,8 +11,9 @@ from experiment_data import synthetic_rows
 from scipy import stats
 
 from evaluation import constants
-from evaluation.cuped import cuped_statistics, cuped_test
+from evaluation.cuped import cuped_statistics, cuped_statistics_of, cuped_test, cuped_tests
 from evaluation.metrics import BUILT_IN
+from evaluation.moments import Paired
 from feedback.store import DuckDBStore
 
 LATENCY = next(m for m in BUILT_IN if m.name == "latency_ms")
@@ -59,3 +60,29 @@ def test_cuped_statistics_match_numpy(experiment_store: Callable[..., DuckDBStor
 def test_cuped_without_data_is_an_error(experiment_store: Callable[..., DuckDBStore]) -> None:
     store = experiment_store(synthetic_rows(units=20))
     assert cuped_test(store, "exp-1", "ab-99", LATENCY).error == constants.EMPTY_ARM
+
+
+def paired_sums(stat: Paired) -> list[float]:
+    return [stat.post.sum, stat.post.sum_squares, stat.pre.sum, stat.pre.sum_squares, stat.sum_product]
+
+
+def test_one_pass_for_every_metric_equals_one_metric_at_a_time(experiment_store: Callable[..., DuckDBStore]) -> None:
+    pre_data = synthetic_rows(experiment="older", phase="champion-only", units=200, seed=5, day=0)
+    store = experiment_store(pre_data, synthetic_rows(phase="ab-50", units=200, seed=6, day=7))
+    together, tests = (
+        cuped_statistics_of(store, "exp-1", "ab-50", BUILT_IN),
+        cuped_tests(store, "exp-1", "ab-50", BUILT_IN),
+    )
+    assert list(tests) == [m.name for m in BUILT_IN]
+    for metric in BUILT_IN:
+        for arm, alone in cuped_statistics(store, "exp-1", "ab-50", metric).items():
+            both = together[metric.name][arm]
+            assert both.n == alone.n
+            # the same sums, added in another order
+            assert paired_sums(both) == pytest.approx(paired_sums(alone), rel=1e-12, abs=1e-12)
+        single = cuped_test(store, "exp-1", "ab-50", metric)
+        assert (tests[metric.name].estimate, tests[metric.name].p_value) == pytest.approx(
+            (single.estimate, single.p_value), rel=1e-9, abs=1e-12
+        )
+    rating = cuped_statistics(store, "exp-1", "ab-50", next(m for m in BUILT_IN if m.name == "mean_rating"))
+    assert rating["champion"].n < cuped_statistics(store, "exp-1", "ab-50", LATENCY)["champion"].n  # unrated left out

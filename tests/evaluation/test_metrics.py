@@ -11,7 +11,15 @@ from experiment_data import synthetic_rows
 
 from evaluation.config import CustomMetric, ExperimentSettings
 from evaluation.errors import InvalidSplitError, UnknownExperimentError, UnknownMetricError
-from evaluation.metrics import BUILT_IN, metric_moments, parse_split, phase_split, select_metrics
+from evaluation.metrics import (
+    BUILT_IN,
+    FEEDBACK_CTE,
+    Metric,
+    metric_moments,
+    parse_split,
+    phase_split,
+    select_metrics,
+)
 from feedback.store import DuckDBStore
 
 
@@ -66,6 +74,58 @@ def test_custom_metric_and_phases(experiment_store: Callable[..., DuckDBStore]) 
     moments = metric_moments(store, "exp-1", metrics)
     assert sorted(moments) == ["ab-10", "ab-5"]
     assert 0 < moments["ab-5"]["champion"]["long_answers"].mean < 1
+
+
+REFERENCE_SQL = """
+WITH {fb}
+SELECT i.phase, i.arm, i.unit_id, {totals}
+FROM interactions i LEFT JOIN fb USING (interaction_id)
+WHERE i.deployment_id = 'exp-1' AND i.role = 'served'
+GROUP BY ALL
+"""
+
+
+def reference_statistics(store: DuckDBStore, metrics: list[Metric]) -> dict[tuple[str, str, str], list[float]]:
+    """Per (phase, arm, metric): n, sum m, sum m^2, sum d, sum d^2, sum m d from plain per-unit sums."""
+    totals = ", ".join(
+        f"coalesce(sum({m.numerator}), 0)::DOUBLE AS m{k}, coalesce(sum({m.denominator}), 0)::DOUBLE AS d{k}"
+        for k, m in enumerate(metrics)
+    )
+    units: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in store.query(REFERENCE_SQL.format(fb=FEEDBACK_CTE, totals=totals)):
+        units.setdefault((row["phase"], row["arm"]), []).append(row)
+    out = {}
+    for (phase, arm), rows in units.items():
+        for k, metric in enumerate(metrics):
+            m = np.array([r[f"m{k}"] for r in rows])
+            d = np.array([r[f"d{k}"] for r in rows])
+            stats = [len(rows), m.sum(), (m * m).sum(), d.sum(), (d * d).sum(), (m * d).sum()]
+            out[(phase, arm, metric.name)] = [float(v) for v in stats]
+    return out
+
+
+def test_one_scan_statistics_equal_plain_per_unit_sums(experiment_store: Callable[..., DuckDBStore]) -> None:
+    ab5, ab50 = synthetic_rows(phase="ab-5", share=0.05, seed=3), synthetic_rows(phase="ab-50", units=300, seed=4)
+    ab50["arm"][:3] = ["challenger", "champion", "challenger"]  # a unit seen in both arms (a forced arm)
+    for key, value in (("fb_id", "again"), ("fb_thumb", "down"), ("fb_rating", 2), ("fb_correction", "fixed")):
+        ab50[key] += [f"{value}-{i}" if key == "fb_id" else value for i in range(40)]  # second feedback
+    for key in ("fb_interaction", "fb_ts"):
+        ab50[key] += ab50[key][:40]
+    mixed = CustomMetric(name="rated_tokens", numerator="coalesce(fb.rating_sum, 0) * i.completion_tokens")
+    flags = CustomMetric(name="slow", numerator="(i.latency_ms > 200)::INT", denominator="(fb.ups IS NOT NULL)::INT")
+    settings = ExperimentSettings(custom_metrics=(mixed, flags))
+    metrics = select_metrics(settings, None)
+    store = experiment_store(ab5, ab50)
+    expected = reference_statistics(store, metrics)
+    moments = metric_moments(store, "exp-1", metrics)
+    seen = 0
+    for (phase, arm, name), (n, m_s, m_ss, d_s, d_ss, md) in expected.items():
+        ratio = moments[phase][arm][name]
+        assert ratio.n == n
+        got = [ratio.m.sum, ratio.m.sum_squares, ratio.d.sum, ratio.d.sum_squares, ratio.sum_product]
+        assert got == pytest.approx([m_s, m_ss, d_s, d_ss, md], rel=1e-12, abs=1e-9)
+        seen += 1
+    assert seen == 2 * 2 * len(metrics)
 
 
 def test_bad_names_raise_clear_errors(experiment_store: Callable[..., DuckDBStore]) -> None:

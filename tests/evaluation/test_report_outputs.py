@@ -69,6 +69,8 @@ def test_json_has_every_number_with_inputs(db_file: Path) -> None:
     phase = data["phases"][1]
     assert phase["cuped"]["method"] == "welch-t-cuped"
     assert "theta" in phase["cuped"]["inputs"]
+    assert list(phase["cuped_metrics"]) == [m["name"] for m in phase["metrics"]]
+    assert phase["cuped_metrics"][data["settings"]["primary_metric"]] == phase["cuped"]
     assert phase["mann_whitney"]["n_a"] > 0
     assert phase["bootstrap_p95"]["resamples"] == 1000
     assert phase["timeline"][-1]["units"] == sum(phase["units"].values())

@@ -6,9 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
-from evaluation.moments import SampleMean
-from evaluation.sequential import ConfidenceSequence, halfwidth, sequential_rho
+from evaluation.config import ExperimentSettings
+from evaluation.metrics import BUILT_IN
+from evaluation.moments import Ratio, SampleMean
+from evaluation.report import metric_result
+from evaluation.sequential import ConfidenceSequence, halfwidth, one_sided_halfwidth, sequential_rho
 from evaluation.significance import Moments
 
 
@@ -41,8 +45,8 @@ def test_sequence_is_wider_than_the_fixed_interval_and_p_value_is_consistent() -
     )
 
 
-def a_a_peeking(sims: int = 1000, hours: int = 168, per_hour: int = 30, alpha: float = 0.05) -> tuple[float, float]:
-    """FPR of naive repeated z-tests and of the confidence sequence when peeking every hour (A/A)."""
+def a_a_paths(sims: int = 1000, hours: int = 168, per_hour: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hourly A/A paths: the difference in means, its variance and the units per arm after each hour."""
     rng = np.random.default_rng(2026)
     # hourly sums and sums of squares of `per_hour` N(0, 1) values per arm, drawn as sufficient statistics
     sums = rng.normal(0, math.sqrt(per_hour), (2, sims, hours)).cumsum(axis=2)
@@ -50,8 +54,12 @@ def a_a_peeking(sims: int = 1000, hours: int = 168, per_hour: int = 30, alpha: f
     n = per_hour * np.arange(1, hours + 1, dtype=np.float64)
     means = sums / n
     variances = (squares - sums**2 / n) / (n - 1)
-    diff = means[1] - means[0]
-    var_diff = variances[1] / n + variances[0] / n
+    return means[1] - means[0], variances[1] / n + variances[0] / n, n
+
+
+def a_a_peeking(alpha: float = 0.05) -> tuple[float, float]:
+    """FPR of naive repeated z-tests and of the confidence sequence when peeking every hour (A/A)."""
+    diff, var_diff, n = a_a_paths()
     naive = np.abs(diff) / np.sqrt(var_diff) > 1.959963984540054
     seq = np.abs(diff) > halfwidth(var_diff * 2 * n, 2 * n, alpha, tuning=5000)
     return float(naive.any(axis=1).mean()), float(seq.any(axis=1).mean())
@@ -76,3 +84,52 @@ def test_matches_the_gbstats_published_sequential_example() -> None:
     assert round(result.stderr, 5) == 0.33341
     assert [round(x, 5) for x in result.ci] == [-0.55844, 1.56516]
     assert result.p_value == 1.0
+
+
+def test_one_sided_sequence_follows_gbstats_definitions() -> None:
+    a, b = Moments(4000, 10.0, 9.0), Moments(4000, 10.2, 9.0)
+    greater = ConfidenceSequence(alpha=0.05, tuning=5000, sides="greater").test(a, b, relative=False)
+    # gbstats' one-sided sequence: rho at 2 alpha, half-width with ln(1 + sqrt(N rho^2 + 1) / (2 alpha))
+    n, s2 = 8000, 9.0 / 4000 * 2 * 8000
+    rho2 = (-2 * math.log(0.1) + math.log(-2 * math.log(0.1) + 1)) / 5000
+    width = math.sqrt(s2 * 2 * (n * rho2 + 1) / (n * n * rho2) * math.log(1 + math.sqrt(n * rho2 + 1) / 0.1))
+    assert greater.ci[0] == pytest.approx(0.2 - width, rel=1e-9)
+    assert greater.ci[1] == math.inf
+    assert round(greater.ci[0], 6) == 0.012986
+    # the p-value is the alpha at which the lower bound reaches 0 (rho held fixed), found numerically
+    root = brentq(lambda x: 0.2 - float(one_sided_halfwidth(s2, n, x, rho2)), 1e-5, 0.4999, xtol=1e-15)
+    assert greater.p_value == pytest.approx(root, rel=1e-9)
+    assert round(greater.p_value, 6) == 0.029723
+    assert greater.sides == "greater"
+    assert greater.significant
+    # "less" mirrors "greater"; an estimate on the other side of zero gets gbstats' bound 0.4999
+    less = ConfidenceSequence(alpha=0.05, tuning=5000, sides="less").test(b, a, relative=False)
+    assert less.ci[0] == -math.inf
+    assert less.ci[1] == pytest.approx(-greater.ci[0], rel=1e-12)
+    assert less.p_value == pytest.approx(greater.p_value, rel=1e-12)
+    assert ConfidenceSequence(sides="less").test(a, b, relative=False).p_value == 0.4999
+    relative = ConfidenceSequence(alpha=0.05, tuning=5000, sides="greater").test(a, b, relative=True)
+    assert round(relative.ci[0], 6) == 0.001111
+    assert round(relative.p_value, 6) == 0.03225
+    # one-sided is tighter than two-sided on its side
+    two_sided = ConfidenceSequence(alpha=0.05, tuning=5000).test(a, b, relative=False)
+    assert greater.ci[0] > two_sided.ci[0]
+
+
+def test_one_sided_a_a_simulation_peeking_hourly() -> None:
+    diff, var_diff, n = a_a_paths()
+    rho2 = sequential_rho(0.1, 5000) ** 2
+    naive = diff / np.sqrt(var_diff) > 1.6448536269514722
+    seq = diff > one_sided_halfwidth(var_diff * 2 * n, 2 * n, 0.05, rho2)
+    assert float(naive.any(axis=1).mean()) > 0.3
+    assert float(seq.any(axis=1).mean()) <= 0.05
+
+
+def test_report_sequences_take_the_sides_setting() -> None:
+    a = Ratio(4000, SampleMean(4000, 40_000.0, 436_000.0), SampleMean(4000, 4000.0, 4000.0), 40_000.0)
+    b = Ratio(4000, SampleMean(4000, 40_800.0, 452_160.0), SampleMean(4000, 4000.0, 4000.0), 40_800.0)
+    result = metric_result(BUILT_IN[5], a, b, 7.0, ExperimentSettings(sides="less"))
+    expected = ConfidenceSequence(0.05, 5000, "less").test(Moments.of(a), Moments.of(b), relative=True)
+    assert result.sequential_relative == expected
+    assert result.sequential_relative.ci[0] == -math.inf
+    assert result.sequential_absolute.sides == "less"
