@@ -11,11 +11,16 @@ so a short request never waits for a long one. When the batch is empty, the firs
 
 Served rows are protected from shadow rows:
 
-- a shadow copy joins only while no served request waits;
+- a shadow copy joins only when no served request waits and the batch holds no served rows (on
+  a compute-bound machine a shadow row slows every served row beside it, and its prefill stalls
+  them for a whole forward pass), or once it has waited half of ``shadow_timeout_s``, so that
+  busy traffic slows shadow copies but never starves them; copies join one per step, so a served
+  request arriving meanwhile waits for at most one shadow prefill; rows already running keep
+  going while served requests join;
 - queued copies are dropped when served requests are left waiting for room, when a served
   request is refused, or when they waited past ``shadow_timeout_s``;
-- shadow rows already generating stop at their next step once ``shadow_preempt_depth`` served
-  requests wait, or when served requests wait for room the shadow rows hold.
+- served requests left waiting for room take the places of running shadow rows at the next
+  step: as many as wait, and every shadow row once ``shadow_preempt_depth`` wait.
 
 Every shed copy is counted. A served request is refused with :class:`Overloaded` (answered 429)
 only when ``max_queued_requests`` already wait.
@@ -118,8 +123,6 @@ class BatchScheduler:
         job = _Job(row, role, asyncio.get_running_loop().create_future())
         self._queues[role].append(job)
         self._update_depths()
-        if role == "served" and len(self._queues["served"]) >= self._settings.shadow_preempt_depth:
-            self._preempt_shadow(len(self._running))
         self._wakeup.set()
         try:
             return await asyncio.shield(job.future)
@@ -169,16 +172,32 @@ class BatchScheduler:
         room = self._settings.max_batch_size - len(live)
         newcomers = self._take("served", room)
         retrying = any(job.retry for job in newcomers)
-        if self._queues["served"]:
-            # Served requests still wait: no room for shadow copies; shed the queued ones and
-            # stop running ones so their places go to served rows at the next step.
+        waiting = len(self._queues["served"])
+        if waiting:
+            # Served requests wait for room: shed the queued shadow copies, and give them the
+            # places of running shadow rows at the next step (all of them once many wait).
             self._shed_shadow(len(self._queues["shadow"]))
-            self._preempt_shadow(len(self._queues["served"]))
-        elif not retrying:
+            self._preempt_shadow(len(live) if waiting >= self._settings.shadow_preempt_depth else waiting)
+        elif not retrying and self._spare_for_shadow(live, newcomers):
             shadow = sum(job.role == "shadow" for job in live)
-            newcomers += self._take("shadow", min(room - len(newcomers), self._settings.shadow_concurrency - shadow))
+            limit = min(room - len(newcomers), self._settings.shadow_concurrency - shadow, 1)
+            newcomers += self._take("shadow", limit)
         self._update_depths()
         return newcomers
+
+    def _spare_for_shadow(self, live: list[_Job], newcomers: list[_Job]) -> bool:
+        """Whether shadow copies may join now: the batch has no served rows, or the oldest copy has waited long.
+
+        On a compute-bound machine every shadow row slows the served rows beside it, and a shadow
+        prefill stalls them for a whole forward pass; so copies wait for spare capacity, and join one
+        per step, so a served request arriving meanwhile waits for at most one shadow prefill.
+        Waiting half of ``shadow_timeout_s`` admits them anyway: busy traffic slows shadow copies
+        but never starves them.
+        """
+        if not any(job.role == "served" for job in (*live, *newcomers)):
+            return True
+        queue = self._queues["shadow"]
+        return bool(queue) and time.monotonic() - queue[0].enqueued >= self._settings.shadow_timeout_s / 2
 
     def _take(self, role: Role, limit: int) -> list[_Job]:
         queue, taken = self._queues[role], list[_Job]()

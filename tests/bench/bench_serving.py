@@ -149,6 +149,7 @@ def bench_batching(runtime: ModelRuntime, workdir: Path) -> float:
     print(f"  raw generate (one padded batch)  {raw:8.1f} tok/s")
     print(f"  gateway, 16 concurrent clients   {many:8.1f} tok/s   ratio to raw {many / raw:.2f} (target >= 0.75)")
     print(f"  gateway, 1 client sequential     {one:8.1f} tok/s   16 clients / 1 client {many / one:.2f} (target >= 5)")
+    print(f"  bound: raw padded batch / gateway 1 client {raw / one:.2f} (what batching alone buys on this machine)")
     return 16 / statistics.median(many_s)  # requests/s sustained at 16 concurrent clients
 
 

@@ -22,11 +22,13 @@ class FakeStepEngine:
     """A row of prompt length n needs n steps (its first in the step it joins); answers with n.
 
     ``steps`` records the prompt lengths in each step: running rows, then newcomers. With
-    ``gated``, each step waits until the test allows it; a row with adapter ``bad`` fails its step.
+    ``gated``, each step waits until the test allows it; a row with adapter ``bad`` fails its step,
+    and so does the step numbered ``fail_at`` (from 1).
     """
 
-    def __init__(self, *, gated: bool = False) -> None:
+    def __init__(self, *, gated: bool = False, fail_at: int = 0) -> None:
         self.steps: list[list[int]] = []
+        self.fail_at = fail_at
         self._rows: list[BatchRow] = []
         self._gate = threading.Semaphore(0)
         self._gated = gated
@@ -41,7 +43,7 @@ class FakeStepEngine:
         finished = [self._finish(row) for row in self._rows if row.cancelled]
         self._rows = [row for row in self._rows if not row.done]
         self.steps.append([len(row.prompt_ids) for row in (*self._rows, *newcomers)])
-        if any(row.adapter == "bad" for row in (*self._rows, *newcomers)):
+        if len(self.steps) == self.fail_at or any(row.adapter == "bad" for row in (*self._rows, *newcomers)):
             self._rows = []
             raise RuntimeError("adapter exploded")
         self._rows += newcomers
@@ -99,7 +101,7 @@ def texts(results: Sequence[object]) -> list[str | None]:
     return [getattr(r, "text", None) for r in results]
 
 
-def test_concurrent_requests_share_the_first_step_served_first() -> None:
+def test_served_requests_go_first_and_shadow_copies_wait_for_spare_capacity() -> None:
     engine = FakeStepEngine()
 
     async def body(scheduler: BatchScheduler) -> list[Generation]:
@@ -109,7 +111,24 @@ def test_concurrent_requests_share_the_first_step_served_first() -> None:
 
     results = run_with(GatewaySettings(batch_wait_ms=20), engine, body)
     assert texts(results) == ["1", "2", "3"]
-    assert engine.steps == [[2, 3, 1], [2, 3], [3]]
+    assert engine.steps == [[2, 3], [2, 3], [3], [1]]
+
+
+def test_a_shadow_copy_that_waited_half_its_timeout_joins_beside_served_rows() -> None:
+    engine = FakeStepEngine(gated=True)
+    settings = GatewaySettings(batch_wait_ms=0, shadow_timeout_s=1.0)
+
+    async def body(scheduler: BatchScheduler) -> list[Generation]:
+        served = asyncio.ensure_future(scheduler.submit(row(30), "served"))
+        await until(lambda: scheduler.running("served") == 1)
+        shadow = asyncio.ensure_future(scheduler.submit(row(3), "shadow"))
+        await asyncio.sleep(0.6)  # past half of shadow_timeout_s, before all of it
+        engine.allow(100)
+        return await gather_list(served, shadow)
+
+    assert texts(run_with(settings, engine, body)) == ["30", "3"]
+    assert engine.steps[:4] == [[30], [30, 3], [30, 3], [30, 3]]
+    assert engine.steps[4] == [30]
 
 
 def test_a_later_request_joins_between_steps_and_leaves_before_the_long_one_ends() -> None:
@@ -136,17 +155,18 @@ def test_a_later_request_joins_between_steps_and_leaves_before_the_long_one_ends
     assert engine.steps == [[6], [6], [6], [6, 2], [6, 2], [6]]
 
 
-def test_the_batch_respects_its_size_and_shadow_concurrency() -> None:
+def test_shadow_copies_join_one_per_step_up_to_shadow_concurrency() -> None:
     engine = FakeStepEngine()
-    settings = GatewaySettings(batch_wait_ms=20, max_batch_size=3, shadow_concurrency=1)
+    settings = GatewaySettings(batch_wait_ms=20, max_batch_size=3, shadow_concurrency=2)
 
     async def body(scheduler: BatchScheduler) -> None:
         await asyncio.gather(
-            *(scheduler.submit(row(n), "served") for n in (1, 2)), *(scheduler.submit(row(n), "shadow") for n in (3, 4))
+            *(scheduler.submit(row(n), "served") for n in (1, 2)),
+            *(scheduler.submit(row(n), "shadow") for n in (3, 4, 5)),
         )
 
     run_with(settings, engine, body)
-    assert engine.steps == [[1, 2, 3], [2, 3], [3], [4], [4], [4], [4]]
+    assert engine.steps == [[1, 2], [2], [3], [3, 4], [3, 4], [4, 5], [4, 5], [5], [5], [5]]
 
 
 def test_full_queues_shed_shadow_first_then_refuse_served() -> None:
@@ -174,19 +194,20 @@ def test_full_queues_shed_shadow_first_then_refuse_served() -> None:
 
 
 def test_a_failed_step_runs_served_rows_again_without_shadow_rows() -> None:
-    engine = FakeStepEngine()
+    engine = FakeStepEngine(gated=True, fail_at=2)
 
     async def body(scheduler: BatchScheduler) -> list[object]:
-        return list(
-            await asyncio.gather(
-                scheduler.submit(row(2), "served"), scheduler.submit(row(1, "bad"), "shadow"), return_exceptions=True
-            )
-        )
+        shadow = asyncio.ensure_future(scheduler.submit(row(5), "shadow"))  # joins the idle batch
+        await until(lambda: scheduler.running("shadow") == 1)
+        served = asyncio.ensure_future(scheduler.submit(row(2), "served"))
+        await asyncio.sleep(0.05)
+        engine.allow(100)
+        return list(await asyncio.gather(served, shadow, return_exceptions=True))
 
-    served, shadow = run_with(GatewaySettings(batch_wait_ms=20), engine, body)
+    served, shadow = run_with(GatewaySettings(batch_wait_ms=0), engine, body)
     assert texts([served]) == ["2"]
     assert isinstance(shadow, RuntimeError)
-    assert engine.steps == [[2, 1], [2], [2]]
+    assert engine.steps == [[5], [5, 2], [2], [2]]
 
 
 def test_a_failed_step_without_shadow_rows_fails_its_served_rows() -> None:
@@ -216,30 +237,33 @@ def test_shadow_copies_are_shed_while_served_requests_wait() -> None:
 
 def test_running_shadow_rows_stop_when_served_requests_pile_up() -> None:
     engine = FakeStepEngine(gated=True)
-    settings = GatewaySettings(batch_wait_ms=0, shadow_preempt_depth=2)
+    settings = GatewaySettings(batch_wait_ms=0, max_batch_size=2, shadow_preempt_depth=2)
     shadow_row = row(50)
 
     async def body(scheduler: BatchScheduler) -> object:
         shadow = asyncio.ensure_future(scheduler.submit(shadow_row, "shadow"))  # runs, its step held
         await until(lambda: scheduler.running("shadow") == 1)
-        served = [asyncio.ensure_future(scheduler.submit(row(n), "served")) for n in (1, 2)]
+        served = [asyncio.ensure_future(scheduler.submit(row(n), "served")) for n in (1, 2, 3)]
         await asyncio.sleep(0.05)
         engine.allow(100)
         outcome = await asyncio.gather(shadow, return_exceptions=True)
-        assert texts(await asyncio.gather(*served)) == ["1", "2"]
+        assert texts(await asyncio.gather(*served)) == ["1", "2", "3"]
         return outcome[0]
 
     assert isinstance(run_with(settings, engine, body), ShadowShed)
     assert shadow_row.cancelled
-    assert engine.steps == [[50], [1, 2], [2]]
+    # One served request takes the free place; two still wait, which stops every shadow row.
+    assert engine.steps == [[50], [1], [2, 3], [2, 3], [3]]
 
 
 def test_served_rows_take_the_places_of_running_shadow_rows_in_a_full_batch() -> None:
     engine = FakeStepEngine(gated=True)
-    settings = GatewaySettings(batch_wait_ms=20, max_batch_size=2, shadow_concurrency=2)
+    settings = GatewaySettings(batch_wait_ms=0, max_batch_size=2, shadow_concurrency=2)
 
     async def body(scheduler: BatchScheduler) -> list[object]:
         shadows = [asyncio.ensure_future(scheduler.submit(row(n), "shadow")) for n in (50, 51)]
+        await until(lambda: scheduler.running("shadow") == 1)
+        engine.allow(1)
         await until(lambda: scheduler.running("shadow") == 2)
         served = asyncio.ensure_future(scheduler.submit(row(1), "served"))
         await asyncio.sleep(0.05)
@@ -249,4 +273,4 @@ def test_served_rows_take_the_places_of_running_shadow_rows_in_a_full_batch() ->
     served, kept, preempted = run_with(settings, engine, body)
     assert texts([served, kept]) == ["1", "50"]
     assert isinstance(preempted, ShadowShed)  # the newest shadow row gave its place
-    assert engine.steps[:4] == [[50, 51], [50], [50, 1], [50]]
+    assert engine.steps[:5] == [[50], [50, 51], [50], [50, 1], [50]]
