@@ -11,12 +11,12 @@ so a short request never waits for a long one. When the batch is empty, the firs
 
 Served rows are protected from shadow rows:
 
-- a shadow copy joins only when no served request waits and the batch holds no served rows (on
-  a compute-bound machine a shadow row slows every served row beside it, and its prefill stalls
-  them for a whole forward pass), or once it has waited half of ``shadow_timeout_s``, so that
-  busy traffic slows shadow copies but never starves them; copies join one per step, so a served
-  request arriving meanwhile waits for at most one shadow prefill; rows already running keep
-  going while served requests join;
+- a shadow copy joins only when the batch has held no served rows and no served request has
+  waited for :data:`SHADOW_IDLE_S` (on a compute-bound machine a shadow row slows every served
+  row beside it, and its prefill stalls them for a whole forward pass), or once it has waited
+  half of ``shadow_timeout_s``, so that busy traffic slows shadow copies but never starves them;
+- copies join one per step, so a served request arriving meanwhile waits for at most one shadow
+  prefill; shadow rows already running keep going while served requests join;
 - queued copies are dropped when served requests are left waiting for room, when a served
   request is refused, or when they waited past ``shadow_timeout_s``;
 - served requests left waiting for room take the places of running shadow rows at the next
@@ -47,6 +47,11 @@ from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
+SHADOW_IDLE_S = 0.1
+"""Seconds without served rows before shadow copies count the batch as idle: a client that was
+just answered sends its next request within a few milliseconds, and a shadow prefill started in
+that gap would stall it."""
+
 
 class StepEngine(Protocol):
     """A running batch that advances one decoding step at a time (ContinuousBatch is the real one)."""
@@ -76,10 +81,19 @@ class _Job:
 class BatchScheduler:
     """Feeds concurrent requests into one running batch (see the module docstring)."""
 
-    def __init__(self, engine: StepEngine, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        engine: StepEngine,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        *,
+        shadow_idle_s: float = SHADOW_IDLE_S,
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._metrics = metrics
+        self._shadow_idle_s = shadow_idle_s
+        self._served_at = 0.0  # when a served request last waited or ran
         self._queues: dict[Role, deque[_Job]] = {"served": deque(), "shadow": deque()}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,6 +135,8 @@ class BatchScheduler:
         if role == "shadow" and len(self._queues["shadow"]) >= self._settings.shadow_queue_size:
             raise ShadowShed
         job = _Job(row, role, asyncio.get_running_loop().create_future())
+        if role == "served":
+            self._served_at = time.monotonic()
         self._queues[role].append(job)
         self._update_depths()
         self._wakeup.set()
@@ -164,6 +180,16 @@ class BatchScheduler:
                 self._wakeup.clear()
             if self._running or newcomers:
                 await self._step(newcomers)
+            elif self._queues["shadow"]:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Only shadow copies wait: give served traffic the rest of its pause, or until a request comes."""
+        self._wakeup.clear()
+        remaining = self._served_at + self._shadow_idle_s - time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), max(remaining, 0.001))
+        self._wakeup.set()
 
     def _admit(self) -> list[_Job]:
         """Take the waiting requests that join at the next step."""
@@ -189,12 +215,15 @@ class BatchScheduler:
         """Whether shadow copies may join now: the batch has no served rows, or the oldest copy has waited long.
 
         On a compute-bound machine every shadow row slows the served rows beside it, and a shadow
-        prefill stalls them for a whole forward pass; so copies wait for spare capacity, and join one
-        per step, so a served request arriving meanwhile waits for at most one shadow prefill.
+        prefill stalls them for a whole forward pass; so copies wait for spare capacity (no served
+        row for ``shadow_idle_s``), and join one per step, so a served request arriving meanwhile
+        waits for at most one shadow prefill.
         Waiting half of ``shadow_timeout_s`` admits them anyway: busy traffic slows shadow copies
         but never starves them.
         """
-        if not any(job.role == "served" for job in (*live, *newcomers)):
+        if any(job.role == "served" for job in (*live, *newcomers)):
+            self._served_at = time.monotonic()
+        elif time.monotonic() - self._served_at >= self._shadow_idle_s:
             return True
         queue = self._queues["shadow"]
         return bool(queue) and time.monotonic() - queue[0].enqueued >= self._settings.shadow_timeout_s / 2
@@ -226,6 +255,8 @@ class BatchScheduler:
             await asyncio.to_thread(self._engine.step, [job.row for job in newcomers])
         except Exception as exc:
             self._recover(exc)
+        if any(job.role == "served" for job in self._running):
+            self._served_at = time.monotonic()
         self._running = [job for job in self._running if not job.row.done]
 
     def _recover(self, exc: Exception) -> None:

@@ -72,9 +72,14 @@ def row(n: int, adapter: str = "__base__") -> BatchRow:
     return BatchRow(list(range(n)), SamplingParams(max_tokens=64), adapter=adapter)
 
 
-def run_with(settings: GatewaySettings, engine: FakeStepEngine, body: Callable[[BatchScheduler], Awaitable[T]]) -> T:
+def run_with(
+    settings: GatewaySettings,
+    engine: FakeStepEngine,
+    body: Callable[[BatchScheduler], Awaitable[T]],
+    shadow_idle_s: float = 0.1,
+) -> T:
     async def main() -> T:
-        scheduler = BatchScheduler(engine, settings, GatewayMetrics())
+        scheduler = BatchScheduler(engine, settings, GatewayMetrics(), shadow_idle_s=shadow_idle_s)
         scheduler.start()
         try:
             return await body(scheduler)
@@ -112,6 +117,19 @@ def test_served_requests_go_first_and_shadow_copies_wait_for_spare_capacity() ->
     results = run_with(GatewaySettings(batch_wait_ms=20), engine, body)
     assert texts(results) == ["1", "2", "3"]
     assert engine.steps == [[2, 3], [2, 3], [3], [1]]
+
+
+def test_shadow_copies_wait_while_served_traffic_only_pauses() -> None:
+    engine = FakeStepEngine()
+
+    async def body(scheduler: BatchScheduler) -> list[str]:
+        shadow = asyncio.ensure_future(scheduler.submit(row(1), "shadow"))
+        first = await scheduler.submit(row(2), "served")
+        second = await scheduler.submit(row(3), "served")  # sent at once, as a busy client does
+        return [first.text, second.text, (await shadow).text]
+
+    assert run_with(GatewaySettings(batch_wait_ms=20), engine, body, shadow_idle_s=0.5) == ["2", "3", "1"]
+    assert engine.steps == [[2], [2], [3], [3], [3], [1]]
 
 
 def test_a_shadow_copy_that_waited_half_its_timeout_joins_beside_served_rows() -> None:
