@@ -1,8 +1,9 @@
 """LoRA adapters on one base model: load versions while serving, pick one per batch row.
 
 The first adapter wraps the runtime's model in a peft model; later ones are added to it by name
-(``load_adapter``), under the runtime's lock, so a batch in flight finishes on the weights it
-started with and the next batch sees the new adapter. Rows then name their adapter through
+(``load_adapter``), under the runtime's lock, that is between two decoding steps of the running
+batch (:mod:`feedback.model.batch`): rows in flight keep their adapter, and rows that join later
+may name the new one. Rows then name their adapter through
 :data:`feedback.model.batch.BASE_ADAPTER` or a loaded name (peft ``adapter_names``).
 """
 

@@ -1,185 +1,225 @@
-"""Mixed batches: many requests, each with its own sampling, budget, stops and adapter, in one generate.
+"""Continuous batching: requests join and leave a running batch between decoding steps.
 
-:func:`generate_mixed` runs rows that share nothing but the base model through one left-padded
-``generate`` call, so their forward passes are shared:
+A :class:`ContinuousBatch` holds the rows that are generating and their shared KV cache (a
+transformers ``DynamicCache``). Each call to :meth:`ContinuousBatch.step` does, under the runtime's
+lock:
 
-- **Sampling per row.** A logits processor picks each row's token itself (greedy for temperature
-  0, else temperature and top-p with the row's own seeded generator) and leaves only that token
-  finite, so the greedy search that ``generate`` runs keeps it. A seeded row is therefore
-  reproducible whatever else shares its batch.
-- **Stops per row.** A stopping criterion, called after every step, ends a row at EOS, at its own
-  token budget, at a stop string, or when its caller cancelled it; it also hands each row's new
-  text to the row's ``on_text`` callback as it grows (token-by-token streaming), and a finished
-  row's generation to its ``on_done`` callback at once, while longer rows keep generating.
-- **Adapters per row.** With a :class:`feedback.model.adapters.AdapterSet`, each row names its
-  LoRA adapter (or the base model) and peft applies it per row (``adapter_names``).
+1. **Leave.** Rows that finished or were cancelled leave at once: their rows of the cache, the
+   attention mask and the last tokens are dropped (``index_select`` on the batch dimension), and
+   cache columns that only padding is left in are trimmed.
+2. **Decode.** One forward step for every running row: its last token, at its own position
+   (explicit ``position_ids``, so rotary embeddings are right whatever padding the row has).
+3. **Join.** Newcomers are prefilled together (left-padded to their longest prompt, one forward)
+   and their first token is sampled; then their cache is merged into the running one: both are
+   right-aligned, the narrower one is padded on the left with masked columns.
 
-Raw log-probabilities are taken in the sampler, which is the only logits processor and so sees
-the unprocessed logits; confidence follows :mod:`feedback.model.completion`, like every backend.
+The lock is held for one step at a time, so an adapter loads (:mod:`feedback.model.adapters`)
+between two steps without stopping the rows in flight. Rows share nothing but the forward passes:
+each has its own sampling, budget, stops, streaming and LoRA adapter (peft ``adapter_names``, with
+:data:`BASE_ADAPTER` for the base model); see :mod:`feedback.model.rows`.
+
+:func:`generate_mixed` runs a fixed set of rows to the end on one such batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from feedback.model.completion import confidence, find_ending, first_stop
-from feedback.model.runtime import Generation, ModelRuntime, SamplingParams
+from feedback.errors import ModelError
+from feedback.model.rows import BASE_ADAPTER, BatchRow, DoneCallback, TextCallback, advance, finish, pick_tokens
+from feedback.model.runtime import Generation, ModelRuntime
 
-BASE_ADAPTER = "__base__"
-"""The adapter name that means "the base model, no adapter" in a mixed batch (peft's convention)."""
+__all__ = ["BASE_ADAPTER", "BatchRow", "ContinuousBatch", "DoneCallback", "TextCallback", "generate_mixed"]
 
-TextCallback = Callable[[str], None]
-DoneCallback = Callable[[Generation], None]
+ModelSource = Callable[[], Any | None]
+"""Returns the peft model serving the adapters, or None while there is none (read under the lock)."""
 
 
-@dataclass
-class BatchRow:
-    """One request in a mixed batch; ``cancelled`` may be set from another thread to stop it early."""
+class ContinuousBatch:
+    """The rows generating now and their KV cache (see the module docstring)."""
 
-    prompt_ids: list[int]
-    params: SamplingParams
-    adapter: str = BASE_ADAPTER
-    on_text: TextCallback | None = None
-    on_done: DoneCallback | None = None
-    cancelled: bool = False
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    emitted: str = ""
-    done: bool = False
-    result: Generation | None = None
+    def __init__(self, runtime: ModelRuntime, model: ModelSource = lambda: None) -> None:
+        self._runtime = runtime
+        self._model = model
+        self._rows: list[BatchRow] = []
+        self._cache: DynamicCache | None = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)
+        self._last = torch.zeros((0, 1), dtype=torch.long)  # each row's newest token, not yet in the cache
+        self._positions = torch.zeros((0, 1), dtype=torch.long)  # that token's position in its row
+
+    @property
+    def rows(self) -> list[BatchRow]:
+        """The rows generating now, in batch order."""
+        return list(self._rows)
+
+    @property
+    def width(self) -> int:
+        """Columns of the KV cache: the longest running row, padding trimmed."""
+        return int(self._mask.shape[1])
+
+    def step(self, newcomers: Sequence[BatchRow] = ()) -> list[BatchRow]:
+        """Drop finished rows, decode one token for each running row, then let ``newcomers`` join.
+
+        Returns the rows that finished in this step (their ``on_done`` was called). When a forward
+        pass fails the batch is left empty and the error raised; the rows it held are not finished.
+        """
+        with self._runtime.lock, torch.inference_mode():
+            try:
+                finished = self._leave()
+                if self._rows:
+                    finished += self._decode()
+                if newcomers:
+                    finished += self._join(list(newcomers))
+                self._keep([i for i, row in enumerate(self._rows) if not row.done])
+            except Exception:
+                self.reset()
+                raise
+        return finished
+
+    def reset(self) -> list[BatchRow]:
+        """Drop every row and the cache; returns the rows dropped (unfinished)."""
+        dropped, self._rows, self._cache = self._rows, [], None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)
+        self._last = self._positions = torch.zeros((0, 1), dtype=torch.long)
+        return dropped
+
+    def _leave(self) -> list[BatchRow]:
+        finished = []
+        for row in self._rows:
+            if row.cancelled and not row.done:
+                finish(self._runtime, row)
+                finished.append(row)
+        self._keep([i for i, row in enumerate(self._rows) if not row.done])
+        return finished
+
+    def _decode(self) -> list[BatchRow]:
+        device = self._runtime.model.device
+        ones = torch.ones((len(self._rows), 1), dtype=torch.long)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        logits, self._cache = self._forward(
+            self._rows, self._last, self._mask, self._positions, self._cache, device=device
+        )
+        self._positions = self._positions + 1
+        return self._sample(self._rows, logits, start=0)
+
+    def _join(self, newcomers: list[BatchRow]) -> list[BatchRow]:
+        ids, mask = self._runtime.left_pad([row.prompt_ids for row in newcomers])
+        ids, mask = ids.cpu(), mask.cpu()
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits, cache = self._forward(newcomers, ids, mask, positions, None, device=self._runtime.model.device)
+        self._merge(newcomers, cache, mask)
+        self._last = torch.cat([self._last, torch.zeros((len(newcomers), 1), dtype=torch.long)])
+        self._positions = torch.cat([self._positions, mask.sum(dim=1, keepdim=True)])
+        return self._sample(newcomers, logits, start=len(self._rows) - len(newcomers))
+
+    def _forward(
+        self,
+        rows: Sequence[BatchRow],
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache | None,
+        *,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        model, extra = self._model(), dict[str, Any]()
+        if model is None:
+            model = self._runtime.model
+            if any(row.adapter != BASE_ADAPTER for row in rows):
+                raise ValueError("rows name adapters but no adapter model was given")
+        else:
+            # A peft model applies its active adapter unless told per row, so always name them.
+            extra["adapter_names"] = [row.adapter for row in rows]
+        out = cast(Any, model)(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            cache=cache if cache is not None else DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,  # only the last position's logits: the next token
+            **extra,
+        )
+        return out.logits[:, -1, :], out.cache
+
+    def _sample(self, rows: Sequence[BatchRow], logits: torch.Tensor, *, start: int) -> list[BatchRow]:
+        tokens = pick_tokens(rows, logits)
+        self._last[start : start + len(rows), 0] = torch.tensor(tokens, dtype=torch.long)
+        finished = []
+        for row, token in zip(rows, tokens, strict=True):
+            advance(self._runtime, row, token)
+            if row.done:
+                finish(self._runtime, row)
+                finished.append(row)
+        return finished
+
+    def _merge(self, newcomers: list[BatchRow], cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self._cache is None:
+            self._rows, self._cache, self._mask = newcomers, cache, mask
+            return
+        width = max(self.width, mask.shape[1])
+        for mine, theirs in zip(_layers(self._cache), _layers(cache), strict=True):
+            mine.keys = torch.cat([_pad_left(_keys(mine), width, dim=2), _pad_left(_keys(theirs), width, dim=2)])
+            mine.values = torch.cat([_pad_left(_values(mine), width, dim=2), _pad_left(_values(theirs), width, dim=2)])
+        self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
+        self._rows = self._rows + newcomers
+
+    def _keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self.reset()
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        mask = self._mask.index_select(0, index)
+        # Columns where no kept row has a token are padding for everyone: trim them.
+        first = int(torch.nonzero(mask.sum(dim=0))[0, 0])
+        self._mask = mask[:, first:]
+        assert self._cache is not None
+        for layer in _layers(self._cache):
+            on = index.to(_keys(layer).device)
+            layer.keys = _keys(layer).index_select(0, on)[:, :, first:]
+            layer.values = _values(layer).index_select(0, on)[:, :, first:]
+        self._last = self._last.index_select(0, index)
+        self._positions = self._positions.index_select(0, index)
+        self._rows = [self._rows[i] for i in keep]
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers; rows are aligned by column, which only full-attention layers allow."""
+    layers = list(cache.layers)
+    if not all(isinstance(layer, DynamicLayer) and not layer.is_sliding for layer in layers):
+        raise ModelError("continuous batching needs a model whose every layer keeps a full-attention KV cache")
+    return cast(list[DynamicLayer], layers)
+
+
+def _keys(layer: DynamicLayer) -> torch.Tensor:
+    return cast(torch.Tensor, layer.keys)
+
+
+def _values(layer: DynamicLayer) -> torch.Tensor:
+    return cast(torch.Tensor, layer.values)
+
+
+def _pad_left(tensor: torch.Tensor, width: int, *, dim: int) -> torch.Tensor:
+    """``tensor`` padded with zeros (masked columns) on the left of ``dim`` up to ``width``."""
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    # F.pad lists (left, right) pairs from the last dimension backwards.
+    pads = [0, 0] * (tensor.dim() - 1 - dim) + [missing, 0]
+    return F.pad(tensor, pads)
 
 
 def generate_mixed(runtime: ModelRuntime, rows: Sequence[BatchRow], model: Any | None = None) -> list[Generation]:
-    """Generate every row in one shared batch; ``model`` is a peft model when rows name adapters."""
-    with runtime.lock:
-        return _generate_locked(runtime, rows, model)
-
-
-def _generate_locked(runtime: ModelRuntime, rows: Sequence[BatchRow], model: Any | None) -> list[Generation]:
-    input_ids, attention_mask = runtime.left_pad([row.prompt_ids for row in rows])
-    watcher = _RowWatcher(rows, runtime)
-    extra: dict[str, Any] = {}
-    if model is None:
-        model = cast(Any, runtime.model)
-        if any(row.adapter != BASE_ADAPTER for row in rows):
-            raise ValueError("rows name adapters but no adapter model was given")
-    else:
-        # A peft model applies its active adapter unless told per row, so always name them.
-        extra["adapter_names"] = [row.adapter for row in rows]
-    config = runtime.greedy_config(max(row.params.max_tokens for row in rows))
-    config.output_logits = False  # the sampler keeps the raw log-probabilities it needs
-    with torch.inference_mode():
-        cast(Any, model).generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=config,
-            logits_processor=LogitsProcessorList([_RowSampler(rows)]),
-            stopping_criteria=StoppingCriteriaList([watcher]),
-            **extra,
-        )
-    return [row.result or _finish(runtime, row) for row in rows]
-
-
-def _finish(runtime: ModelRuntime, row: BatchRow) -> Generation:
-    """Build the row's generation, send its last text, and hand it to ``on_done``."""
-    row.done = True
-    ending = find_ending(row.ids, decode=runtime.decode, eos_ids=runtime.eos_ids, stop=row.params.stop)
-    counted = tuple(row.logprobs[: ending.n_tokens])
-    if row.on_text is not None and ending.text.startswith(row.emitted) and len(ending.text) > len(row.emitted):
-        row.on_text(ending.text[len(row.emitted) :])
-    row.result = Generation(
-        text=ending.text,
-        prompt_tokens=len(row.prompt_ids),
-        completion_tokens=ending.n_tokens,
-        finish_reason=ending.finish_reason,
-        confidence=confidence(counted),
-        token_logprobs=counted,
-        token_ids=tuple(row.ids[: ending.n_tokens]),
-    )
-    if row.on_done is not None:
-        row.on_done(row.result)
-    return row.result
-
-
-class _RowSampler(LogitsProcessor):
-    """Chooses each row's next token by the row's own sampling parameters."""
-
-    def __init__(self, rows: Sequence[BatchRow]) -> None:
-        self._rows = rows
-        self._generators = [
-            torch.Generator().manual_seed(row.params.seed) if row.params.seed is not None else None for row in rows
-        ]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = torch.full_like(scores, float("-inf"))
-        raw = torch.log_softmax(scores.float(), dim=-1)
-        for index, row in enumerate(self._rows):
-            if row.done:
-                continue
-            token = self._pick(scores[index], row.params, self._generators[index])
-            chosen[index, token] = 0.0
-            row.logprobs.append(float(raw[index, token]))
-        return cast(torch.FloatTensor, chosen)
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-        if params.temperature == 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
-        if params.top_p < 1.0:
-            # Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p.
-            sorted_probs, order = torch.sort(probs, descending=True)
-            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
-            probs[order[outside]] = 0.0
-        return int(torch.multinomial(probs, 1, generator=generator))
-
-
-class _RowWatcher(StoppingCriteria):
-    """After each step: record each row's new token, stream its text, and end rows that are done."""
-
-    def __init__(self, rows: Sequence[BatchRow], runtime: ModelRuntime) -> None:
-        self._rows = rows
-        self._runtime = runtime
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        last = input_ids[:, -1].tolist()
-        for row, token in zip(self._rows, last, strict=True):
-            if not row.done:
-                self._advance(row, int(token))
-                if row.done:
-                    _finish(self._runtime, row)
-        done = [row.done for row in self._rows]
-        return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
-
-    def _advance(self, row: BatchRow, token: int) -> None:
-        row.ids.append(token)
-        text = self._runtime.decode(row.ids)
-        stop = row.params.stop
-        row.done = (
-            row.cancelled
-            or token in self._runtime.eos_ids
-            or len(row.ids) >= row.params.max_tokens
-            or (bool(stop) and first_stop(text, stop) is not None)
-        )
-        if row.on_text is not None and not row.done:
-            safe = _streamable(text, stop)
-            if len(safe) > len(row.emitted) and safe.startswith(row.emitted):
-                row.on_text(safe[len(row.emitted) :])
-                row.emitted = safe
-
-
-def _streamable(text: str, stop: Sequence[str]) -> str:
-    """The part of ``text`` that can be sent now: not a half-decoded character, not a possible stop start."""
-    safe = text.rstrip("\ufffd")
-    held = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(safe)), held, -1):
-            if safe.endswith(s[:n]):
-                held = n
-                break
-    return safe[: len(safe) - held]
+    """Generate every row to its end on one continuous batch; ``model`` is a peft model when rows name adapters."""
+    batch = ContinuousBatch(runtime, lambda: model)
+    batch.step(rows)
+    while batch.rows:
+        batch.step()
+    return [cast(Generation, row.result) for row in rows]

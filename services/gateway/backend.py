@@ -3,22 +3,22 @@
 A backend serves one base model and every adapter version on it. A model version is the base
 model's name, or ``<base>+<adapter version>`` for a LoRA adapter from the registry
 (:mod:`feedback.registry`). The transformers backend renders and checks each prompt, then hands
-it to the batching scheduler (:mod:`services.gateway.scheduler`), which merges concurrent
-requests, served and shadow, any mix of adapters, into shared generate steps.
+it to the batching scheduler (:mod:`services.gateway.scheduler`), which feeds concurrent requests,
+served and shadow, any mix of adapters, into one running batch that they join and leave between
+decoding steps (:class:`feedback.model.batch.ContinuousBatch`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from feedback.errors import ModelError
 from feedback.events import ChatMessage, Role
 from feedback.model.adapters import AdapterSet
-from feedback.model.batch import BASE_ADAPTER, BatchRow, TextCallback, generate_mixed
+from feedback.model.batch import BASE_ADAPTER, BatchRow, ContinuousBatch, TextCallback
 from feedback.model.runtime import Generation, ModelRuntime, SamplingParams, render_chat
 from feedback.registry import AdapterRegistry
 from feedback.settings import GatewaySettings
@@ -64,7 +64,7 @@ class InferenceBackend(Protocol):
 
 
 class TransformersBackend:
-    """A transformers runtime with LoRA adapters and dynamic batching."""
+    """A transformers runtime with LoRA adapters and continuous batching."""
 
     def __init__(
         self,
@@ -89,7 +89,8 @@ class TransformersBackend:
 
     async def start(self, metrics: GatewayMetrics) -> None:
         """Start batching on the running event loop."""
-        self._scheduler = BatchScheduler(self._run_batch, self._settings, metrics)
+        engine = ContinuousBatch(self._runtime, lambda: self._adapters.model)
+        self._scheduler = BatchScheduler(engine, self._settings, metrics)
         self._scheduler.start()
 
     async def close(self) -> None:
@@ -138,6 +139,3 @@ class TransformersBackend:
             await self.load(request.model_version)
         row = BatchRow(prompt, request.params, adapter=adapter or BASE_ADAPTER, on_text=request.on_text)
         return await self.scheduler.submit(row, request.role)
-
-    def _run_batch(self, rows: Sequence[BatchRow]) -> list[Generation]:
-        return generate_mixed(self._runtime, rows, self._adapters.model)

@@ -1,18 +1,29 @@
-"""Dynamic batching: concurrent requests, served and shadow, share generate batches.
+"""Continuous batching: concurrent requests, served and shadow, join and leave one running batch.
 
-Requests wait in two queues. The scheduler loop takes the first waiting request, lets others join
-for ``batch_wait_ms``, then forms a batch of up to ``max_batch_size`` rows: served rows first,
-then at most ``shadow_concurrency`` shadow rows. It runs the batch in a worker thread (one at a
-time: the model is one) and resolves each request's future. Requests that arrive while a batch
-runs form the next one (micro-batching: a request joins at the next batch boundary, not between
-the steps of a running batch).
+Requests wait in two queues. The scheduler loop drives a step engine
+(:class:`feedback.model.batch.ContinuousBatch`) one decoding step at a time, in a worker thread
+(the model is one). Before each step it admits waiting requests into the free places of the
+running batch (``max_batch_size`` rows in all): served requests first, then shadow copies, at most
+``shadow_concurrency`` shadow rows running at once. A request that arrives while the batch runs
+joins at the next step; a row that finishes resolves its request at once and leaves the batch,
+so a short request never waits for a long one. When the batch is empty, the first request waits
+``batch_wait_ms`` so that requests arriving together share one prefill.
 
-Under load the shadow queue is shed first: a shadow copy is refused when its queue is full, and
-queued copies are dropped when served requests are left waiting after a batch was formed, when a
-served request is refused, or when they waited past ``shadow_timeout_s``; shadow rows already
-generating stop at their next step once ``shadow_preempt_depth`` served requests wait, so the
-batch ends with its served rows and the waiting ones start. Every shed copy is counted. A served request is refused with
-:class:`Overloaded` (answered 429) only when ``max_queued_requests`` already wait.
+Served rows are protected from shadow rows:
+
+- a shadow copy joins only when the batch has held no served rows and no served request has
+  waited for :data:`SHADOW_IDLE_S` (on a compute-bound machine a shadow row slows every served
+  row beside it, and its prefill stalls them for a whole forward pass), or once it has waited
+  half of ``shadow_timeout_s``, so that busy traffic slows shadow copies but never starves them;
+- copies join one per step, so a served request arriving meanwhile waits for at most one shadow
+  prefill; shadow rows already running keep going while served requests join;
+- queued copies are dropped when served requests are left waiting for room, when a served
+  request is refused, or when they waited past ``shadow_timeout_s``;
+- served requests left waiting for room take the places of running shadow rows at the next
+  step: as many as wait, and every shadow row once ``shadow_preempt_depth`` wait.
+
+Every shed copy is counted. A served request is refused with :class:`Overloaded` (answered 429)
+only when ``max_queued_requests`` already wait.
 """
 
 from __future__ import annotations
@@ -23,18 +34,31 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from feedback.events import Role
 from feedback.model.batch import BatchRow
+from feedback.model.rows import restart
 from feedback.model.runtime import Generation
 from feedback.settings import GatewaySettings
 from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[Sequence[BatchRow]], list[Generation]]
+SHADOW_IDLE_S = 0.1
+"""Seconds without served rows before shadow copies count the batch as idle: a client that was
+just answered sends its next request within a few milliseconds, and a shadow prefill started in
+that gap would stall it."""
+
+
+class StepEngine(Protocol):
+    """A running batch that advances one decoding step at a time (ContinuousBatch is the real one)."""
+
+    def step(self, newcomers: Sequence[BatchRow] = ()) -> list[BatchRow]: ...
+
+    def reset(self) -> list[BatchRow]: ...
 
 
 class Overloaded(Exception):
@@ -51,15 +75,25 @@ class _Job:
     role: Role
     future: asyncio.Future[Generation]
     enqueued: float = field(default_factory=time.monotonic)
+    retry: bool = False  # a served row whose batch failed, run again without shadow rows
 
 
 class BatchScheduler:
-    """Merges concurrent requests into shared batches (see the module docstring)."""
+    """Feeds concurrent requests into one running batch (see the module docstring)."""
 
-    def __init__(self, run_batch: RunBatch, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
-        self._run_batch = run_batch
+    def __init__(
+        self,
+        engine: StepEngine,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        *,
+        shadow_idle_s: float = SHADOW_IDLE_S,
+    ) -> None:
+        self._engine = engine
         self._settings = settings
         self._metrics = metrics
+        self._shadow_idle_s = shadow_idle_s
+        self._served_at = 0.0  # when a served request last waited or ran
         self._queues: dict[Role, deque[_Job]] = {"served": deque(), "shadow": deque()}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -70,20 +104,27 @@ class BatchScheduler:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batch-scheduler")
 
     async def close(self) -> None:
-        """Stop the loop; waiting requests fail."""
+        """Stop the loop; waiting and running requests fail."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        jobs = [*self._running, *(job for queue in self._queues.values() for job in queue)]
         for queue in self._queues.values():
-            while queue:
-                job = queue.popleft()
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError("the gateway is shutting down"))
+            queue.clear()
+        self._running = []
+        for job in jobs:
+            job.row.cancelled = True
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the gateway is shutting down"))
 
     def depth(self, role: Role) -> int:
-        """Requests of ``role`` waiting for a batch."""
+        """Requests of ``role`` waiting to join the batch."""
         return len(self._queues[role])
+
+    def running(self, role: Role) -> int:
+        """Rows of ``role`` in the running batch."""
+        return sum(job.role == role for job in self._running)
 
     async def submit(self, row: BatchRow, role: Role) -> Generation:
         """Queue ``row`` and wait for its generation; cancelling the wait cancels the row."""
@@ -94,15 +135,15 @@ class BatchScheduler:
         if role == "shadow" and len(self._queues["shadow"]) >= self._settings.shadow_queue_size:
             raise ShadowShed
         job = _Job(row, role, asyncio.get_running_loop().create_future())
+        if role == "served":
+            self._served_at = time.monotonic()
         self._queues[role].append(job)
         self._update_depths()
-        if role == "served" and len(self._queues["served"]) >= self._settings.shadow_preempt_depth:
-            self._preempt_shadow()
         self._wakeup.set()
         try:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
-            row.cancelled = True  # the row stops at its next step; a queued one is skipped
+            row.cancelled = True  # the row leaves at the next step; a queued one is skipped
             raise
 
     def _shed_shadow(self, count: int) -> None:
@@ -113,11 +154,16 @@ class BatchScheduler:
                 job.future.set_exception(ShadowShed())
         self._update_depths()
 
-    def _preempt_shadow(self) -> None:
-        for job in self._running:
-            if job.role == "shadow" and not job.future.done():
-                job.row.cancelled = True  # the row stops at its next step
-                job.future.set_exception(ShadowShed())
+    def _preempt_shadow(self, count: int) -> None:
+        """Stop up to ``count`` running shadow rows, the newest first (they have done the least)."""
+        for job in reversed(self._running):
+            if count <= 0:
+                return
+            if job.role == "shadow" and not job.row.cancelled:
+                job.row.cancelled = True  # the row leaves at the next step
+                if not job.future.done():
+                    job.future.set_exception(ShadowShed())
+                count -= 1
 
     def _update_depths(self) -> None:
         for role, queue in self._queues.items():
@@ -125,25 +171,62 @@ class BatchScheduler:
 
     async def _loop(self) -> None:
         while True:
-            await self._wakeup.wait()
-            if self._settings.batch_wait_ms > 0:
-                await asyncio.sleep(self._settings.batch_wait_ms / 1000)
-            batch = self._take_batch()
+            if not self._running:
+                await self._wakeup.wait()
+                if self._settings.batch_wait_ms > 0:
+                    await asyncio.sleep(self._settings.batch_wait_ms / 1000)
+            newcomers = self._admit()
             if not any(self._queues.values()):
                 self._wakeup.clear()
-            if batch:
-                await self._run(batch)
+            if self._running or newcomers:
+                await self._step(newcomers)
+            elif self._queues["shadow"]:
+                await self._idle()
 
-    def _take_batch(self) -> list[_Job]:
+    async def _idle(self) -> None:
+        """Only shadow copies wait: give served traffic the rest of its pause, or until a request comes."""
+        self._wakeup.clear()
+        remaining = self._served_at + self._shadow_idle_s - time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), max(remaining, 0.001))
+        self._wakeup.set()
+
+    def _admit(self) -> list[_Job]:
+        """Take the waiting requests that join at the next step."""
         self._drop_stale_shadow()
-        limit = self._settings.max_batch_size
-        batch = self._take("served", limit)
-        if self._queues["served"]:
-            # Served requests still wait: no capacity is left for shadow copies, so shed them now.
+        live = [job for job in self._running if not job.row.cancelled]
+        room = self._settings.max_batch_size - len(live)
+        newcomers = self._take("served", room)
+        retrying = any(job.retry for job in newcomers)
+        waiting = len(self._queues["served"])
+        if waiting:
+            # Served requests wait for room: shed the queued shadow copies, and give them the
+            # places of running shadow rows at the next step (all of them once many wait).
             self._shed_shadow(len(self._queues["shadow"]))
-        batch += self._take("shadow", min(limit - len(batch), self._settings.shadow_concurrency))
+            self._preempt_shadow(len(live) if waiting >= self._settings.shadow_preempt_depth else waiting)
+        elif not retrying and self._spare_for_shadow(live, newcomers):
+            shadow = sum(job.role == "shadow" for job in live)
+            limit = min(room - len(newcomers), self._settings.shadow_concurrency - shadow, 1)
+            newcomers += self._take("shadow", limit)
         self._update_depths()
-        return batch
+        return newcomers
+
+    def _spare_for_shadow(self, live: list[_Job], newcomers: list[_Job]) -> bool:
+        """Whether shadow copies may join now: the batch has no served rows, or the oldest copy has waited long.
+
+        On a compute-bound machine every shadow row slows the served rows beside it, and a shadow
+        prefill stalls them for a whole forward pass; so copies wait for spare capacity (no served
+        row for ``shadow_idle_s``), and join one per step, so a served request arriving meanwhile
+        waits for at most one shadow prefill.
+        Waiting half of ``shadow_timeout_s`` admits them anyway: busy traffic slows shadow copies
+        but never starves them.
+        """
+        if any(job.role == "served" for job in (*live, *newcomers)):
+            self._served_at = time.monotonic()
+        elif time.monotonic() - self._served_at >= self._shadow_idle_s:
+            return True
+        queue = self._queues["shadow"]
+        return bool(queue) and time.monotonic() - queue[0].enqueued >= self._settings.shadow_timeout_s / 2
 
     def _take(self, role: Role, limit: int) -> list[_Job]:
         queue, taken = self._queues[role], list[_Job]()
@@ -161,34 +244,35 @@ class BatchScheduler:
             if not job.future.done():
                 job.future.set_exception(ShadowShed())
 
-    async def _run(self, batch: list[_Job]) -> None:
-        self._metrics.batch_size.observe(len(batch))
+    async def _step(self, newcomers: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        for job in batch:
-            # A row that finishes resolves its request at once; longer rows keep the batch going.
+        for job in newcomers:
+            # A row that finishes resolves its request at once; the others keep the batch going.
             job.row.on_done = functools.partial(_resolve_from_thread, loop, job)
-        self._running = batch
+        self._running += newcomers
+        self._metrics.batch_size.observe(len(self._running))
         try:
-            await asyncio.to_thread(self._run_batch, [job.row for job in batch])
+            await asyncio.to_thread(self._engine.step, [job.row for job in newcomers])
         except Exception as exc:
-            await self._recover(batch, exc)
-        finally:
-            self._running = []
+            self._recover(exc)
+        if any(job.role == "served" for job in self._running):
+            self._served_at = time.monotonic()
+        self._running = [job for job in self._running if not job.row.done]
 
-    async def _recover(self, batch: list[_Job], exc: Exception) -> None:
-        """A failed batch: shadow rows fail; served rows run again on their own if shadow rows shared it."""
-        log.warning("a batch of %d rows failed: %s", len(batch), exc)
-        served = [job for job in batch if job.role == "served" and not job.future.done()]
-        for job in batch:
-            if job.role == "shadow" and not job.future.done():
+    def _recover(self, exc: Exception) -> None:
+        """A failed step emptied the batch: shadow rows fail; served rows run again without shadow rows."""
+        failed, self._running = self._running, []
+        log.warning("a batch step of %d rows failed: %s", len(failed), exc)
+        unfinished = [job for job in failed if not job.future.done() and not job.row.done]
+        retry = any(job.role == "shadow" for job in unfinished)
+        for job in reversed(unfinished):
+            if job.role == "served" and retry and not job.retry:
+                restart(job.row)
+                job.retry = True
+                self._queues["served"].appendleft(job)
+            else:
                 job.future.set_exception(exc)
-        if len(served) < len(batch) and served:
-            for job in served:
-                job.row = _fresh(job.row)
-            await self._run(served)
-            return
-        for job in served:
-            job.future.set_exception(exc)
+        self._wakeup.set()
 
 
 def _resolve_from_thread(loop: asyncio.AbstractEventLoop, job: _Job, generation: Generation) -> None:
@@ -198,15 +282,3 @@ def _resolve_from_thread(loop: asyncio.AbstractEventLoop, job: _Job, generation:
 def _resolve(job: _Job, generation: Generation) -> None:
     if not job.future.done():
         job.future.set_result(generation)
-
-
-def _fresh(row: BatchRow) -> BatchRow:
-    """The row as it was queued, for running it again."""
-    return BatchRow(
-        row.prompt_ids,
-        row.params,
-        adapter=row.adapter,
-        on_text=row.on_text,
-        cancelled=row.cancelled,
-        emitted=row.emitted,
-    )
