@@ -10,7 +10,7 @@ around it keep flowing.
 
 Speed: events are validated by msgspec structs generated from the pydantic schema
 (``feedback.codec``), written as JSON columns that DuckDB parses outside the GIL
-(``feedback.ingest``).
+(``feedback.ingest``), and the next batch is fetched from Kafka while the current one is written.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -66,9 +67,10 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self._sink = sink
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        pass  # every batch is committed to DuckDB before the next poll: nothing to flush
+        self._sink.wait_for_commit()  # the batch being written lands before another sink may read on
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._sink.wait_for_commit()
         self._sink.seek_to_stored(assigned)
 
 
@@ -92,6 +94,7 @@ class Sink:
         self._max_event_bytes = max_event_bytes
         self._fetch_max_bytes = fetch_max_bytes
         self._stop = threading.Event()
+        self._writing = threading.Lock()  # held while a batch is written and committed
         self._consumer: KafkaConsumer | None = None
         self._dead_letter: KafkaProducer | None = None
         self._reasons: Counter[str] = Counter()
@@ -118,11 +121,6 @@ class Sink:
             request_timeout_ms=max(self._kafka.request_timeout_ms, 30_000),
             bootstrap_timeout_ms=self._kafka.bootstrap_timeout_ms,
         )
-        # Learn the topics' partitions before joining: a group leader that assigns before its
-        # metadata holds them assigns nothing, and on a loaded machine the rejoin that should
-        # follow was seen to leave the sink idle for over a minute.
-        for topic in self.topics:
-            consumer.partitions_for_topic(topic)
         consumer.subscribe(self.topics, listener=_SeekToStoredOffsets(self))
         return consumer
 
@@ -138,20 +136,34 @@ class Sink:
     def run(self) -> None:
         """Poll and write batches until ``stop`` is called.
 
-        Polling and writing take turns on one thread. Fetching the next batch on a second thread
-        while this one wrote was tried: it made the rebalance listener wait for the write on
-        kafka-python's IO thread, and on a loaded machine sinks then stalled for minutes.
+        Every call on the consumer is made on one thread of its own (kafka-python's consumer is
+        not thread-safe), which fetches and validates the next batch while this thread writes the
+        current one; DuckDB parses and writes outside Python's GIL, so the two overlap.
         """
-        self._consumer = self._connect()
-        try:
-            while not self._stop.is_set():
-                polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_max)
-                if polled:
-                    self.write(polled)
-        finally:
-            self._consumer.close(autocommit=False)
-            if self._dead_letter is not None:
-                self._dead_letter.close()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-kafka") as kafka:
+            self._consumer = kafka.submit(self._connect).result()
+            try:
+                pending = kafka.submit(self._fetch)
+                while not self._stop.is_set():
+                    decoded = pending.result()
+                    with self._writing:  # a rebalance during the next poll waits for this commit
+                        pending = kafka.submit(self._fetch)
+                        if decoded is not None:
+                            self._commit(decoded)
+            finally:  # after the poll in flight, whose records are read again at the next start
+                kafka.submit(self._consumer.close, autocommit=False).result()
+                if self._dead_letter is not None:
+                    self._dead_letter.close()
+
+    def _fetch(self) -> Decoded | None:
+        assert self._consumer is not None
+        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_max)
+        return self.decode(polled) if polled else None
+
+    def wait_for_commit(self) -> None:
+        """Block until the batch being written (if any) is committed with its offsets."""
+        with self._writing:
+            pass
 
     def write(self, polled: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
         """Decode one poll's records and commit them, with their offsets, in one transaction."""
