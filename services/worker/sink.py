@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from feedback.consumer_group import group_consumer
 from feedback.errors import EventError, UnknownSchemaError
 from feedback.events import decode_event
 from feedback.settings import KafkaSettings
@@ -91,7 +92,9 @@ class Sink:
         return [topics.interactions, topics.feedback, topics.audit]
 
     def _connect(self) -> KafkaConsumer:
-        consumer = KafkaConsumer(
+        return group_consumer(
+            self.topics,
+            _SeekToStoredOffsets(self),
             bootstrap_servers=self._kafka.bootstrap_servers,
             client_id=f"{self._kafka.client_id}-sink",
             group_id=self._kafka.consumer_group,
@@ -105,8 +108,6 @@ class Sink:
             request_timeout_ms=max(self._kafka.request_timeout_ms, 30_000),
             bootstrap_timeout_ms=self._kafka.bootstrap_timeout_ms,
         )
-        consumer.subscribe(self.topics, listener=_SeekToStoredOffsets(self))
-        return consumer
 
     def seek_to_stored(self, partitions: Iterable[TopicPartition]) -> None:
         """Position each assigned partition at the offset after the last row DuckDB holds."""
