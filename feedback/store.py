@@ -1,28 +1,35 @@
 """The DuckDB store: the worker's single read-write connection to its database file.
 
-Rows arrive in batches as Arrow tables and are inserted with one statement per table, never row
-by row. Each batch's Kafka offsets are stored in the same transaction as its rows, so after a
-crash the sink resumes exactly after the last committed batch; rows are also deduplicated on
-``event_id`` (interactions) and ``feedback_id`` (feedback), so a redelivered event is harmless.
+Rows arrive in batches (``feedback.ingest``: validated JSON in Arrow columns, parsed by DuckDB)
+and are inserted with one statement per table, never row by row. Each batch's Kafka offsets are
+stored in the same transaction as its rows, so after a crash the sink resumes exactly after the
+last committed batch; rows are also deduplicated on ``event_id`` (interactions, audit) and
+``feedback_id`` (feedback), so a redelivered event is harmless.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from feedback.codec import to_fast
 from feedback.errors import StoreError
-from feedback.events import AnyEvent, AuditEvent, FeedbackEvent, InteractionEvent
+from feedback.events import AnyEvent
+from feedback.ingest import TABLES, EventBatch, TableWriter
 from feedback.migrations import MIGRATIONS
+
+_INSERT_DEAD = "INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM batch_dead"  # once per Kafka position
+_INSERT_OFFSETS = (
+    "INSERT OR REPLACE INTO kafka_offsets (topic, partition, next_offset, committed_at) "
+    "SELECT topic, partition, next_offset, current_timestamp FROM batch_offsets"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +65,6 @@ class BatchResult:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-# Columns taken from each event as they are; the rest are computed (JSON text, Kafka position).
-_INTERACTION_FIELDS = tuple(f for f in InteractionEvent.model_fields if f not in ("type", "messages"))
-_FEEDBACK_FIELDS = tuple(f for f in FeedbackEvent.model_fields if f != "type")
-_AUDIT_FIELDS = tuple(f for f in AuditEvent.model_fields if f not in ("type", "details"))
-
-
 class DuckDBStore:
     """Owns one DuckDB file: migrations, batched idempotent writes, offsets, queries."""
 
@@ -80,6 +81,7 @@ class DuckDBStore:
             raise StoreError(f"DuckDB file {path} could not be opened: {exc}") from exc
         self.path = path
         self.migrate()
+        self._writers = {table: TableWriter(self._con, table, kind) for kind, table in TABLES.items()}
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in order; return the versions applied."""
@@ -116,97 +118,62 @@ class DuckDBStore:
         ``offsets`` adds next offsets for records that produced no row; ``dead`` are the records
         refused (already on the dead-letter topic), recorded once per Kafka position.
         """
-        result = BatchResult(offsets=dict(offsets or {}))
+        batch = EventBatch()
+        for (topic, partition), offset in (offsets or {}).items():
+            batch.advance(topic, partition, offset)
         for loc in located:
-            key = (loc.topic, loc.partition)
-            result.offsets[key] = max(result.offsets.get(key, 0), loc.offset + 1)
+            batch.add(*to_fast(loc.event), loc.partition, loc.offset)
+            batch.advance(loc.topic, loc.partition, loc.offset + 1)
+        return self.write_events(batch, dead)
+
+    def write_events(self, batch: EventBatch, dead: Sequence[DeadLetter] = ()) -> BatchResult:
+        """Insert a validated batch (``feedback.ingest``), its dead letters and its offsets in one transaction."""
+        result = BatchResult(offsets=dict(batch.offsets))
         for letter in dead:
             key = (letter.topic, letter.partition)
             result.offsets[key] = max(result.offsets.get(key, 0), letter.offset + 1)
+        views = {self._writers[name].view: c.arrow() for name, c in batch.tables.items() if c.raw}
+        if dead:
+            views["batch_dead"] = _dead_letters(dead)
+        if result.offsets:
+            views["batch_offsets"] = _offsets(result.offsets)
         try:
-            with self._lock, self._transaction():
-                result.interactions_inserted = self._insert_interactions(located)
-                result.feedback_inserted = self._insert_feedback(located)
-                result.audit_inserted = self._insert_audit(located)
-                result.dead_lettered = self._insert_dead_letters(dead)
-                self._store_offsets(result.offsets)
+            with self._lock:
+                for view, table in views.items():  # registered outside the transaction: a failed one aborts
+                    self._con.register(view, table)
+                try:
+                    inserted = self._write_views(views, result)
+                finally:
+                    for view in views:
+                        self._con.unregister(view)
         except duckdb.Error as exc:
-            raise StoreError(f"writing a batch of {len(located)} events failed: {exc}") from exc
-        inserted = result.interactions_inserted + result.feedback_inserted + result.audit_inserted
-        result.duplicates = len(located) - inserted
+            raise StoreError(f"writing a batch of {len(batch)} events failed: {exc}") from exc
+        result.interactions_inserted = inserted.get("interactions", 0)
+        result.feedback_inserted = inserted.get("feedback", 0)
+        result.audit_inserted = inserted.get("audit", 0)
+        result.duplicates = len(batch) - sum(inserted.values())
         return result
 
-    def _insert_interactions(self, located: Sequence[Located]) -> int:
-        chosen = [loc for loc in located if isinstance(loc.event, InteractionEvent)]
-        return self._insert_unique_events("interactions", chosen, _INTERACTION_FIELDS, "messages", _messages)
-
-    def _insert_audit(self, located: Sequence[Located]) -> int:
-        chosen = [loc for loc in located if isinstance(loc.event, AuditEvent)]
-        return self._insert_unique_events("audit", chosen, _AUDIT_FIELDS, "details", _details)
-
-    def _insert_unique_events(
-        self,
-        target: str,
-        chosen: Sequence[Located],
-        fields: Sequence[str],
-        json_column: str,
-        json_value: Callable[[AnyEvent], object],
-    ) -> int:
-        """Insert events new by ``event_id`` (the first of equal ones in the batch), one JSON column."""
-        table = _columns(chosen, fields, **{json_column: lambda e: json.dumps(json_value(e))})
-        return self._insert_arrow(
-            f"batch_{target}",
-            table,
-            # the primary key's index skips stored events (no scan of the table); QUALIFY the batch's own
-            f"INSERT OR IGNORE INTO {target} BY NAME "  # noqa: S608 - table and column names are this module's constants
-            f"SELECT * EXCLUDE ({json_column}), {json_column}::JSON AS {json_column} FROM batch_{target} "
-            "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_offset) = 1",
-        )
-
-    def _insert_feedback(self, located: Sequence[Located]) -> int:
-        chosen = [loc for loc in located if isinstance(loc.event, FeedbackEvent)]
-        return self._insert_arrow(
-            "batch_feedback",
-            _columns(chosen, _FEEDBACK_FIELDS),
-            # feedback_id is the key (a redelivered event has the same one); the index skips stored ones
-            "INSERT OR IGNORE INTO feedback BY NAME SELECT * FROM batch_feedback "
-            "QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY kafka_offset) = 1",
-        )
-
-    def _insert_dead_letters(self, dead: Sequence[DeadLetter]) -> int:
-        if not dead:
-            return 0
-        table = pa.table(
-            {
-                "topic": [d.topic for d in dead],
-                "partition": [d.partition for d in dead],
-                "kafka_offset": [d.offset for d in dead],
-                "reason": [d.reason for d in dead],
-                "size_bytes": [d.size_bytes for d in dead],
-            }
-        )
-        return self._insert_arrow(
-            "batch_dead",
-            table,
-            "INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM batch_dead",
-        )
-
-    def _insert_arrow(self, name: str, table: pa.Table | None, sql: str) -> int:
-        if table is None:
-            return 0
-        self._con.register(name, table)
-        try:
-            return self._inserted(sql)
-        finally:
-            self._con.unregister(name)
-
-    def _store_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
-        if offsets:  # one row per partition, a handful per batch
-            self._con.executemany(
-                "INSERT OR REPLACE INTO kafka_offsets (topic, partition, next_offset, committed_at) "
-                "VALUES (?, ?, ?, current_timestamp)",
-                [[topic, partition, offset] for (topic, partition), offset in offsets.items()],
-            )
+    def _write_views(self, views: Mapping[str, pa.Table], result: BatchResult) -> dict[str, int]:
+        writers = {name: w for name, w in self._writers.items() if w.view in views}
+        if "batch_dead" not in views:  # the usual batch: one round trip, so one wait for the GIL
+            statements = ["BEGIN TRANSACTION", *(w.insert for w in writers.values())]
+            if "batch_offsets" in views:
+                statements.append(_INSERT_OFFSETS)
+            try:  # optimistic: a plain INSERT adds every row or fails on a stored key, and is cheaper
+                self._con.execute(";\n".join([*statements, "COMMIT"])).fetchall()
+                return {name: views[w.view].num_rows for name, w in writers.items()}
+            except duckdb.Error as exc:
+                self._con.execute("ROLLBACK").fetchall()
+                if not isinstance(exc, duckdb.ConstraintException):
+                    raise
+        with self._transaction():  # a redelivery or dead letters: step by step, counting what is new
+            inserted = {name: self._inserted(w.insert_new) for name, w in writers.items()}
+            if "batch_dead" in views:
+                result.dead_lettered = self._inserted(_INSERT_DEAD)
+            if "batch_offsets" in views:
+                self._run(_INSERT_OFFSETS)
+        return inserted
 
     def _inserted(self, sql: str) -> int:
         row = self._con.execute(sql).fetchone()  # DuckDB answers an INSERT with its row count
@@ -273,28 +240,23 @@ class _Transaction:
         self._con.execute("COMMIT" if exc_type is None else "ROLLBACK").fetchall()
 
 
-def _columns(
-    located: Sequence[Located], fields: Sequence[str], **computed: Callable[[AnyEvent], Any]
-) -> pa.Table | None:
-    """The events as an Arrow table, built column by column (much faster than a dict per row)."""
-    if not located:
-        return None
-    events = [loc.event for loc in located]
-    # attrgetter reads all fields of an event in one C call; zip(*) turns the rows into columns
-    rows = list(map(attrgetter(*fields), events))  # every table has several fields: tuples
-    columns: dict[str, list[Any]] = {name: list(col) for name, col in zip(fields, zip(*rows, strict=True), strict=True)}
-    for name, fn in computed.items():
-        columns[name] = [fn(e) for e in events]
-    columns["kafka_partition"] = [loc.partition for loc in located]
-    columns["kafka_offset"] = [loc.offset for loc in located]
-    return pa.table(columns)
+def _dead_letters(dead: Sequence[DeadLetter]) -> pa.Table:
+    return pa.table(
+        {
+            "topic": [d.topic for d in dead],
+            "partition": [d.partition for d in dead],
+            "kafka_offset": [d.offset for d in dead],
+            "reason": [d.reason for d in dead],
+            "size_bytes": [d.size_bytes for d in dead],
+        }
+    )
 
 
-def _messages(event: AnyEvent) -> list[dict[str, str]]:
-    assert isinstance(event, InteractionEvent)
-    return [{"role": m.role, "content": m.content} for m in event.messages]
-
-
-def _details(event: AnyEvent) -> object:
-    assert isinstance(event, AuditEvent)
-    return event.details
+def _offsets(offsets: Mapping[tuple[str, int], int]) -> pa.Table:
+    return pa.table(
+        {
+            "topic": [topic for topic, _ in offsets],
+            "partition": pa.array([partition for _, partition in offsets], pa.int32()),
+            "next_offset": pa.array(list(offsets.values()), pa.int64()),
+        }
+    )

@@ -7,6 +7,10 @@ is too large, is not JSON, fails its schema or carries an unknown schema version
 dead-letter topic with the reason (acknowledged by Kafka before the batch commits), is recorded
 in DuckDB's ``dead_letters`` table in the batch's transaction, and is counted; the good records
 around it keep flowing.
+
+Speed: events are validated by msgspec structs generated from the pydantic schema
+(``feedback.codec``), written as JSON columns that DuckDB parses outside the GIL
+(``feedback.ingest``), and the next batch is fetched from Kafka while the current one is written.
 """
 
 from __future__ import annotations
@@ -16,17 +20,19 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from feedback.codec import decode_fast
 from feedback.consumer_group import group_consumer
 from feedback.errors import EventError, UnknownSchemaError
-from feedback.events import decode_event
+from feedback.ingest import EventBatch
 from feedback.settings import KafkaSettings
-from feedback.store import DeadLetter, DuckDBStore, Located
+from feedback.store import DeadLetter, DuckDBStore
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +55,23 @@ class SinkStats:
     last_commit: str | None = None  # ISO time of the last committed batch
 
 
+@dataclass
+class Decoded:
+    """One poll's records, validated: the events to write and the refused records with reasons."""
+
+    batch: EventBatch = field(default_factory=EventBatch)
+    dead: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
+
+
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        pass  # every batch is committed to DuckDB before the next poll: nothing to flush
+        self._sink.wait_for_commit()  # the batch being written lands before another sink may read on
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._sink.wait_for_commit()
         self._sink.seek_to_stored(assigned)
 
 
@@ -80,6 +95,7 @@ class Sink:
         self._max_event_bytes = max_event_bytes
         self._fetch_max_bytes = fetch_max_bytes
         self._stop = threading.Event()
+        self._writing = threading.Lock()  # held while a batch is written and committed
         self._consumer: KafkaConsumer | None = None
         self._dead_letter: KafkaProducer | None = None
         self._reasons: Counter[str] = Counter()
@@ -119,38 +135,66 @@ class Sink:
                 self._consumer.seek(tp, offset)
 
     def run(self) -> None:
-        """Poll and write batches until ``stop`` is called."""
-        self._consumer = self._connect()
-        try:
-            while not self._stop.is_set():
-                polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_max)
-                if polled:
-                    self.write(polled)
-        finally:
-            self._consumer.close(autocommit=False)
-            if self._dead_letter is not None:
-                self._dead_letter.close()
+        """Poll and write batches until ``stop`` is called.
+
+        Every call on the consumer is made on one thread of its own (kafka-python's consumer is
+        not thread-safe), which fetches and validates the next batch while this thread writes the
+        current one; DuckDB parses and writes outside Python's GIL, so the two overlap.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-kafka") as kafka:
+            self._consumer = kafka.submit(self._connect).result()
+            try:
+                pending = kafka.submit(self._fetch)
+                while not self._stop.is_set():
+                    decoded = pending.result()
+                    with self._writing:  # a rebalance during the next poll waits for this commit
+                        pending = kafka.submit(self._fetch)
+                        if decoded is not None:
+                            self._commit(decoded)
+            finally:  # after the poll in flight, whose records are read again at the next start
+                kafka.submit(self._consumer.close, autocommit=False).result()
+                if self._dead_letter is not None:
+                    self._dead_letter.close()
+
+    def _fetch(self) -> Decoded | None:
+        assert self._consumer is not None
+        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_max)
+        return self.decode(polled) if polled else None
+
+    def wait_for_commit(self) -> None:
+        """Block until the batch being written (if any) is committed with its offsets."""
+        with self._writing:
+            pass
 
     def write(self, polled: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
         """Decode one poll's records and commit them, with their offsets, in one transaction."""
-        located: list[Located] = []
-        dead: list[tuple[ConsumerRecord, str]] = []
+        self._commit(self.decode(polled))
+
+    def decode(self, polled: Mapping[TopicPartition, list[ConsumerRecord]]) -> Decoded:
+        """Validate one poll's records into a batch of events and a list of refusals."""
+        decoded = Decoded()
         for tp, records in polled.items():
             for record in records:
                 reason = self._refusal(record)
                 if reason is None:
                     try:
-                        located.append(Located(decode_event(record.value), tp.topic, tp.partition, record.offset))
+                        decoded.batch.add(*decode_fast(record.value), tp.partition, record.offset)
                         continue
                     except UnknownSchemaError as exc:
                         reason = f"unknown-schema: {exc}"
                     except EventError as exc:
                         reason = f"invalid: {exc}"
-                dead.append((record, reason))
+                decoded.dead.append((record, reason))
+            if records:
+                decoded.batch.advance(tp.topic, tp.partition, records[-1].offset + 1)
+        return decoded
+
+    def _commit(self, decoded: Decoded) -> None:
+        dead = decoded.dead
         if dead:
             self._send_dead_letters(dead)
         letters = [DeadLetter(r.topic, r.partition, r.offset, reason, len(r.value or b"")) for r, reason in dead]
-        result = self._store.write_batch(located, dead=letters)
+        result = self._store.write_events(decoded.batch, dead=letters)
         self._count(result.interactions_inserted, result.feedback_inserted, result.audit_inserted, result.duplicates)
         self.stats.dead_lettered += result.dead_lettered
         for _record, reason in dead:

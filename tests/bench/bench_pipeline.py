@@ -3,7 +3,9 @@
 1. Sink throughput: events/s from Kafka into DuckDB (decode, validate, Arrow batch, dedup, offsets
    in the transaction) against a bare kafka-python consumer reading the same topic without
    decoding or writing, same consumer settings. Targets: >= 0.8 of the bare consumer and
-   >= 30,000 events/s.
+   >= 30,000 events/s. Both also print their process CPU time per event, which other load on
+   the machine disturbs far less than events/s, and each sink stage's CPU cost on its own
+   (pydantic's decoder, the previous one, beside the compiled one), so what bounds the ratio shows.
 2. Freshness: a synthetic producer publishes at 200 events/s through the write-ahead log and
    Kafka while the sink and the lake export run; the time from ``publish`` to the row being
    visible in DuckDB (polled every 10 ms on another cursor) and in the redacted lake (polled
@@ -36,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 
 from pipeline_events import interaction
 
+from feedback.codec import decode_fast
+from feedback.events import decode_event
+from feedback.ingest import EventBatch
 from feedback.lake import Lake
 from feedback.producer import EventProducer, kafka_sender_factory
 from feedback.settings import KafkaSettings, LocalKafkaSettings, Settings, TopicSettings
@@ -45,9 +50,10 @@ from feedback.wal import WriteAheadLog
 from services.cli import broker
 from services.cli.ports import free_port
 from services.worker.app import run_lake_forever
-from services.worker.sink import Sink
+from services.worker.sink import DEFAULT_FETCH_MAX_BYTES, Sink
 
 THROUGHPUT_EVENTS = 60_000
+BATCH = 5_000  # events per poll and per DuckDB transaction, for both competitors
 REPEATS = 3
 FRESHNESS_RATE = 200  # events/s
 FRESHNESS_SECONDS = 10
@@ -94,47 +100,80 @@ def fill(kafka: KafkaSettings, count: int) -> None:
     producer.close()
 
 
-def bare_consumer_rate(kafka: KafkaSettings, count: int) -> float:
-    """Events/s of a plain kafka-python consumer reading ``count`` records, nothing else."""
+def bare_consumer_rate(kafka: KafkaSettings, count: int) -> tuple[float, float]:
+    """Events/s of a plain kafka-python consumer reading ``count`` records, and CPU us per event."""
     consumer = KafkaConsumer(
         kafka.topics.interactions,
         bootstrap_servers=kafka.bootstrap_servers,
         group_id=f"bare-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        max_poll_records=5000,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
+        # the sink's own fetch settings (Sink._connect with its defaults): a fair competitor
+        max_poll_records=BATCH,
+        max_partition_fetch_bytes=DEFAULT_FETCH_MAX_BYTES,
+        fetch_max_bytes=DEFAULT_FETCH_MAX_BYTES * 4,
     )
-    seen, start = 0, 0.0
+    seen, start, cpu = 0, 0.0, 0.0
     while seen < count:
-        polled = consumer.poll(timeout_ms=500, max_records=5000)
+        polled = consumer.poll(timeout_ms=500, max_records=BATCH)
         if polled and not start:
-            start = time.perf_counter()  # from the first records: group join is not reading
+            start, cpu = time.perf_counter(), time.process_time()  # from the first records: group join is not reading
         seen += sum(len(records) for records in polled.values())
-    rate = seen / (time.perf_counter() - start)
+    rate, cpu_us = seen / (time.perf_counter() - start), (time.process_time() - cpu) / seen * 1e6
     consumer.close()
-    return rate
+    return rate, cpu_us
 
 
-def sink_rate(kafka: KafkaSettings, count: int, directory: Path) -> float:
-    """Events/s of the sink reading ``count`` records into a fresh DuckDB file."""
+def sink_rate(kafka: KafkaSettings, count: int, directory: Path) -> tuple[float, float]:
+    """Events/s of the sink reading ``count`` records into a fresh DuckDB file, and CPU us per event."""
     store = DuckDBStore(directory / f"{uuid.uuid4().hex}.duckdb")
     group = kafka.model_copy(update={"consumer_group": f"sink-{uuid.uuid4().hex[:8]}"})
-    sink = Sink(group, store, batch_max=5000, poll_timeout_ms=500)
+    sink = Sink(group, store, batch_max=BATCH, poll_timeout_ms=500)
     thread = threading.Thread(target=sink.run, daemon=True)
     thread.start()
     while sink.stats.batches == 0:
         time.sleep(0.001)
-    start = time.perf_counter()  # from the first batch, as for the bare consumer
+    start, cpu = time.perf_counter(), time.process_time()  # from the first batch, as for the bare consumer
     first = sink.stats.interactions
     while sink.stats.interactions < count:
         time.sleep(0.005)
-    rate = (sink.stats.interactions - first) / (time.perf_counter() - start)
+    written = sink.stats.interactions - first
+    rate, cpu_us = written / (time.perf_counter() - start), (time.process_time() - cpu) / written * 1e6
     sink.stop()
     thread.join(timeout=60)
     store.close()
-    return rate
+    return rate, cpu_us
+
+
+def stage_costs(directory: Path) -> dict[str, float]:
+    """CPU us per event of each sink stage on its own, one batch at a time, best of 3 after a warm-up."""
+    store = DuckDBStore(directory / f"stages-{uuid.uuid4().hex}.duckdb")
+    costs: dict[str, list[float]] = {}
+    clock = time.process_time
+    for b in range(REPEATS + 1):
+        raws = [interaction(BATCH * b + n).encode() for n in range(BATCH)]
+        t0 = clock()
+        for raw in raws:
+            decode_event(raw)
+        t1 = clock()
+        decoded = [decode_fast(raw) for raw in raws]
+        t2 = clock()
+        batch = EventBatch()
+        for n, (event, raw) in enumerate(decoded):
+            batch.add(event, raw, 0, BATCH * b + n)
+        batch.advance("bench", 0, BATCH * (b + 1))
+        t3 = clock()
+        store.write_events(batch)
+        t4 = clock()
+        for name, seconds in (
+            ("pydantic decode_event (the previous decoder)", t1 - t0),
+            ("msgspec decode_fast", t2 - t1),
+            ("EventBatch.add", t3 - t2),
+            ("DuckDB write: Arrow, JSON parse, insert, commit", t4 - t3),
+        ):
+            costs.setdefault(name, []).append(seconds / BATCH * 1e6)
+    store.close()
+    return {name: min(values[1:]) for name, values in costs.items()}
 
 
 def throughput(kafka: KafkaSettings, directory: Path) -> None:
@@ -147,11 +186,19 @@ def throughput(kafka: KafkaSettings, directory: Path) -> None:
     for _ in range(REPEATS):
         bare.append(bare_consumer_rate(topic, THROUGHPUT_EVENTS))
         ours.append(sink_rate(topic, THROUGHPUT_EVENTS, directory))
-    b, s = statistics.median(bare), statistics.median(ours)
+    b, s = statistics.median(r for r, _ in bare), statistics.median(r for r, _ in ours)
+    b_cpu, s_cpu = statistics.median(c for _, c in bare), statistics.median(c for _, c in ours)
     print(f"sink throughput, {THROUGHPUT_EVENTS} events of {len(interaction(0).encode())} bytes, median of {REPEATS}:")
-    print(f"  bare kafka-python consumer {b:>9,.0f} events/s   runs {[round(r) for r in bare]}")
-    print(f"  sink into DuckDB           {s:>9,.0f} events/s   runs {[round(r) for r in ours]}")
+    for label, rate, runs, cpu in (
+        ("bare kafka-python consumer", b, bare, b_cpu),
+        ("sink into DuckDB", s, ours, s_cpu),
+    ):
+        print(f"  {label:<26} {rate:>9,.0f} events/s   runs {[round(r) for r, _ in runs]}   CPU {cpu:.1f} us/event")
     print(f"  sink / bare = {s / b:.2f} (target >= 0.80); sink {s:,.0f} events/s (target >= 30,000)")
+    print(f"  CPU per event, sink / bare = {s_cpu / b_cpu:.2f} (the ratio's bound when the cores are shared)")
+    print(f"  per-stage CPU, best of 3 batches of {BATCH}:")
+    for name, us in stage_costs(directory).items():
+        print(f"    {name:<50} {us:6.2f} us/event")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -61,8 +61,8 @@ def test_batch_writes_rows_and_offsets(store: DuckDBStore) -> None:
     assert store.committed_offsets() == {("interactions", 0): 11, ("interactions", 1): 4, ("feedback", 2): 8}
     rows = store.query("SELECT interaction_id, messages, kafka_offset FROM interactions ORDER BY interaction_id")
     assert rows == [
-        {"interaction_id": "a" * 32, "messages": '[{"role": "user", "content": "hello?"}]', "kafka_offset": 10},
-        {"interaction_id": "b" * 32, "messages": '[{"role": "user", "content": "hello?"}]', "kafka_offset": 3},
+        {"interaction_id": "a" * 32, "messages": '[{"role":"user","content":"hello?"}]', "kafka_offset": 10},
+        {"interaction_id": "b" * 32, "messages": '[{"role":"user","content":"hello?"}]', "kafka_offset": 3},
     ]
     assert store.query("SELECT feedback_id, thumb, rating FROM feedback") == [
         {"feedback_id": "fb-1", "thumb": "up", "rating": None}

@@ -88,7 +88,7 @@ def test_poison_events_are_dead_lettered_while_good_ones_flow(
     assert store.query("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM interactions") == [{"n": 60, "d": 60}]
     assert store.query("SELECT count(*) AS n FROM feedback") == [{"n": 20}]
     assert store.query("SELECT actor, action, details FROM audit ORDER BY resource LIMIT 1") == [
-        {"actor": "admin", "action": "deployment.ramp", "details": '{"to": 10}'}
+        {"actor": "admin", "action": "deployment.ramp", "details": '{"to":10}'}
     ]
     reasons = store.query(
         "SELECT split_part(reason, ':', 1) AS kind, count(*) AS n FROM dead_letters GROUP BY 1 ORDER BY 1"
