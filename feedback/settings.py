@@ -150,6 +150,19 @@ class SchedulerSettings(_Section):
     enabled: bool = True  # whether the worker schedules the refresh at all
 
 
+class SelectionSettings(_Section):
+    """Which live responses and corrections a refresh trains on (``feedback.selection``)."""
+
+    confidence_threshold: float = Field(0.7, gt=0, le=1)  # least confidence of a champion answer taken as a target
+    daily_cap: int = Field(1000, ge=0)  # most new examples per refresh (corrections first)
+    per_user_cap: int = Field(20, ge=0)  # most corrections one user adds per refresh (their earliest)
+    agreement: int = Field(2, ge=1)  # distinct users who must give the same correction, unless one is trusted
+    trusted_users: tuple[str, ...] = ()  # user ids whose corrections count alone (until roles exist)
+    strata: int = Field(4, ge=1)  # prompt-length bands of equal live traffic that share the cap
+    replay_share: float = Field(0.2, ge=0, le=1)  # earlier examples replayed, as a share of the new ones
+    seed: int = 0  # orders candidates within a band and draws the replay sample
+
+
 class SecuritySettings(_Section):
     """Secrets and access."""
 
@@ -224,6 +237,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     worker: WorkerSettings = WorkerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    selection: SelectionSettings = SelectionSettings()
     security: SecuritySettings = SecuritySettings()
     experiment: ExperimentSettings = ExperimentSettings()
 
