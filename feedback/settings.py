@@ -148,6 +148,8 @@ class SchedulerSettings(_Section):
     cron: str = "0 3 * * *"  # when the refresh runs (crontab syntax)
     timezone: str = "UTC"  # time zone the cron expression is read in
     enabled: bool = True  # whether the worker schedules the refresh at all
+    misfire_grace_s: int = Field(6 * 3600, ge=1)  # a run missed (worker down) still starts this late, once
+    lease_session_timeout_ms: int = Field(10_000, ge=6000)  # a dead lease holder is replaced after this long
 
 
 class SelectionSettings(_Section):

@@ -76,3 +76,21 @@ def test_fetch_refuses_corrupt_and_unknown_versions(tmp_path: Path, adapter_dir:
 def test_a_directory_without_an_adapter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=r"holds no adapter_config\.json"):
         AdapterRegistry(tmp_path / "r").register(tmp_path, dataset_manifest={}, lineage={})
+
+
+def test_a_refresh_date_runs_once_unless_an_admin_forces_it(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "registry")
+    first = registry.claim_refresh("2026-11-29")
+    assert [s["forced_by"] for s in first["starts"]] == [None]
+
+    again = AdapterRegistry(tmp_path / "registry")  # another worker, or this one after a restart
+    with pytest.raises(RegistryError, match=r"the refresh of 2026-11-29 already ran; an admin may force it again"):
+        again.claim_refresh("2026-11-29")
+
+    registry.finish_refresh("2026-11-29", {"status": "no-op", "reason": "empty selection"})
+    forced = again.claim_refresh("2026-11-29", forced_by="admin")
+    assert [s["forced_by"] for s in forced["starts"]] == [None, "admin"]
+    assert forced["outcome"] is None  # the forced run's outcome is still to come
+    assert registry.claim_refresh("2026-11-30")["key"] == "2026-11-30"
+    with pytest.raises(RegistryError, match="is not a date"):
+        registry.claim_refresh("../escape")
