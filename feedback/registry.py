@@ -107,6 +107,21 @@ class AdapterRegistry:
             raise RegistryError(f"adapter version {version!r} has no readable lineage") from exc
         return record
 
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version's lineage record, oldest first."""
+        if not self.root.is_dir():
+            return []
+        records = [self.lineage(p.name) for p in self.root.iterdir() if (p / LINEAGE).is_file()]
+        return sorted(records, key=lambda r: (str(r.get("created", "")), str(r["version"])))
+
+    def set_state(self, version: str, state: str) -> dict[str, Any]:
+        """Move ``version`` to ``state`` (lineage is outside the content hash, so the name holds)."""
+        if state not in STATES:
+            raise RegistryError(f"unknown state {state!r}; states are {', '.join(STATES)}")
+        record = self.lineage(version) | {"state": state, "state_changed": datetime.now(UTC).isoformat()}
+        _write_atomically(self.root / version / LINEAGE, record)
+        return record
+
     def claim_refresh(self, key: str, *, forced_by: str | None = None) -> dict[str, Any]:
         """Record that the refresh ``key`` (its date) starts; refuse a second start unless forced.
 

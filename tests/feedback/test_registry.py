@@ -94,3 +94,20 @@ def test_a_refresh_date_runs_once_unless_an_admin_forces_it(tmp_path: Path) -> N
     assert registry.claim_refresh("2026-11-30")["key"] == "2026-11-30"
     with pytest.raises(RegistryError, match="is not a date"):
         registry.claim_refresh("../escape")
+
+
+def test_versions_are_listed_oldest_first_and_change_state(tmp_path: Path, adapter_dir: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "registry")
+    assert registry.versions() == []
+    first = registry.register(adapter_dir, dataset_manifest={"rows": 1}, lineage={"parent": None})
+    second = registry.register(adapter_dir, dataset_manifest={"rows": 2}, lineage={"parent": first})
+
+    assert [(r["version"], r["state"], r["parent"]) for r in registry.versions()] == [
+        (first, "candidate", None),
+        (second, "candidate", first),
+    ]
+    assert registry.set_state(second, "shadow")["state"] == "shadow"
+    assert registry.lineage(second)["state"] == "shadow"
+    assert registry.fetch(second).name == second  # a state change leaves the content hash intact
+    with pytest.raises(RegistryError, match="unknown state 'live'"):
+        registry.set_state(second, "live")
