@@ -75,23 +75,22 @@ def environment(threads: int) -> dict[str, str]:
 def _run_once(
     job_file: Path, threads: int, on_spawn: Callable[[int], None] | None, echo: IO[str] | None
 ) -> tuple[int, str]:
-    process = subprocess.Popen(
+    with subprocess.Popen(
         command(job_file), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment(threads), text=True
-    )
-    try:
-        if on_spawn is not None:
-            on_spawn(process.pid)
-        tail: list[str] = []
-        assert process.stderr is not None
-        reader = threading.Thread(target=_relay, args=(process.stderr, echo, tail), daemon=True)
-        reader.start()
-        code = process.wait()
-        reader.join()
-        return code, "".join(tail)[-_TAIL_BYTES:]
-    finally:
-        if process.poll() is None:  # the caller was interrupted: the child must not train on alone
-            process.kill()
-            process.wait()
+    ) as process:
+        try:
+            if on_spawn is not None:
+                on_spawn(process.pid)
+            tail: list[str] = []
+            assert process.stderr is not None
+            reader = threading.Thread(target=_relay, args=(process.stderr, echo, tail), daemon=True)
+            reader.start()
+            code = process.wait()
+            reader.join()
+            return code, "".join(tail)[-_TAIL_BYTES:]
+        finally:
+            if process.poll() is None:  # the caller was interrupted: the child must not train on alone
+                process.kill()
 
 
 def _relay(stream: IO[str], echo: IO[str] | None, tail: list[str]) -> None:

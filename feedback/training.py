@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
 from feedback.model.runtime import ModelRuntime
@@ -239,14 +240,18 @@ def _lora_model(runtime: ModelRuntime, job: TrainingJob) -> Any:
             return get_peft_model(runtime.model, config)
         try:
             return PeftModel.from_pretrained(runtime.model, job.parent_adapter, is_trainable=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
             raise TrainingError(f"could not load the parent adapter {str(job.parent_adapter)!r}: {exc}") from exc
 
 
 def _save_adapter(model: Any, target: Path, base_name: str) -> Path:
     """Write the adapter (config and weights only) into ``target`` atomically; return ``target``."""
     # The base model's local path would make the adapter's bytes (and its registry hash) differ by machine.
-    model.peft_config["default"].base_model_name_or_path = base_name
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = base_name
+    # peft keeps target modules as a set, whose order (and so the saved JSON) changes with each process's hash seed.
+    if isinstance(config.target_modules, set):
+        config.target_modules = sorted(config.target_modules)
     staging = target.with_name(f".{target.name}-staging")
     shutil.rmtree(staging, ignore_errors=True)
     with warnings.catch_warnings():

@@ -137,3 +137,16 @@ def test_an_example_longer_than_the_context_is_refused(model_dir: Path, tmp_path
     dataset.write_text(json.dumps(row) + "\n", encoding="utf-8")
     with pytest.raises(TrainingError, match=r"example 1 has \d+ tokens; the model reads at most 8192"):
         train(TrainingJob(dataset, tmp_path / "out", model_dir, settings=TINY), progress=False)
+
+
+def test_a_corrupt_parent_adapter_is_refused_with_its_path(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]}')
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    job = TrainingJob(dataset, tmp_path / "out", model_dir, broken, TINY)
+    with pytest.raises(TrainingError, match=r"could not load the parent adapter '.*broken'"):
+        train(job, progress=False)
+    assert not (tmp_path / "out" / "adapter").exists()
+    assert not (tmp_path / "out" / "result.json").exists()
