@@ -15,6 +15,12 @@ Determinism: the seed fixes LoRA initialisation, dropout and the data order (eac
 permutation is drawn from ``seed + epoch``, so the examples of step *n* are known without replaying
 steps 0..n-1). With the same data, settings, thread count and device the adapter bytes are
 identical, and a run resumed from a checkpoint ends with the same bytes as one never interrupted.
+That holds on CPU (tested); CUDA kernels may sum in a varying order, so on a GPU two runs can
+differ in the last bits.
+
+A new adapter takes rank, alpha, dropout and target modules from the settings; a continued
+champion adapter keeps its own (its shapes are fixed), and the settings' optimizer, schedule,
+batching and seed apply to both.
 
 Errors: :class:`TrainingError` (bad dataset, unloadable parent adapter, checkpoint of another job).
 """
