@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file
 from training_data import TINY, digest, one_thread, write_dataset
 
+from feedback.errors import ConfigError
 from feedback.model.runtime import ModelRuntime
-from feedback.settings import TrainingSettings
+from feedback.settings import TrainingSettings, load_settings
 from feedback.train_data import Tokenized, collate, completion_loss, tokenize
-from feedback.training import TrainingError, TrainingJob, batch_indices, total_steps, train
+from feedback.training import TrainingError, TrainingJob, TrainingResult, batch_indices, total_steps, train
 
 MESSAGES = [{"role": "user", "content": "How much is the lamp?"}]
 
@@ -150,3 +151,18 @@ def test_a_corrupt_parent_adapter_is_refused_with_its_path(model_dir: Path, tmp_
         train(job, progress=False)
     assert not (tmp_path / "out" / "adapter").exists()
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_training_settings_are_validated_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"training\.rank: Input should be greater than or equal to 1 \(got 0\)"):
+        load_settings(training={"rank": 0})
+    with pytest.raises(ConfigError, match=r"training\.device: Input should be 'auto', 'cpu' or 'cuda'"):
+        load_settings(training={"device": "tpu"})
+    assert load_settings().training.checkpoint_every == 1000
+
+
+def test_a_job_and_a_result_round_trip_through_json(tmp_path: Path) -> None:
+    job = TrainingJob(tmp_path / "d.jsonl", tmp_path / "out", tmp_path / "model", None, TINY)
+    assert TrainingJob.from_json(job.to_json()) == job
+    result = TrainingResult(tmp_path / "a", 2, 4, 90, 30, (2.5, 1.25), 0, "cpu", 1, 10, 3.5)
+    assert TrainingResult.from_json(result.to_json()) == result
