@@ -226,6 +226,33 @@ class ExperimentSettings(BaseModel):
         return self
 
 
+class TrainingSettings(_Section):
+    """LoRA training of the next candidate adapter (``feedback.training``)."""
+
+    rank: int = Field(8, ge=1, le=256)  # LoRA rank r of a new adapter (a continued adapter keeps its own)
+    alpha: int = Field(16, ge=1, le=4096)  # LoRA alpha of a new adapter; the update is scaled by alpha / rank
+    dropout: float = Field(0.05, ge=0, lt=1)  # dropout on the LoRA input of a new adapter, probability
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )  # module names a new adapter wraps (attention projections of Llama-style models)
+    learning_rate: float = Field(2e-4, gt=0, le=1)  # AdamW peak learning rate
+    weight_decay: float = Field(0.0, ge=0, le=1)  # AdamW decoupled weight decay
+    warmup_steps: int = Field(0, ge=0)  # learning rate rises linearly over these optimizer steps, then decays to 0
+    max_grad_norm: float = Field(1.0, gt=0)  # gradients are clipped to this global L2 norm
+    epochs: int = Field(1, ge=1, le=100)  # passes over the dataset (fewer when max_steps is reached first)
+    batch_size: int = Field(8, ge=1, le=1024)  # examples per optimizer step
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps; None: run every epoch
+    checkpoint_every: int = Field(1000, ge=1)  # write a resumable checkpoint every this many optimizer steps
+    checkpoint_every_s: float = Field(300.0, gt=0)  # ... and at least this often, seconds (bounds work lost to a crash)
+    seed: int = 0  # seeds LoRA initialisation, data order and dropout: same data and seed, same adapter bytes
+    # torch intra-op threads of the training process: 1 leaves a core of two to serving, and OpenMP threads
+    # spinning at a barrier while another process holds their core make a busy machine far slower
+    threads: int = Field(1, ge=1, le=256)
+    niceness: int = Field(10, ge=0, le=19)  # the training process lowers its priority by this (os.nice)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    restarts: int = Field(2, ge=0, le=10)  # a crashed training process is restarted from its checkpoint this often
+
+
 class Settings(BaseSettings):
     """All settings of a flywheel process; each deployable reads the sections it needs."""
 
@@ -242,6 +269,7 @@ class Settings(BaseSettings):
     selection: SelectionSettings = SelectionSettings()
     security: SecuritySettings = SecuritySettings()
     experiment: ExperimentSettings = ExperimentSettings()
+    training: TrainingSettings = TrainingSettings()
 
     @classmethod
     def settings_customise_sources(
