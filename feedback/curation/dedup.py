@@ -18,6 +18,7 @@ from feedback.settings import CurationSettings
 
 LSH_RECALL = 0.999  # least probability that the index proposes a pair exactly at the threshold
 _WORD = re.compile(r"\w+")
+_SCHEME = "affine32"  # datasketch's permutation scheme, named so signatures never change with its default
 
 
 def shingles(text: str, size: int) -> frozenset[str]:
@@ -55,10 +56,10 @@ def drop_near_duplicates(examples: list[Example], settings: CurationSettings) ->
     kept_shingles: list[frozenset[str]] = []
     counts: Counter[str] = Counter()
     # the seeded permutations are drawn once and shared by every signature
-    seeded = MinHash(num_perm=permutations, seed=settings.minhash_seed).permutations
+    seeded = MinHash(num_perm=permutations, seed=settings.minhash_seed, scheme=_SCHEME).permutations
     for example in examples:
         grams = shingles(example.text, settings.shingle_words)
-        signature = MinHash(num_perm=permutations, seed=settings.minhash_seed, permutations=seeded)
+        signature = MinHash(num_perm=permutations, seed=settings.minhash_seed, permutations=seeded, scheme=_SCHEME)
         signature.update_batch([g.encode() for g in sorted(grams)])
         candidates = sorted(int(key) for key in lsh.query(signature))
         if any(jaccard(grams, kept_shingles[i]) >= threshold for i in candidates):
