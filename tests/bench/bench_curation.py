@@ -9,9 +9,9 @@ processes hits all alike); the best and median wall time and the median per-repe
 - dedup: MinHash LSH candidates + exact Jaccard check (``drop_near_duplicates``) against exact
   all-pairs Jaccard on the same shingles (the same examples must survive both);
 - perplexity: ``prompt_perplexities`` batched (4 and 8 prompts per pass) against one prompt per
-  pass, on 48 prompts;
+  pass, on 16 prompts;
 - pipeline: ``curate`` over the 1,000 examples without the perplexity stage, and with it on the
-  first 200 prompts (``perplexity_max_examples``).
+  first 50 prompts (``perplexity_max_examples``).
 """
 
 from __future__ import annotations
@@ -118,9 +118,9 @@ def main() -> None:
         ),
         "exact all pairs",
     )
-    prompts = [e.prompt_text for e in examples[:48]]
+    prompts = [e.prompt_text for e in examples[:16]]
     report(
-        "prompt perplexity, 48 prompts",
+        "prompt perplexity, 16 prompts",
         measure(
             {
                 f"batch {size}": (lambda size=size: prompt_perplexities(runtime, prompts, batch_size=size))
@@ -129,11 +129,11 @@ def main() -> None:
         ),
         "batch 1",
     )
-    with_perplexity = CurationSettings(perplexity_enabled=True, perplexity_max_examples=200)
+    with_perplexity = CurationSettings(perplexity_enabled=True, perplexity_max_examples=50)
     times = measure(
         {
             "curate": lambda: curate(examples, runtime, settings),
-            "curate + perplexity of 200": lambda: curate(examples, runtime, with_perplexity),
+            "curate + perplexity of 50": lambda: curate(examples, runtime, with_perplexity),
         }
     )
     report("pipeline, 1,000 examples", times, "curate")
