@@ -253,6 +253,42 @@ class TrainingSettings(_Section):
     restarts: int = Field(2, ge=0, le=10)  # a crashed training process is restarted from its checkpoint this often
 
 
+class CurationSettings(_Section):
+    """How the daily dataset is cleaned (feedback.curation); stages run in the order listed."""
+
+    # length filter: prompt (chat template with the generation prompt) + answer + end-of-turn, in tokens
+    min_tokens: int = Field(50, ge=1)  # shortest example kept (inclusive), tokens
+    max_tokens: int = Field(2048, ge=1)  # longest example kept (inclusive), tokens
+    # content filter, case-insensitive, on the redacted prompt and answer
+    blocked_terms: tuple[str, ...] = ()  # words or phrases, matched as whole words
+    blocked_patterns: tuple[str, ...] = ()  # regular expressions (Python syntax; checked when curation starts)
+    # near-duplicates: word shingles of the (non-system) prompt and the answer
+    dedup_threshold: float = Field(0.9, gt=0, le=1)  # Jaccard similarity at or above which a later example goes
+    shingle_words: int = Field(3, ge=1, le=16)  # words per shingle
+    minhash_permutations: int = Field(128, ge=16, le=1024)  # MinHash signature length (candidate search only)
+    minhash_seed: int = 1  # seed of the MinHash permutations, so runs repeat exactly
+    # domain relevance: TF-IDF cosine similarity to the centroid of a reference corpus
+    relevance_enabled: bool = False  # run the relevance filter (needs a reference corpus)
+    relevance_corpus: Path | None = None  # reference dataset (JSONL in the dataset format)
+    relevance_keep_share: float = Field(0.3, gt=0, le=1)  # share kept, the most similar first (rounded up)
+    # perplexity of the prompt's own text under the base model (text quality, not the answer's confidence)
+    perplexity_enabled: bool = False  # run the perplexity filter (scores every prompt with the model)
+    perplexity_max: float | None = Field(None, gt=1)  # drop prompts above this perplexity; None = no bound
+    perplexity_drop_share: float = Field(0.1, ge=0, lt=1)  # then drop this share of the worst (rounded down)
+    perplexity_max_examples: int = Field(5000, ge=1)  # score at most this many (input order); the rest pass
+    perplexity_max_prompt_tokens: int = Field(256, ge=8, le=8192)  # score a prompt's first tokens only
+    perplexity_batch_size: int = Field(4, ge=1, le=256)  # prompts per forward pass
+    # held-out split
+    held_out_share: float = Field(0.1, ge=0, lt=1)  # share of fresh (non-replay) examples held out
+    split_seed: int = 0  # salt of the id hash that assigns the split
+
+    @model_validator(mode="after")
+    def _length_bounds(self) -> CurationSettings:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
+
+
 class Settings(BaseSettings):
     """All settings of a flywheel process; each deployable reads the sections it needs."""
 
@@ -270,6 +306,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     experiment: ExperimentSettings = ExperimentSettings()
     training: TrainingSettings = TrainingSettings()
+    curation: CurationSettings = CurationSettings()
 
     @classmethod
     def settings_customise_sources(
