@@ -7,7 +7,6 @@ tokenizer's ids of the completion text (no special tokens) plus the end-of-turn 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,18 +14,11 @@ from typing import Any
 
 import torch
 
+from feedback.examples import DatasetError, Example, TokenizedExample, read_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.train_state import TrainingError
 
 IGNORE = -100  # target of positions that carry no loss (cross_entropy's ignore_index)
-
-
-@dataclass(frozen=True)
-class Tokenized:
-    """One example as token ids: the rendered prompt and the completion with its end-of-turn id."""
-
-    prompt_ids: tuple[int, ...]
-    completion_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -41,15 +33,7 @@ class Batch:
     completion_tokens: int  # tokens that carry the loss
 
 
-def tokenize(runtime: ModelRuntime, messages: Sequence[dict[str, str]], completion: str) -> Tokenized:
-    """Token ids of one example, as scoring sees them (see the module docstring)."""
-    completion_ids = runtime.tokenizer(completion, add_special_tokens=False)["input_ids"]
-    eos = runtime.tokenizer.eos_token_id
-    end_of_turn = int(eos) if eos in runtime.eos_ids else min(runtime.eos_ids)
-    return Tokenized(tuple(runtime.render_prompt(messages)), (*completion_ids, end_of_turn))
-
-
-def collate(examples: Sequence[Tokenized], pad_id: int) -> Batch:
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> Batch:
     """Right-pad ``examples`` into one batch whose targets are the completion tokens only."""
     lengths = [len(e.prompt_ids) + len(e.completion_ids) for e in examples]
     width = max(lengths)
@@ -83,31 +67,21 @@ def completion_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     return loss, int((targets != IGNORE).sum())
 
 
-def _read_examples(path: Path) -> list[tuple[list[dict[str, str]], str]]:
-    """Stand-in dataset reader (messages, completion) until feedback/examples.py is merged."""
+def read_dataset(path: Path) -> list[Example]:
+    """The dataset's examples (``feedback.examples``); a bad, unreadable or empty file is a TrainingError."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"dataset {str(path)!r} is not readable: {exc}") from exc
-    examples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in raw["messages"]]
-            completion = raw["completion"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TrainingError(f"dataset {str(path)!r} line {number}: not an example ({exc!r})") from exc
-        if not messages or not isinstance(completion, str) or not completion:
-            raise TrainingError(f"dataset {str(path)!r} line {number}: needs messages and a non-empty completion")
-        examples.append((messages, completion))
+        examples = read_examples(path)
+    except DatasetError as exc:
+        raise TrainingError(f"dataset {exc}") from exc
     if not examples:
         raise TrainingError(f"dataset {str(path)!r} holds no examples")
+    empty = next((n for n, e in enumerate(examples, start=1) if not e.completion), None)
+    if empty is not None:
+        raise TrainingError(f"dataset {str(path)!r} example {empty}: the completion is empty")
     return examples
 
 
-def check_lengths(examples: Sequence[Tokenized], context_length: int, path: Path) -> None:
+def check_lengths(examples: Sequence[TokenizedExample], context_length: int, path: Path) -> None:
     """Refuse an example longer than the model reads (curation's length filter should have dropped it)."""
     for number, example in enumerate(examples, start=1):
         length = len(example.prompt_ids) + len(example.completion_ids)

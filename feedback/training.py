@@ -44,9 +44,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
+from feedback.examples import tokenize_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.settings import TrainingSettings
-from feedback.train_data import Batch, _read_examples, check_lengths, collate, completion_loss, pad_id, tokenize
+from feedback.train_data import Batch, check_lengths, collate, completion_loss, pad_id, read_dataset
 from feedback.train_state import TrainingError as TrainingError  # re-exported: the error of this module's API
 from feedback.train_state import TrainState, latest_checkpoint, restore, write_checkpoint
 
@@ -128,9 +129,9 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     started = time.monotonic()
     settings = job.settings
     device = resolve_device(settings.device)
-    raw_examples = _read_examples(job.dataset)  # before the model loads, so bad data fails fast
+    raw_examples = read_dataset(job.dataset)  # before the model loads, so bad data fails fast
     runtime = ModelRuntime.load(job.model_dir, device=device)
-    examples = [tokenize(runtime, messages, completion) for messages, completion in raw_examples]
+    examples = tokenize_examples(runtime, raw_examples)
     check_lengths(examples, runtime.context_length, job.dataset)
     torch.manual_seed(settings.seed)
     model = _lora_model(runtime, job)

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
+from feedback.examples import tokenize_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings, TrainingSettings
-from feedback.train_data import _read_examples, collate, pad_id, tokenize
+from feedback.train_data import collate, pad_id, read_dataset
 from feedback.training import TrainingJob, batch_indices, train
 
 STEPS = int(os.environ.get("BENCH_TRAINING_STEPS", "8"))
@@ -63,7 +64,7 @@ def bare(model_dir: Path, dataset: Path, out: Path) -> tuple[float, int]:
     """Seconds and tokens of the same work in a plain peft loop."""
     start = time.perf_counter()
     runtime = ModelRuntime.load(model_dir)
-    examples = [tokenize(runtime, m, c) for m, c in _read_examples(dataset)]
+    examples = tokenize_examples(runtime, read_dataset(dataset))
     torch.manual_seed(SETTINGS.seed)
     config = LoraConfig(
         r=SETTINGS.rank, lora_alpha=SETTINGS.alpha, lora_dropout=0.0, target_modules=SETTINGS.target_modules

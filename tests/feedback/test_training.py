@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from training_data import TINY, digest, one_thread, write_dataset
 
 from feedback.errors import ConfigError
+from feedback.examples import Example, TokenizedExample, tokenize_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.settings import TrainingSettings, load_settings
-from feedback.train_data import Tokenized, collate, completion_loss, tokenize
+from feedback.train_data import collate, completion_loss
 from feedback.training import TrainingError, TrainingJob, TrainingResult, batch_indices, total_steps, train
 
 MESSAGES = [{"role": "user", "content": "How much is the lamp?"}]
@@ -27,7 +28,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def test_a_batch_is_right_padded_and_only_completion_tokens_are_targets() -> None:
-    batch = collate([Tokenized((1, 2, 3), (4, 5, 9)), Tokenized((7, 8), (6, 9))], pad_id=0)
+    batch = collate([TokenizedExample((1, 2, 3), (4, 5, 9)), TokenizedExample((7, 8), (6, 9))], pad_id=0)
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 9], [7, 8, 6, 9, 0, 0]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]
     # position t predicts token t + 1
@@ -52,7 +53,9 @@ def test_the_loss_is_the_negative_mean_log_probability_that_scoring_reports(mode
     long = [{"role": "user", "content": "Describe the desk in one sentence, please."}]
     examples = [(MESSAGES, "The lamp costs 12 dollars."), (long, "It is a wooden desk.")]
     scores = [runtime.score(messages, completion) for messages, completion in examples]
-    tokenized = [tokenize(runtime, messages, completion) for messages, completion in examples]
+    tokenized = tokenize_examples(
+        runtime, [Example(f"e{k}", tuple(m), c, "confidence") for k, (m, c) in enumerate(examples)]
+    )
     assert [len(t.completion_ids) for t in tokenized] == [len(s) for s in scores]
     with torch.no_grad():
         alone, n_alone = completion_loss(runtime.model, collate(tokenized[:1], pad_id=0))
@@ -113,13 +116,19 @@ def test_a_checkpoint_of_another_job_is_refused(model_dir: Path, tmp_path: Path)
         train(other, progress=False)
 
 
+GOOD = '{"id": "a", "messages": [{"role": "user", "content": "hi"}], "completion": "yo", "source": "confidence"}\n'
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("", "holds no examples"),
-        ('{"messages": [{"role": "user", "content": "hi"}], "completion": "yo"}\nnot json\n', "line 2: not an example"),
-        ('{"messages": [{"role": "user", "content": "hi"}], "completion": ""}\n', "line 1: needs messages and a non"),
-        ('{"messages": [{"role": "user"}], "completion": "yo"}\n', "line 1: not an example"),
+        (GOOD + "not json\n", r"data.jsonl:2: Expecting value"),
+        (GOOD.replace('"yo"', '""'), r"example 1: the completion is empty"),
+        (
+            GOOD.replace(', "content": "hi"', ""),
+            r"data.jsonl:1: messages\[0\] must be an object with exactly role and content",
+        ),
     ],
 )
 def test_a_bad_dataset_is_refused_naming_the_problem(
