@@ -203,7 +203,12 @@ def evaluate_candidate(
     verdict = GateVerdict(
         False, [], str(candidate), str(champion) if champion else None, settings.model_dump(mode="json")
     )
-    reasons = [r for path in (champion, candidate) if path for r in check_adapter(path, runtime.model)]
+    reasons = [
+        Reason(r.code, f"{role}: {r.message}")
+        for role, path in ((CHAMPION, champion), (CANDIDATE, candidate))
+        if path is not None
+        for r in check_adapter(path, runtime.model)
+    ]
     if reasons:
         return _with(verdict, reasons=reasons)
     adapters = AdapterSet(runtime)
@@ -247,7 +252,9 @@ def decide(heldout: SplitScores, golden: SplitScores, settings: GateSettings, ve
             )
         )
     gold_a, gold_b = mean(golden.champion_loss), mean(golden.candidate_loss)
-    if not gold_b <= gold_a * (1 + settings.golden_margin):
+    if not golden.ids:
+        reasons.append(Reason("too_few_examples", "the golden set is empty, so non-inferiority cannot be shown"))
+    elif not gold_b <= gold_a * (1 + settings.golden_margin):
         reasons.append(
             Reason(
                 "golden_inferior",

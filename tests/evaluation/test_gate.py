@@ -167,7 +167,7 @@ def test_nan_weights_are_refused_at_load(model_dir: Path, good: Path, heldout: l
     verdict = gate(model_dir, planted(good, tmp_path / "nan", poison), heldout, [])
     assert verdict.codes == ["not_finite"]
     assert verdict.reasons[0].message == (
-        "adapter weights are not finite: 3 NaN/inf values in 1 tensors "
+        "candidate: adapter weights are not finite: 3 NaN/inf values in 1 tensors "
         "(first 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight')"
     )
     assert verdict.heldout is None
@@ -183,7 +183,8 @@ def test_an_adapter_for_another_shape_is_refused_at_load(
     verdict = gate(model_dir, wrong, heldout, [])
     assert verdict.codes == ["config_mismatch"]
     assert verdict.reasons[0].message == (
-        "adapter does not fit the base model: 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' "
+        "candidate: adapter does not fit the base model: "
+        "'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' "
         "has shape (4, 576), the base model and rank 8 need (8, 576)"
     )
 
