@@ -289,6 +289,21 @@ class CurationSettings(_Section):
         return self
 
 
+class GateSettings(BaseModel):
+    """How a candidate adapter is judged before it may be registered as deployable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the one-sided paired tests on held-out loss
+    test: Literal["paired-t", "wilcoxon", "both"] = "both"  # which paired test must show the held-out loss fell
+    task_margin: float = Field(0.0, ge=0, le=1)  # absolute drop of the held-out task metric tolerated (0.05 = 5 points)
+    golden_margin: float = Field(0.02, ge=0)  # golden-set loss rise tolerated, relative (0.02: +2% over champion)
+    heldout_cap: int = Field(200, ge=2)  # most held-out examples scored (the first by SHA-256 of their id)
+    golden_path: Path | None = None  # golden set (JSONL); None: the catalogue set shipped in evaluation/golden
+    max_new_tokens: int = Field(64, ge=1, le=2048)  # greedy answer budget per example for the task metric
+    task_metric: Literal["auto", "catalogue", "rouge-l", "exact"] = "auto"  # auto: catalogue when every prompt is one
+
+
 class Settings(BaseSettings):
     """All settings of a flywheel process; each deployable reads the sections it needs."""
 
@@ -307,6 +322,7 @@ class Settings(BaseSettings):
     experiment: ExperimentSettings = ExperimentSettings()
     training: TrainingSettings = TrainingSettings()
     curation: CurationSettings = CurationSettings()
+    gate: GateSettings = GateSettings()
 
     @classmethod
     def settings_customise_sources(
