@@ -90,7 +90,9 @@ def test_a_job_that_cannot_run_fails_at_once_and_leaves_no_adapter(
     before = digest(champion)
     spawned: list[int] = []
     job = TrainingJob(dataset, tmp_path / "out", model_dir, champion, RESUMABLE)
-    with pytest.raises(TrainingError, match=r"^training failed: dataset .*data.jsonl:1: messages must be a non-empty list$"):
+    with pytest.raises(
+        TrainingError, match=r"^training failed: dataset .*data.jsonl:1: messages must be a non-empty list$"
+    ):
         run_training(job, on_spawn=spawned.append, echo=None)
     assert len(spawned) == 1  # bad input is not retried
     assert digest(champion) == before
