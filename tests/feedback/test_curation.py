@@ -144,10 +144,11 @@ def test_shingles_and_jaccard() -> None:
 
 
 def test_lsh_bands_reach_the_recall_with_the_most_rows() -> None:
-    assert lsh_bands(0.9, 128) == (16, 8)
-    recall = 1 - (1 - 0.9**8) ** 16
-    assert round(recall, 5) == 0.99988
-    assert 1 - (1 - 0.9**9) ** 14 < 0.999  # one more row per band would miss too often
+    bands, rows = lsh_bands(0.9, 128)
+    assert (bands, rows) == (16, 8)
+    assert round(1 - (1 - 0.9**rows) ** bands, 5) == 0.99988  # the chosen index reaches the default recall
+    # one more row per band reaches only 0.99895: chosen when the recall asked for allows it, not by default
+    assert lsh_bands(0.9, 128, recall=0.998) == (14, 9)
 
 
 def test_near_duplicates_at_the_threshold_go_and_near_misses_stay() -> None:
