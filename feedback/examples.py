@@ -177,18 +177,12 @@ class TokenizedExample:
         return [IGNORE_INDEX] * len(self.prompt_ids) + list(self.completion_ids)
 
 
-def scoring_eos_id(runtime: ModelRuntime) -> int:
-    """The end-of-turn id that ends every completion, as :meth:`ModelRuntime.score` appends it."""
-    eos = runtime.tokenizer.eos_token_id
-    return int(eos) if eos in runtime.eos_ids else min(runtime.eos_ids)
-
-
 def tokenize_example(runtime: ModelRuntime, example: Example) -> TokenizedExample:
     """The ids that training and scoring use for ``example`` (see the module docstring)."""
     completion = runtime.tokenizer(example.completion, add_special_tokens=False)["input_ids"]
     return TokenizedExample(
         prompt_ids=tuple(runtime.render_prompt(example.messages)),
-        completion_ids=(*(int(i) for i in completion), scoring_eos_id(runtime)),
+        completion_ids=(*(int(i) for i in completion), runtime.scoring_eos_id),
     )
 
 

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from feedback.examples import DatasetError, Example, TokenizedExample, read_examples
-from feedback.model.runtime import ModelRuntime
 from feedback.train_state import TrainingError
 
 IGNORE = -100  # target of positions that carry no loss (cross_entropy's ignore_index)
@@ -89,9 +88,3 @@ def check_lengths(examples: Sequence[TokenizedExample], context_length: int, pat
             raise TrainingError(
                 f"dataset {str(path)!r} example {number} has {length} tokens; the model reads at most {context_length}"
             )
-
-
-def pad_id(runtime: ModelRuntime) -> int:
-    """The padding id: the tokenizer's, else the smallest end-of-sequence id (as the runtime pads)."""
-    pad = runtime.tokenizer.pad_token_id
-    return int(pad) if pad is not None else min(runtime.eos_ids)

@@ -47,7 +47,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hint
 from feedback.examples import tokenize_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.settings import TrainingSettings
-from feedback.train_data import Batch, check_lengths, collate, completion_loss, pad_id, read_dataset
+from feedback.train_data import Batch, check_lengths, collate, completion_loss, read_dataset
 from feedback.train_state import TrainingError as TrainingError  # re-exported: the error of this module's API
 from feedback.train_state import TrainState, latest_checkpoint, restore, write_checkpoint
 
@@ -145,7 +145,7 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     if latest is not None:
         state = restore(latest, model, optimizer, scheduler, expected=state.fingerprint)
     resumed_from = state.step
-    padding = pad_id(runtime)
+    padding = runtime.pad_id
     model.train()
     bar = tqdm(total=total, initial=state.step, desc="training", unit="step", file=sys.stderr, disable=not progress)
     last_checkpoint = time.monotonic()

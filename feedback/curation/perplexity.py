@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from feedback.curation.report import CurationError
-from feedback.examples import Example, scoring_eos_id
+from feedback.examples import Example
 from feedback.model.runtime import ModelRuntime
 from feedback.settings import CurationSettings
 
@@ -66,13 +66,13 @@ def _user_turn_prefix(runtime: ModelRuntime) -> list[int]:
     if not isinstance(rendered, str) or _SENTINEL not in rendered:
         raise CurationError(f"model {runtime.name!r}: its chat template does not place a user's words verbatim")
     head = rendered[: rendered.index(_SENTINEL)]
-    return list(runtime.tokenizer(head, add_special_tokens=False)["input_ids"]) or [scoring_eos_id(runtime)]
+    return list(runtime.tokenizer(head, add_special_tokens=False)["input_ids"]) or [runtime.scoring_eos_id]
 
 
 def _score_after(runtime: ModelRuntime, prefix: list[int], texts: list[list[int]]) -> list[torch.Tensor]:
     """Log-probability of each text's tokens after ``prefix``: one right-padded forward pass."""
     width = len(prefix) + max(len(ids) for ids in texts)
-    input_ids = torch.full((len(texts), width), scoring_eos_id(runtime), dtype=torch.long)
+    input_ids = torch.full((len(texts), width), runtime.scoring_eos_id, dtype=torch.long)
     mask = torch.zeros((len(texts), width), dtype=torch.long)
     for row, ids in enumerate(texts):
         input_ids[row, : len(prefix) + len(ids)] = torch.tensor([*prefix, *ids])

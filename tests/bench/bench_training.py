@@ -29,7 +29,7 @@ from feedback.examples import tokenize_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings, TrainingSettings
-from feedback.train_data import collate, pad_id, read_dataset
+from feedback.train_data import collate, read_dataset
 from feedback.training import TrainingJob, batch_indices, train
 
 STEPS = int(os.environ.get("BENCH_TRAINING_STEPS", "8"))
@@ -76,7 +76,7 @@ def bare(model_dir: Path, dataset: Path, out: Path) -> tuple[float, int]:
     model.train()
     tokens = 0
     for step in range(STEPS):
-        batch = collate([examples[i] for i in batch_indices(step, len(examples), SETTINGS)], pad_id(runtime))
+        batch = collate([examples[i] for i in batch_indices(step, len(examples), SETTINGS)], runtime.pad_id)
         # labels in the transformers convention: the token itself, shifted inside the model
         labels = torch.full_like(batch.input_ids, -100)
         labels[:, 1:] = batch.targets[:, :-1]

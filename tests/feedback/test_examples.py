@@ -12,7 +12,6 @@ from feedback.examples import (
     Example,
     dumps,
     read_examples,
-    scoring_eos_id,
     tokenize_example,
     write_examples,
 )
@@ -126,8 +125,8 @@ def test_tokenisation_is_the_one_scoring_uses(runtime: ModelRuntime) -> None:
     tokens = tokenize_example(runtime, EXAMPLE)
     completion = runtime.tokenizer(EXAMPLE.completion, add_special_tokens=False)["input_ids"]
     assert tokens.prompt_ids == tuple(runtime.render_prompt(EXAMPLE.messages))
-    assert tokens.completion_ids == (*completion, scoring_eos_id(runtime))
-    assert scoring_eos_id(runtime) in runtime.eos_ids
+    assert tokens.completion_ids == (*completion, runtime.scoring_eos_id)
+    assert runtime.scoring_eos_id in runtime.eos_ids
     assert len(tokens) == len(tokens.input_ids) == len(tokens.prompt_ids) + len(completion) + 1
     assert tokens.labels == [IGNORE_INDEX] * len(tokens.prompt_ids) + list(tokens.completion_ids)
     # the same ids score exactly as ModelRuntime.score does with its end-of-turn token
