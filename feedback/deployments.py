@@ -75,6 +75,17 @@ class DeploymentState(BaseModel):
         return self.model_dump_json().encode()
 
 
+def split_version(model_version: str) -> tuple[str, str | None]:
+    """``base+adapter`` → (base, adapter); a bare base name → (base, None)."""
+    base, _, adapter = model_version.partition("+")
+    return base, adapter or None
+
+
+def join_version(base: str, adapter: str | None) -> str:
+    """The model version of ``base`` with the registry's ``adapter`` version on it (None: the base alone)."""
+    return base if adapter is None else f"{base}+{adapter}"
+
+
 def initial_state(champion: str, ramp: Sequence[int]) -> DeploymentState:
     """The state before any record exists: the champion alone."""
     return DeploymentState(deployment_id="initial", champion=champion, ramp=tuple(ramp))

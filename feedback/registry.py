@@ -127,7 +127,8 @@ class AdapterRegistry:
 
         The record is created with O_EXCL in the registry's directory, which every worker shares,
         so two workers, or one worker before and after a restart, cannot both start one date.
-        ``forced_by`` (an admin) re-runs a date that already ran; each forced start is appended.
+        ``forced_by`` (an admin) re-runs a date that already ran; each forced start is appended, and
+        the outcome of the run before it moves to ``earlier_outcomes``.
         """
         if not _REFRESH_KEY.fullmatch(key):
             raise RegistryError(f"refresh key {key!r} is not a date (YYYY-MM-DD)")
@@ -143,7 +144,9 @@ class AdapterRegistry:
                     f"the refresh of {key} already ran; an admin may force it again (flywheel refresh --now --force)"
                 ) from None
             previous = self.refresh(key)
-            record = previous | {"starts": [*previous.get("starts", []), record["starts"][0]], "outcome": None}
+            earlier = [*previous.get("earlier_outcomes", []), *filter(None, [previous.get("outcome")])]
+            starts = [*previous.get("starts", []), record["starts"][0]]
+            record = previous | {"starts": starts, "outcome": None, "earlier_outcomes": earlier}
             _write_atomically(path, record)
             return record
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -163,6 +166,13 @@ class AdapterRegistry:
         except (OSError, ValueError) as exc:
             raise RegistryError(f"no readable record of the refresh {key!r}") from exc
         return record
+
+    def refreshes(self) -> list[dict[str, Any]]:
+        """Every refresh's record, by date."""
+        directory = self.root / "refreshes"
+        if not directory.is_dir():
+            return []
+        return [self.refresh(p.stem) for p in sorted(directory.glob("*.json")) if _REFRESH_KEY.fullmatch(p.stem)]
 
 
 _REFRESH_KEY = re.compile(r"\d{4}-\d{2}-\d{2}")

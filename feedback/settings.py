@@ -304,6 +304,17 @@ class GateSettings(BaseModel):
     task_metric: Literal["auto", "catalogue", "rouge-l", "exact"] = "auto"  # auto: catalogue when every prompt is one
 
 
+class RefreshSettings(_Section):
+    """The daily refresh's orchestration (``services.worker.refresh``): where it works and when it stops early."""
+
+    work_dir: Path = Path(".flywheel/refreshes")  # one directory per run: dataset, training checkpoints, adapter
+    min_train_examples: int = Field(8, ge=1)  # fewer curated training examples make the refresh a recorded no-op
+    min_held_out: int = Field(2, ge=2)  # fewer held-out examples cannot show an improvement: a recorded no-op
+    deploy: bool = True  # a candidate that passes the gate becomes the shadow challenger at once
+    shadow_sample_rate: float = Field(1.0, ge=0, le=1)  # share of requests copied to the new shadow challenger
+    publish_timeout_s: float = Field(30.0, gt=0)  # wait this long to see the new deployment applied
+
+
 class Settings(BaseSettings):
     """All settings of a flywheel process; each deployable reads the sections it needs."""
 
@@ -323,6 +334,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     curation: CurationSettings = CurationSettings()
     gate: GateSettings = GateSettings()
+    refresh: RefreshSettings = RefreshSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -135,7 +135,7 @@ class ModelRuntime:
             model = cast(Any, model).to(torch.device(device))
         except (RuntimeError, AssertionError, ValueError) as exc:
             raise ModelError(f"could not move model to device {device!r}: {exc}") from exc
-        return cls(model.eval(), tokenizer, name=_model_name(model_dir))
+        return cls(model.eval(), tokenizer, name=model_name(model_dir))
 
     @property
     def name(self) -> str:
@@ -358,7 +358,8 @@ def _eos_ids(configured: int | list[int] | None, tokenizer_eos: int | None) -> f
     return frozenset(int(i) for i in ids)
 
 
-def _model_name(model_dir: Path) -> str:
+def model_name(model_dir: Path) -> str:
+    """The name a prepared model directory gives its model (its manifest's, else the directory's name)."""
     try:
         manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass
 from typing import Protocol
 
+from feedback.deployments import split_version
 from feedback.errors import ModelError
 from feedback.events import ChatMessage, Role
 from feedback.model.adapters import AdapterSet
@@ -39,12 +40,6 @@ class GenerationRequest:
     model_version: str
     role: Role = "served"
     on_text: TextCallback | None = None  # called with each new piece of text, from any thread
-
-
-def split_version(model_version: str) -> tuple[str, str | None]:
-    """``base+adapter`` → (base, adapter); a bare base name → (base, None)."""
-    base, _, adapter = model_version.partition("+")
-    return base, adapter or None
 
 
 class InferenceBackend(Protocol):

@@ -15,7 +15,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from services.gateway.backend import InferenceBackend, split_version
+from feedback.deployments import split_version
+from services.gateway.backend import InferenceBackend
 from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)

@@ -5,17 +5,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
 from fastapi import FastAPI
 
+from feedback.deployments import DeploymentError, DeploymentState, DeploymentWatcher, initial_state, publish_state
 from feedback.errors import FlywheelError, KafkaUnavailableError
 from feedback.lake import Lake
+from feedback.lease import KafkaLease
+from feedback.model.runtime import model_name
+from feedback.model.source import prepare_model
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
+from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
+from services.worker.refresh_api import router as refresh_router
+from services.worker.refresh_schedule import RefreshSchedule
 from services.worker.reports import router as reports_router
 from services.worker.routes import router
 from services.worker.sink import Sink
@@ -54,6 +61,55 @@ def run_lake_forever(lake: Lake, settings: Settings, stop: threading.Event) -> N
             log.warning("lake export failed: %s", exc)
 
 
+class Deployments:
+    """The deployment state as this worker follows it, and the way it publishes a new one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._base: str | None = None
+        # revision 0 is a placeholder until a record is read: :meth:`current` names the real base then
+        self.watcher = DeploymentWatcher(
+            settings.kafka, initial_state(settings.model.source, settings.gateway.ramp), self._applied
+        )
+        self.on_change: list[Callable[[DeploymentState], None]] = []
+
+    def current(self) -> DeploymentState:
+        """The latest state on the deployments topic, or the configured base model alone before any."""
+        state = self.watcher.state
+        if state.revision > 0:
+            return state
+        if self._base is None:  # converted once and cached; later calls only read the manifest
+            model = self._settings.model
+            self._base = model_name(prepare_model(model.source, model.cache_dir))
+        return initial_state(self._base, self._settings.gateway.ramp)
+
+    def publish(self, state: DeploymentState) -> DeploymentState:
+        """Publish ``state`` and return it once this worker has read it back.
+
+        Raises:
+            DeploymentError: another change with the same revision won, or it was not seen in time.
+            KafkaUnavailableError: the broker did not take it.
+        """
+        publish_state(self._settings.kafka, state)
+        if not self.watcher.wait_for(state.revision, self._settings.refresh.publish_timeout_s):
+            raise DeploymentError(f"deployment revision {state.revision} was not read back in time")
+        if self.watcher.state.deployment_id != state.deployment_id:
+            raise DeploymentError("a concurrent deployment change took the same revision; try again")
+        return state
+
+    def _applied(self, state: DeploymentState) -> None:
+        for callback in self.on_change:
+            callback(state)
+
+
+def run_refresh(refresher: Refresher, key: str) -> None:
+    """The scheduled refresh of ``key``; a date that already ran or a busy worker is logged, not raised."""
+    try:
+        refresher.run(key)
+    except (RefreshBusy, RefreshRefused) as exc:
+        log.info("scheduled refresh %s not started: %s", key, exc)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the worker app; its lifespan opens DuckDB and starts the sink thread."""
 
@@ -74,17 +130,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         stop = threading.Event()
         lake = Lake(store, worker.lake_dir)
+        deployments = Deployments(resolved)
+        refresher = Refresher(resolved, store, deployment=deployments.current, publish=deployments.publish)
+        lease = KafkaLease(
+            resolved.kafka,
+            name=resolved.kafka.client_id,
+            session_timeout_ms=resolved.scheduler.lease_session_timeout_ms,
+        )
+        deployments.on_change.append(_waiting_deployer(refresher, lease.held))
+        schedule = RefreshSchedule(resolved.scheduler, lease.held, lambda key: run_refresh(refresher, key))
         threads = [
             threading.Thread(target=run_sink_forever, args=(sink, resolved, stop), name="sink", daemon=True),
             threading.Thread(target=run_lake_forever, args=(lake, resolved, stop), name="lake", daemon=True),
         ]
+        if resolved.scheduler.enabled:
+            threads.append(threading.Thread(target=lease.run, name="refresh-lease", daemon=True))
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
+        app.state.refresher, app.state.deployments = refresher, deployments
         for thread in threads:
             thread.start()
+        deployments.watcher.start()
+        if resolved.scheduler.enabled:
+            schedule.start()
         try:
             yield
         finally:
             stop.set()
+            if resolved.scheduler.enabled:
+                schedule.stop()
+            lease.stop()
+            deployments.watcher.close()
             sink.stop()
             for thread in threads:
                 thread.join(timeout=30)
@@ -94,4 +169,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="flywheel worker", lifespan=lifespan)
     app.include_router(router)
     app.include_router(reports_router)
+    app.include_router(refresh_router)
     return app
+
+
+def _waiting_deployer(refresher: Refresher, lease: threading.Event) -> Callable[[DeploymentState], None]:
+    """When a challenger's run ends, the lease holder deploys the newest waiting candidate.
+
+    It runs in a thread of its own: publishing waits for the watcher, whose thread calls this.
+    """
+    had_challenger = False
+
+    def on_change(state: DeploymentState) -> None:
+        nonlocal had_challenger
+        ended = had_challenger and state.challenger is None
+        had_challenger = state.challenger is not None
+        if ended and lease.is_set():
+            threading.Thread(target=_deploy_waiting, args=(refresher,), name="deploy-waiting", daemon=True).start()
+
+    return on_change
+
+
+def _deploy_waiting(refresher: Refresher) -> None:
+    try:
+        version = refresher.deploy_waiting()
+    except FlywheelError as exc:
+        log.warning("the waiting candidate was not deployed: %s", exc)
+        return
+    if version is not None:
+        log.info("the waiting candidate %s is the shadow challenger", version)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from evaluation.summary import arm_summary
 from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
 from feedback.sandbox import QueryLimits, run_query
+from services.worker.auth import is_admin
 from services.worker.protocol import AnalyticsQuery, AnalyticsResult, SinkStatus
 from services.worker.status import sink_status
 
@@ -64,11 +64,7 @@ def analytics_query(
 ) -> AnalyticsResult:
     """Analyst SQL over the lake, in the sandbox; raw-text views need the ``X-Admin-Token`` header."""
     settings = request.app.state.settings
-    admin = x_admin_token is not None
-    if x_admin_token is not None and not hmac.compare_digest(
-        x_admin_token.encode(), settings.security.admin_token.encode()
-    ):
-        raise HTTPException(401, "the admin token is not valid")
+    admin = is_admin(settings, x_admin_token)
     worker = settings.worker
     limits = QueryLimits(worker.query_timeout_s, worker.query_memory_limit, body.max_rows or worker.query_max_rows)
     try:

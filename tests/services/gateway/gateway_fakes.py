@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
+from feedback.deployments import split_version
 from feedback.model.runtime import Generation
-from services.gateway.backend import ContextLengthError, GenerationRequest, split_version
+from services.gateway.backend import ContextLengthError, GenerationRequest
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.scheduler import Overloaded
 
