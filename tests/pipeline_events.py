@@ -9,8 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
-from feedback.events import AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent
+from feedback import catalogue
+from feedback.events import AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, utc_now
+from feedback.store import Located
 
 PROMPT = (
     "I am planning a three-day trip to Lisbon in late October with my partner. We like walking, "
@@ -53,6 +56,36 @@ def interaction(n: int, *, interaction_id: str | None = None) -> InteractionEven
         max_tokens=256,
         seed=n,
     )
+
+
+def catalogue_answers(
+    champion: str, count: int, *, seed: int = 5, products: int = 60, offset: int = 0
+) -> list[Located]:
+    """``count`` catalogue questions answered by ``champion`` with the reference answer, confidently,
+    five minutes ago, as the sink stores them (``offset`` keeps ids and Kafka offsets apart)."""
+    asked = catalogue.make_questions(catalogue.build_catalogue(seed, products), seed, count, id_prefix=f"q{offset}")
+    located = []
+    for n, question in enumerate(asked):
+        event = InteractionEvent(
+            interaction_id=f"i{offset}-{n}",
+            request_id=f"r{offset}-{n}",
+            unit_id=f"user-{n % 7}",
+            arm="champion",
+            role="served",
+            model_version=champion,
+            deployment_id="initial",
+            phase="champion-only",
+            messages=tuple(ChatMessage(role=m["role"], content=m["content"]) for m in question.messages),
+            completion=question.answer,
+            prompt_tokens=180,
+            completion_tokens=30,
+            latency_ms=50.0,
+            finish_reason="stop",
+            confidence=0.9,
+            ts=utc_now() - timedelta(minutes=5),
+        )
+        located.append(Located(event, "interactions", 0, offset + n))
+    return located
 
 
 def feedback(n: int) -> FeedbackEvent:

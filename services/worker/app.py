@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name=resolved.kafka.client_id,
             session_timeout_ms=resolved.scheduler.lease_session_timeout_ms,
         )
-        deployments.on_change.append(_waiting_deployer(refresher, lease.held))
+        deployments.on_change.append(_waiting_deployer(refresher, deployments, lease.held))
         schedule = RefreshSchedule(resolved.scheduler, lease.held, lambda key: run_refresh(refresher, key))
         threads = [
             threading.Thread(target=run_sink_forever, args=(sink, resolved, stop), name="sink", daemon=True),
@@ -173,7 +173,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _waiting_deployer(refresher: Refresher, lease: threading.Event) -> Callable[[DeploymentState], None]:
+def _waiting_deployer(
+    refresher: Refresher, deployments: Deployments, lease: threading.Event
+) -> Callable[[DeploymentState], None]:
     """When a challenger's run ends, the lease holder deploys the newest waiting candidate.
 
     It runs in a thread of its own: publishing waits for the watcher, whose thread calls this.
@@ -185,12 +187,14 @@ def _waiting_deployer(refresher: Refresher, lease: threading.Event) -> Callable[
         ended = had_challenger and state.challenger is None
         had_challenger = state.challenger is not None
         if ended and lease.is_set():
-            threading.Thread(target=_deploy_waiting, args=(refresher,), name="deploy-waiting", daemon=True).start()
+            args = (refresher, deployments, state.revision)
+            threading.Thread(target=_deploy_waiting, args=args, name="deploy-waiting", daemon=True).start()
 
     return on_change
 
 
-def _deploy_waiting(refresher: Refresher) -> None:
+def _deploy_waiting(refresher: Refresher, deployments: Deployments, revision: int) -> None:
+    deployments.watcher.wait_for(revision, 30)  # the watcher calls back before it stores the state
     try:
         version = refresher.deploy_waiting()
     except FlywheelError as exc:

@@ -62,27 +62,32 @@ def ours(model_dir: Path, dataset: Path, out: Path) -> tuple[float, int]:
 
 def bare(model_dir: Path, dataset: Path, out: Path) -> tuple[float, int]:
     """Seconds and tokens of the same work in a plain peft loop."""
+    return bare_loop(model_dir, dataset, out, SETTINGS, STEPS)
+
+
+def bare_loop(model_dir: Path, dataset: Path, out: Path, settings: TrainingSettings, steps: int) -> tuple[float, int]:
+    """Seconds and tokens of ``steps`` textbook peft steps on ``dataset`` (new LoRA, AdamW, no checkpoints)."""
     start = time.perf_counter()
     runtime = ModelRuntime.load(model_dir)
     examples = tokenize_examples(runtime, read_dataset(dataset))
-    torch.manual_seed(SETTINGS.seed)
+    torch.manual_seed(settings.seed)
     config = LoraConfig(
-        r=SETTINGS.rank, lora_alpha=SETTINGS.alpha, lora_dropout=0.0, target_modules=SETTINGS.target_modules
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, target_modules=settings.target_modules
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         model = get_peft_model(runtime.model, config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=SETTINGS.learning_rate)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     model.train()
     tokens = 0
-    for step in range(STEPS):
-        batch = collate([examples[i] for i in batch_indices(step, len(examples), SETTINGS)], runtime.pad_id)
+    for step in range(steps):
+        batch = collate([examples[i] for i in batch_indices(step, len(examples), settings)], runtime.pad_id)
         # labels in the transformers convention: the token itself, shifted inside the model
         labels = torch.full_like(batch.input_ids, -100)
         labels[:, 1:] = batch.targets[:, :-1]
         loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), SETTINGS.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += batch.tokens

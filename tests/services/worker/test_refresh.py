@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pipeline_events import catalogue_answers
 
 from feedback import catalogue
-from feedback.deployments import promote, publish_state
-from feedback.events import ChatMessage, InteractionEvent, utc_now
+from feedback.deployments import promote, publish_state, roll_back, set_challenger, set_mode
 from feedback.model.runtime import model_name
 from feedback.registry import AdapterRegistry
 from feedback.settings import KafkaSettings, Settings
-from feedback.store import DuckDBStore, Located
+from feedback.store import DuckDBStore
 from services.worker.app import Deployments
 from services.worker.refresh import Refresher, RefreshRefused
 
@@ -63,30 +62,7 @@ def store(tmp_path: Path) -> Iterator[DuckDBStore]:
 
 
 def answer_questions(store: DuckDBStore, champion: str, count: int, *, seed: int = 5, offset: int = 0) -> None:
-    """``count`` catalogue questions answered by ``champion`` with the reference answer, as the sink stores them."""
-    products = catalogue.build_catalogue(seed)
-    located = []
-    for n, question in enumerate(catalogue.make_questions(products, seed, count, id_prefix=f"q{offset}")):
-        event = InteractionEvent(
-            interaction_id=f"i{offset}-{n}",
-            request_id=f"r{offset}-{n}",
-            unit_id=f"user-{n % 7}",
-            arm="champion",
-            role="served",
-            model_version=champion,
-            deployment_id="initial",
-            phase="champion-only",
-            messages=tuple(ChatMessage(role=m["role"], content=m["content"]) for m in question.messages),
-            completion=question.answer,
-            prompt_tokens=180,
-            completion_tokens=30,
-            latency_ms=50.0,
-            finish_reason="stop",
-            confidence=0.9,
-            ts=utc_now() - timedelta(minutes=5),
-        )
-        located.append(Located(event, "interactions", 0, offset + n))
-    store.write_batch(located)
+    store.write_batch(catalogue_answers(champion, count, seed=seed, offset=offset))
 
 
 def used(store: DuckDBStore) -> int:
@@ -225,3 +201,45 @@ def test_the_follower_names_the_configured_base_before_any_deployment_record(
 ) -> None:
     state = deployments.current()
     assert (state.champion, state.challenger, state.revision) == (model_name(model_dir), None, 0)
+
+
+def register_waiting(registry: AdapterRegistry, tmp_path: Path, name: str, parent: str | None) -> str:
+    """A candidate that passed its gate and waits (its files are bytes only: nothing loads them here)."""
+    adapter = tmp_path / name
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"name": name}), encoding="utf-8")
+    (adapter / "adapter_model.safetensors").write_bytes(name.encode())
+    lineage = {"base": "smollm2-135m-instruct", "parent": parent, "gate_passed": True}
+    return registry.register(adapter, dataset_manifest={"name": name}, lineage=lineage)
+
+
+def test_when_an_ab_ramp_ends_the_newest_waiting_candidate_goes_next_and_older_ones_are_superseded(
+    tmp_path: Path, kafka_isolated: KafkaSettings, model_dir: Path, store: DuckDBStore, deployments: Deployments
+) -> None:
+    settings = make_settings(tmp_path, kafka_isolated, model_dir)
+    refresher = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish, echo=None)
+    registry = refresher.registry
+    base = model_name(model_dir)
+    in_ramp = deployments.publish(set_mode(set_challenger(deployments.current(), f"{base}+x", by="t"), "ab", by="t"))
+    older = register_waiting(registry, tmp_path, "older", None)
+    newer = register_waiting(registry, tmp_path, "newer", None)
+
+    assert refresher.deploy_waiting() is None  # the ramp still runs
+    deployments.publish(roll_back(in_ramp, by="t"))
+    assert refresher.deploy_waiting() == newer
+
+    state = deployments.current()
+    assert (state.challenger, state.mode, state.updated_by) == (f"{base}+{newer}", "shadow", "refresh")
+    assert [registry.lineage(v)["state"] for v in (older, newer)] == ["superseded", "shadow"]
+
+
+def test_a_waiting_candidate_trained_from_a_champion_since_replaced_is_superseded(
+    tmp_path: Path, kafka_isolated: KafkaSettings, model_dir: Path, store: DuckDBStore, deployments: Deployments
+) -> None:
+    settings = make_settings(tmp_path, kafka_isolated, model_dir)
+    refresher = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish, echo=None)
+    stale = register_waiting(refresher.registry, tmp_path, "stale", "an-adapter-promoted-since")
+
+    assert refresher.deploy_waiting() is None
+    assert refresher.registry.lineage(stale)["state"] == "superseded"
+    assert deployments.watcher.state.revision == 0

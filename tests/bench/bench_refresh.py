@@ -1,0 +1,89 @@
+"""A whole refresh, select → deploy, on a real broker and DuckDB file, beside a bare peft loop on its data.
+
+The store holds ``BENCH_REFRESH_SAMPLES`` (default 1,000) served catalogue answers of about 230
+tokens each (prompt with three catalogue entries, and a two-sentence answer), all confident, so
+the refresh curates about that many examples. The refresh runs as the worker runs it (selection
+on the DuckDB file, curation, training in a subprocess at lower priority with
+``BENCH_REFRESH_THREADS`` torch threads, default 2, the gate, registration, and publication of the
+shadow challenger on the deployments topic, read back). Then a bare peft loop (the textbook
+``model(..., labels=...).loss`` loop of ``bench_training.py``) trains the same steps on the same
+training file in this process with the same thread count; tokens/s of the two are compared
+(target: ours / bare >= 0.9), and the refresh's wall time against its target (<= 600 s).
+
+One run each: a refresh of this size is minutes long, and its steps are printed with their seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_pipeline import fresh_topics, local_broker
+from bench_training import bare_loop
+from pipeline_events import catalogue_answers
+
+from feedback.events import utc_now
+from feedback.model.runtime import model_name
+from feedback.model.source import DEFAULT_MODEL, prepare_model
+from feedback.settings import ModelSettings, Settings
+from feedback.store import DuckDBStore
+from feedback.topics import ensure_topics
+from services.worker.app import Deployments
+from services.worker.refresh import Refresher
+
+SAMPLES = int(os.environ.get("BENCH_REFRESH_SAMPLES", "1000"))
+THREADS = int(os.environ.get("BENCH_REFRESH_THREADS", "2"))
+TARGET_S = 600.0
+
+
+def main() -> None:
+    model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {THREADS}")
+    with local_broker() as broker_settings, tempfile.TemporaryDirectory() as tmp:
+        kafka = fresh_topics(broker_settings)
+        ensure_topics(kafka)
+        root = Path(tmp)
+        settings = Settings(
+            kafka=kafka,
+            model={"registry_dir": root / "registry"},
+            refresh={"work_dir": root / "refreshes"},
+            selection={"daily_cap": SAMPLES, "replay_share": 0.0},
+            training={"threads": THREADS},
+        )
+        store = DuckDBStore(root / "bench.duckdb")
+        store.write_batch(catalogue_answers(model_name(model_dir), SAMPLES, seed=3, products=120))
+        deployments = Deployments(settings)
+        deployments.watcher.start()
+        deployments.watcher.caught_up.wait(30)
+        try:
+            refresher = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish)
+            started = time.perf_counter()
+            outcome = refresher.run(utc_now().date().isoformat())
+            wall = time.perf_counter() - started
+        finally:
+            deployments.watcher.close()
+            store.close()
+        print(f"refresh: {outcome['status']}: {outcome['message']}")
+        print(f"  seconds per step: {outcome['seconds']}")
+        training = outcome.get("training")
+        if not training:
+            raise SystemExit("the refresh did not train; nothing to compare")
+        curated = outcome["curation"]["output"]["examples"]
+        ours_rate = training["tokens"] / outcome["seconds"]["train"]
+        torch.set_num_threads(THREADS)
+        dataset = root / "refreshes" / outcome["run"] / "dataset" / "train.jsonl"
+        seconds, tokens = bare_loop(model_dir, dataset, root / "bare", settings.training, training["steps"])
+        bare_rate = tokens / seconds
+    print(f"{'curated':>8} {'tokens/example':>15} {'refresh s':>10} {'target s':>9} {'ours / target':>14}")
+    print(f"{curated:>8} {training['tokens'] / training['examples']:>15.0f} {wall:>10.0f} {TARGET_S:>9.0f} "
+          f"{wall / TARGET_S:>14.2f}")  # fmt: skip
+    print(f"{'bare peft tok/s':>16} {'refresh training tok/s':>23} {'ours / bare':>12}")
+    print(f"{bare_rate:>16.1f} {ours_rate:>23.1f} {ours_rate / bare_rate:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
