@@ -45,7 +45,11 @@ def admin_request(method: str, path: str, url: str | None, body: dict[str, Any] 
             message = response.text
         typer.secho(f"refused ({response.status_code}): {message}", err=True, fg="red")
         raise typer.Exit(1)
-    view: dict[str, Any] = response.json()
+    try:
+        view: dict[str, Any] = response.json()
+    except ValueError as exc:
+        typer.secho(f"{base} answered with no JSON; is it a flywheel gateway?", err=True, fg="red")
+        raise typer.Exit(1) from exc
     return view
 
 

@@ -111,13 +111,18 @@ def _change_challenger(
         )
         raise typer.Exit(1)
     after = _deployment(admin_request("POST", f"/{action}", url))
+    if after.revision != before.revision + 1:
+        # Another change came between our read and ours, so what we checked may not be what
+        # changed; the deployments follower, which sees every revision in order, sets the states.
+        typer.secho(
+            f"the deployment changed while this ran (read revision {before.revision}, now {after.revision}: "
+            f"champion {after.champion}, challenger {after.challenger}); check it with `flywheel deploy show`",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1)
     done = "promoted" if action == "promote" else "rolled back"
     typer.echo(f"{done} {before.challenger}; champion {after.champion} (revision {after.revision})")
-    if after.revision != before.revision + 1:
-        # Another change came between our read and ours: ``before`` is stale, so leave the
-        # registry to the deployments follower, which sees every revision in order.
-        typer.echo("registry: the deployment changed meanwhile; its states follow from the deployments topic")
-        return
     for changed, state in follow_deployment(registry, before, after):
         typer.echo(f"registry: {changed} is now {state}")
 
@@ -131,7 +136,8 @@ def _names(version: str, challenger: str) -> bool:
 def _deployment(view: dict[str, Any]) -> DeploymentState:
     """The state behind a gateway's deployment view (which leaves out only ``updated_at``)."""
     try:
-        return DeploymentState.model_validate({k: v for k, v in view.items() if k in DeploymentState.model_fields})
+        fields = view if isinstance(view, dict) else {}  # JSON of another shape fails as "Field required"
+        return DeploymentState.model_validate({k: v for k, v in fields.items() if k in DeploymentState.model_fields})
     except ValidationError as exc:
         typer.secho(f"the gateway answered with no deployment: {exc.errors()[0]['msg']}", err=True, fg="red")
         raise typer.Exit(1) from exc

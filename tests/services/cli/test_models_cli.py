@@ -18,10 +18,12 @@ import pytest
 from fastapi import FastAPI
 from peft import LoraConfig, get_peft_model
 from test_cli import flywheel
+from typer.testing import CliRunner
 
 from feedback.model.runtime import ModelRuntime
 from feedback.registry import AdapterRegistry
 from feedback.settings import KafkaSettings, Settings
+from services.cli.main import app as cli
 from services.cli.ports import free_port
 from services.gateway.app import create_app
 from services.gateway.backend import TransformersBackend
@@ -195,3 +197,47 @@ def test_models_promote_without_a_gateway_exits_3(tmp_path: Path) -> None:
     code, out, err = models("promote", url=url, registry=tmp_path / "registry")
     assert (code, out) == (3, "")
     assert err.startswith(f"gateway at {url} is not reachable:")
+
+
+class FakeGateway:
+    """Answers the admin endpoints with canned responses, in order: a pure unit test of the CLI's side."""
+
+    def __init__(self, *responses: httpx.Response) -> None:
+        self.responses = list(responses)
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, method: str, url: str, **_: object) -> httpx.Response:
+        self.calls.append((method, url))
+        return self.responses.pop(0)
+
+
+def view(revision: int, challenger: str | None) -> dict[str, Any]:
+    return {"deployment_id": f"d{revision}", "revision": revision, "champion": BASE, "challenger": challenger}
+
+
+def run_with(gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(httpx, "request", gateway)
+    result = CliRunner().invoke(cli, ["models", *args, "--url", "http://gw", "--registry", "/nonexistent"])
+    return result.exit_code, result.output
+
+
+def test_a_change_that_raced_another_is_reported_not_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    challenger = f"{BASE}+{'a' * 64}"
+    raced = FakeGateway(httpx.Response(200, json=view(4, challenger)), httpx.Response(200, json=view(6, None)))
+    code, output = run_with(raced, monkeypatch, "rollback", "a" * 12)
+    assert code == 1
+    assert output == (
+        f"the deployment changed while this ran (read revision 4, now 6: champion {BASE}, challenger None); "
+        "check it with `flywheel deploy show`\n"
+    )
+    assert raced.calls == [
+        ("GET", "http://gw/v1/admin/deployments"),
+        ("POST", "http://gw/v1/admin/deployments/rollback"),
+    ]
+
+
+def test_an_answer_that_is_no_deployment_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = run_with(FakeGateway(httpx.Response(200, text="<html>")), monkeypatch, "promote")
+    assert (code, output) == (1, "http://gw answered with no JSON; is it a flywheel gateway?\n")
+    code, output = run_with(FakeGateway(httpx.Response(200, json=[1])), monkeypatch, "promote")
+    assert (code, output) == (1, "the gateway answered with no deployment: Field required\n")
