@@ -16,8 +16,8 @@ States follow the deployments (:func:`follow_deployment`): the challenger in sha
 in A/B ``canary``; the champion is ``champion``; a champion replaced by a promotion is ``retired``;
 a challenger removed without promotion (rolled back) is ``rejected``; a challenger replaced by a
 newer one is ``superseded``. Each change is appended to the lineage's ``history`` with the
-deployment's id and revision, and a revision is applied to a version at most once, so replaying
-the deployments topic from its start changes nothing.
+deployment's id, revision and time, and a record no newer than a version's last change leaves it
+alone, so replaying the deployments topic from its start changes nothing.
 """
 
 from __future__ import annotations
@@ -204,9 +204,10 @@ def follow_deployment(
     """Move the adapter versions named by the change ``before`` -> ``after`` to their states.
 
     Returns the (version, state) changes made. Bare base versions are skipped; a version that is
-    not in the registry (or whose lineage is unreadable) is logged and skipped, never raised, since
-    this runs inside a topic follower. A version whose history already holds ``after``'s revision
-    or a later one is left alone, so replaying the topic gives the same states and history.
+    not in the registry (or whose lineage cannot be read or written) is logged and skipped, never
+    raised, since this runs inside a topic follower. A version already in its state, or whose
+    history holds a change from ``after`` or a later record, is left alone, so replaying the topic
+    gives the same states and history.
     """
     changes: list[tuple[str, str]] = []
     for version, state in deployment_states(before, after).items():
@@ -215,15 +216,28 @@ def follow_deployment(
             continue
         try:
             record = registry.lineage(version)
-        except RegistryError as exc:
-            log.warning("deployment revision %s: %s; its state is not recorded", after.revision, exc)
+            if record.get("state") == state or _holds_later_change(record, after):
+                continue
+            registry.set_state(version, state, deployment=after)
+        except (RegistryError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("deployment revision %s: the state of %s is not recorded: %s", after.revision, version, exc)
             continue
-        applied = [c["revision"] for c in record.get("history", []) if c.get("revision") is not None]
-        if record.get("state") == state or (applied and max(applied) >= after.revision):
-            continue
-        registry.set_state(version, state, deployment=after)
         changes.append((version, state))
     return changes
+
+
+def _holds_later_change(record: Mapping[str, Any], deployment: DeploymentState) -> bool:
+    """Whether the lineage's history holds a change made by ``deployment`` or a later record.
+
+    Revisions order one deployments topic's records; the time also has to be later, so that a new
+    topic, whose revisions start again from 1 while the registry is kept, still moves states.
+    """
+    return any(
+        change.get("revision") is not None
+        and change["revision"] >= deployment.revision
+        and datetime.fromisoformat(change["at"]) >= deployment.updated_at
+        for change in record.get("history", [])
+    )
 
 
 def deployment_states(before: DeploymentState | None, after: DeploymentState) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,20 @@ def test_replaying_the_topic_changes_nothing(tmp_path: Path, adapter_dir: Path) 
     assert [r["state"] for r in after_first_pass] == ["retired", "champion"]
 
 
+def test_a_new_deployments_topic_still_moves_states(tmp_path: Path, adapter_dir: Path) -> None:
+    registry, first, second = two_versions(tmp_path, adapter_dir)
+    states = ramp_and_promote_twice(first, second)
+    follow_all(registry, states)  # first retired at revision 7, second champion
+
+    # The broker's data was wiped and the registry kept: revisions start again, later in time.
+    fresh = initial_state(f"{BASE}+{second}", [5]).model_copy(update={"updated_at": states[-1].updated_at})
+    again = set_challenger(fresh, f"{BASE}+{first}", by="admin")
+    again = again.model_copy(update={"updated_at": states[-1].updated_at + timedelta(days=1)})
+    assert again.revision == 1
+    assert follow_all(registry, [fresh, again]) == [[], [(first, "shadow")]]
+    assert history(registry, first)[-2:] == [("retired", "decision-engine", 7), ("shadow", "admin", 1)]
+
+
 def test_versions_outside_the_registry_are_skipped(
     tmp_path: Path, adapter_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -224,5 +239,8 @@ def test_versions_outside_the_registry_are_skipped(
     s3 = set_challenger(s2, "another-base", by="admin")  # a bare base on its own instance
     assert follow_all(registry, [s0, s1, s2, s3]) == [[], [], [], []]
     assert [r["state"] for r in registry.versions()] == ["candidate", "candidate"]
-    assert f"adapter version '{missing}' has no readable lineage; its state is not recorded" in caplog.text
+    assert (
+        f"deployment revision 1: the state of {missing} is not recorded: "
+        f"adapter version '{missing}' has no readable lineage"
+    ) in caplog.text
     assert f"names '../{first}', which is not an adapter version" in caplog.text
