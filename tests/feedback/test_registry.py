@@ -111,7 +111,12 @@ def test_versions_are_listed_oldest_first_and_change_state(tmp_path: Path, adapt
         (second, "candidate", first),
     ]
     assert registry.set_state(second, "shadow")["state"] == "shadow"
-    assert registry.lineage(second)["state"] == "shadow"
+    assert registry.set_state(second, "rejected", by="refresh")["state"] == "rejected"
+    assert registry.lineage(second)["state"] == "rejected"
+    assert [(c["state"], c["by"], c["revision"]) for c in registry.lineage(second)["history"]] == [
+        ("shadow", "system", None),
+        ("rejected", "refresh", None),
+    ]
     assert registry.fetch(second).name == second  # a state change leaves the content hash intact
     with pytest.raises(RegistryError, match="unknown state 'live'"):
         registry.set_state(second, "live")
