@@ -11,12 +11,20 @@ by that name and check, on load, that the bytes are what the name says. Layout::
 
 A version is written into a temporary directory and renamed into place, so a reader never sees
 half an adapter.
+
+States follow the deployments (:func:`follow_deployment`): the challenger in shadow is ``shadow``,
+in A/B ``canary``; the champion is ``champion``; a champion replaced by a promotion is ``retired``;
+a challenger removed without promotion (rolled back) is ``rejected``; a challenger replaced by a
+newer one is ``superseded``. Each change is appended to the lineage's ``history`` with the
+deployment's id, revision and time, and a record no newer than a version's last change leaves it
+alone, so replaying the deployments topic from its start changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,7 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feedback.deployments import DeploymentState
 from feedback.errors import RegistryError
+
+log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DATASET_MANIFEST = "dataset_manifest.json"
@@ -114,11 +125,29 @@ class AdapterRegistry:
         records = [self.lineage(p.name) for p in self.root.iterdir() if (p / LINEAGE).is_file()]
         return sorted(records, key=lambda r: (str(r.get("created", "")), str(r["version"])))
 
-    def set_state(self, version: str, state: str) -> dict[str, Any]:
-        """Move ``version`` to ``state`` (lineage is outside the content hash, so the name holds)."""
+    def set_state(
+        self, version: str, state: str, *, by: str = "system", deployment: DeploymentState | None = None
+    ) -> dict[str, Any]:
+        """Move ``version`` to ``state`` and append the change to its ``history``.
+
+        Lineage is outside the content hash, so the name holds. A change made by ``deployment``
+        records that deployment's author, time, id and revision.
+        """
         if state not in STATES:
             raise RegistryError(f"unknown state {state!r}; states are {', '.join(STATES)}")
-        record = self.lineage(version) | {"state": state, "state_changed": datetime.now(UTC).isoformat()}
+        change = {
+            "state": state,
+            "at": (deployment.updated_at if deployment else datetime.now(UTC)).isoformat(),
+            "by": deployment.updated_by if deployment else by,
+            "deployment_id": deployment.deployment_id if deployment else None,
+            "revision": deployment.revision if deployment else None,
+        }
+        previous = self.lineage(version)
+        record = previous | {
+            "state": state,
+            "state_changed": change["at"],
+            "history": [*previous.get("history", []), change],
+        }
         _write_atomically(self.root / version / LINEAGE, record)
         return record
 
@@ -176,6 +205,75 @@ class AdapterRegistry:
 
 
 _REFRESH_KEY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_VERSION = re.compile(r"[0-9a-f]{64}")  # what adapter_hash names a version
+
+
+def follow_deployment(
+    registry: AdapterRegistry, before: DeploymentState | None, after: DeploymentState
+) -> list[tuple[str, str]]:
+    """Move the adapter versions named by the change ``before`` -> ``after`` to their states.
+
+    Returns the (version, state) changes made. Bare base versions are skipped; a version that is
+    not in the registry (or whose lineage cannot be read or written) is logged and skipped, never
+    raised, since this runs inside a topic follower. A version already in its state, or whose
+    history holds a change from ``after`` or a later record, is left alone, so replaying the topic
+    gives the same states and history.
+    """
+    changes: list[tuple[str, str]] = []
+    for version, state in deployment_states(before, after).items():
+        if not _VERSION.fullmatch(version):  # a name no registry gives; never a path to read
+            log.warning("deployment revision %s names %r, which is not an adapter version", after.revision, version)
+            continue
+        try:
+            record = registry.lineage(version)
+            if record.get("state") == state or _holds_later_change(record, after):
+                continue
+            registry.set_state(version, state, deployment=after)
+        except (RegistryError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("deployment revision %s: the state of %s is not recorded: %s", after.revision, version, exc)
+            continue
+        changes.append((version, state))
+    return changes
+
+
+def _holds_later_change(record: Mapping[str, Any], deployment: DeploymentState) -> bool:
+    """Whether the lineage's history holds a change made by ``deployment`` or a later record.
+
+    Revisions order one deployments topic's records; the time also has to be later, so that a new
+    topic, whose revisions start again from 1 while the registry is kept, still moves states.
+    """
+    return any(
+        change.get("revision") is not None
+        and change["revision"] >= deployment.revision
+        and datetime.fromisoformat(change["at"]) >= deployment.updated_at
+        for change in record.get("history", [])
+    )
+
+
+def deployment_states(before: DeploymentState | None, after: DeploymentState) -> dict[str, str]:
+    """The registry state of each adapter version that the change ``before`` -> ``after`` names."""
+    states: dict[str, str] = {}
+    if before is not None:
+        old_champion, old_challenger = adapter_of(before.champion), adapter_of(before.challenger)
+        if old_champion:
+            states[old_champion] = "retired"  # replaced as champion (only a promotion does that)
+        if old_challenger:
+            # Gone without promotion: rolled back, or replaced by a newer challenger.
+            states[old_challenger] = "superseded" if after.challenger else "rejected"
+    # What ``after`` still deploys wins over what ``before`` lost.
+    champion, challenger = adapter_of(after.champion), adapter_of(after.challenger)
+    if challenger:
+        states[challenger] = "shadow" if after.mode == "shadow" else "canary"
+    if champion:
+        states[champion] = "champion"
+    return states
+
+
+def adapter_of(model_version: str | None) -> str | None:
+    """The adapter version of ``base+adapter``; None for a bare base model (or no model)."""
+    if model_version is None:
+        return None
+    return model_version.partition("+")[2] or None
 
 
 def _write_atomically(path: Path, record: Mapping[str, Any]) -> None:

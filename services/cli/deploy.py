@@ -21,7 +21,11 @@ app = typer.Typer(help="Deployments: challenger, mode and ramp step, promote, ro
 UrlOption = Annotated[str | None, typer.Option("--url", help="gateway base URL (default: from gateway settings)")]
 
 
-def _call(method: str, path: str, url: str | None, body: dict[str, Any] | None = None) -> None:
+def admin_request(method: str, path: str, url: str | None, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Call ``/v1/admin/deployments<path>`` on the gateway; return its JSON, or print why not and exit.
+
+    Exit 2: a bad setting; 3: the gateway is unreachable; 1: it refused the change (its message).
+    """
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -41,7 +45,16 @@ def _call(method: str, path: str, url: str | None, body: dict[str, Any] | None =
             message = response.text
         typer.secho(f"refused ({response.status_code}): {message}", err=True, fg="red")
         raise typer.Exit(1)
-    typer.echo(json.dumps(response.json(), indent=2))
+    try:
+        view: dict[str, Any] = response.json()
+    except ValueError as exc:
+        typer.secho(f"{base} answered with no JSON; is it a flywheel gateway?", err=True, fg="red")
+        raise typer.Exit(1) from exc
+    return view
+
+
+def _call(method: str, path: str, url: str | None, body: dict[str, Any] | None = None) -> None:
+    typer.echo(json.dumps(admin_request(method, path, url, body), indent=2))
 
 
 @app.command()
