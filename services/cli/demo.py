@@ -17,7 +17,8 @@
 7. **A/B**: the challenger takes 50% of users (a one-step demo ladder instead of 5-10-25-50),
    the users ask again, and the worker's A/B report is printed.
 
-``--short`` (CI) runs the same steps with a few users, questions and training steps.
+``--short`` (CI) runs the same steps with a few users, questions and training steps, and the gate
+scores the first 10 examples of the golden set instead of all 40.
 """
 
 from __future__ import annotations
@@ -76,10 +77,11 @@ class Sizes:
     feedback_share: float  # share of answers a user gives feedback on
     training: dict[str, Any]
     held_out_share: float
+    golden: int | None  # the gate's golden examples: the first of the shipped set; None: all 40
 
 
-FULL = Sizes(16, 4, 192, 96, 40, 64, 0.6, {"max_steps": 12, "batch_size": 4, "learning_rate": 1e-3}, 0.1)
-SHORT = Sizes(6, 2, 40, 12, 8, 48, 0.6, {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3}, 0.3)
+FULL = Sizes(16, 6, 192, 96, 48, 64, 0.6, {"max_steps": 20, "batch_size": 4, "learning_rate": 1e-3}, 0.1, None)
+SHORT = Sizes(6, 2, 40, 12, 8, 48, 0.6, {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3}, 0.3, 10)
 
 
 def run_demo(settings: Settings, *, short: bool) -> int:
@@ -157,6 +159,10 @@ def _environment(
         "FLYWHEEL_CURATION__HELD_OUT_SHARE": str(sizes.held_out_share),
         "FLYWHEEL_WORKER__LAKE_DIR": str(workdir / "lake"),
     }
+    if sizes.golden is not None:
+        golden = workdir / "golden.jsonl"
+        catalogue.write_jsonl(catalogue.golden_examples()[: sizes.golden], golden)
+        env["FLYWHEEL_GATE__GOLDEN_PATH"] = str(golden)
     for name, value in kafka.topics.model_dump().items():
         env[f"FLYWHEEL_KAFKA__TOPICS__{name.upper()}"] = str(value)
     for name, value in training.model_dump().items():

@@ -17,6 +17,7 @@ from feedback.lake import Lake
 from feedback.lease import KafkaLease
 from feedback.model.runtime import model_name
 from feedback.model.source import prepare_model
+from feedback.registry import AdapterRegistry, follow_deployment
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
@@ -72,6 +73,8 @@ class Deployments:
             settings.kafka, initial_state(settings.model.source, settings.gateway.ramp), self._applied
         )
         self.on_change: list[Callable[[DeploymentState], None]] = []
+        self._registry = AdapterRegistry(settings.model.registry_dir)
+        self._previous: DeploymentState | None = None
 
     def current(self) -> DeploymentState:
         """The latest state on the deployments topic, or the configured base model alone before any."""
@@ -98,6 +101,9 @@ class Deployments:
         return state
 
     def _applied(self, state: DeploymentState) -> None:
+        # the registry's states follow every record (replays change nothing), whoever made the change
+        follow_deployment(self._registry, self._previous, state)
+        self._previous = state
         for callback in self.on_change:
             callback(state)
 

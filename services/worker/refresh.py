@@ -204,7 +204,7 @@ class Refresher:
             return None
         version = join_version(newest["base"], newest["version"])
         self._publish(set_challenger(state, version, by=BY, sample_rate=self.settings.refresh.shadow_sample_rate))
-        self.registry.set_state(newest["version"], "shadow")
+        self._set_state_if_known(newest["version"], "shadow")
         return str(newest["version"])
 
     def _claim(self, key: str, forced_by: str | None) -> RefreshRun:
@@ -358,12 +358,14 @@ class Refresher:
         previous = split_version(state.challenger)[1] if state.challenger else None
         if previous is not None and previous != version:
             self._set_state_if_known(previous, "superseded")
-        self.registry.set_state(version, "shadow")
+        self._set_state_if_known(version, "shadow")
         return "deployed", f"{model_version} is the shadow challenger (deployment {applied.deployment_id})"
 
     def _set_state_if_known(self, version: str, state: str) -> None:
+        """Set a state the deployments follower may already have set (then nothing changes)."""
         try:
-            self.registry.set_state(version, state)
+            if self.registry.lineage(version).get("state") != state:
+                self.registry.set_state(version, state, by=BY)
         except RegistryError as exc:
             log.warning("registry state of %s not changed: %s", version, exc)
 
