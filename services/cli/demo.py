@@ -80,8 +80,8 @@ class Sizes:
     golden: int | None  # the gate's golden examples: the first of the shipped set; None: all 40
 
 
-FULL = Sizes(16, 6, 192, 96, 48, 64, 0.6, {"max_steps": 20, "batch_size": 4, "learning_rate": 1e-3}, 0.1, None)
-SHORT = Sizes(6, 2, 40, 12, 8, 48, 0.6, {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3}, 0.3, 10)
+FULL = Sizes(16, 6, 192, 96, 48, 64, 0.6, {"max_steps": 20, "batch_size": 4, "learning_rate": 1e-3}, 0.25, None)
+SHORT = Sizes(6, 2, 48, 12, 8, 48, 0.6, {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3}, 0.4, 10)
 
 
 def run_demo(settings: Settings, *, short: bool) -> int:

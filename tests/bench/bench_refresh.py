@@ -10,13 +10,21 @@ shadow challenger on the deployments topic, read back). Then a bare peft loop (t
 training file in this process with the same thread count; tokens/s of the two are compared
 (target: ours / bare >= 0.9), and the refresh's wall time against its target (<= 600 s).
 
+Forgetting: then ``BENCH_REFRESH_DAYS`` (default 5) simulated daily refreshes of
+``BENCH_REFRESH_DAY_SAMPLES`` (default 200) new answers each (another catalogue each day), each
+promoted before the next, so every refresh continues the previous champion's adapter with replay.
+The golden-set loss of the last champion against the original one is printed (target: at most
++2%); the gate measures both on the same frozen golden set.
+
 One run each: a refresh of this size is minutes long, and its steps are printed with their seconds.
+``python tests/bench/bench_refresh.py forgetting`` runs only the second part.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +34,7 @@ from bench_pipeline import fresh_topics, local_broker
 from bench_training import bare_loop
 from pipeline_events import catalogue_answers
 
+from feedback.deployments import promote
 from feedback.events import utc_now
 from feedback.model.runtime import model_name
 from feedback.model.source import DEFAULT_MODEL, prepare_model
@@ -36,13 +45,57 @@ from services.worker.app import Deployments
 from services.worker.refresh import Refresher
 
 SAMPLES = int(os.environ.get("BENCH_REFRESH_SAMPLES", "1000"))
+DAYS = int(os.environ.get("BENCH_REFRESH_DAYS", "5"))
+DAY_SAMPLES = int(os.environ.get("BENCH_REFRESH_DAY_SAMPLES", "200"))
 THREADS = int(os.environ.get("BENCH_REFRESH_THREADS", "2"))
 TARGET_S = 600.0
+
+
+def forgetting(model_dir: Path) -> None:
+    """Golden-set loss after ``DAYS`` consecutive refreshes, each promoted, against the original champion."""
+    with local_broker() as broker_settings, tempfile.TemporaryDirectory() as tmp:
+        kafka = fresh_topics(broker_settings)
+        ensure_topics(kafka)
+        root = Path(tmp)
+        settings = Settings(
+            kafka=kafka,
+            model={"registry_dir": root / "registry"},
+            refresh={"work_dir": root / "refreshes"},
+            training={"threads": THREADS},
+        )
+        store = DuckDBStore(root / "days.duckdb")
+        deployments = Deployments(settings)
+        deployments.watcher.start()
+        deployments.watcher.caught_up.wait(30)
+        golden: list[tuple[float, float]] = []
+        try:
+            refresher = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish)
+            for day in range(DAYS):
+                champion = deployments.current().champion
+                store.write_batch(catalogue_answers(champion, DAY_SAMPLES, seed=100 + day, offset=day * DAY_SAMPLES))
+                outcome = refresher.run(f"2026-01-{day + 1:02d}")
+                gate = outcome.get("gate") or {}
+                print(f"day {day + 1}: {outcome['status']}: {outcome['message'][:100]}; seconds {outcome['seconds']}")
+                if outcome["status"] != "deployed":
+                    break
+                golden.append((gate["golden"]["champion_loss"], gate["golden"]["candidate_loss"]))
+                deployments.publish(promote(deployments.current(), by="bench"))
+        finally:
+            deployments.watcher.close()
+            store.close()
+    if not golden:
+        raise SystemExit("no refresh was deployed; nothing to compare")
+    original, last = golden[0][0], golden[-1][1]
+    print(f"{'days':>5} {'original golden loss':>21} {'last champion':>14} {'change':>8} {'target':>7}")
+    print(f"{len(golden):>5} {original:>21.4f} {last:>14.4f} {(last / original - 1) * 100:>+7.2f}% {'+2.00%':>7}")
 
 
 def main() -> None:
     model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {THREADS}")
+    if sys.argv[1:] == ["forgetting"]:
+        forgetting(model_dir)
+        return
     with local_broker() as broker_settings, tempfile.TemporaryDirectory() as tmp:
         kafka = fresh_topics(broker_settings)
         ensure_topics(kafka)
@@ -83,6 +136,7 @@ def main() -> None:
           f"{wall / TARGET_S:>14.2f}")  # fmt: skip
     print(f"{'bare peft tok/s':>16} {'refresh training tok/s':>23} {'ours / bare':>12}")
     print(f"{bare_rate:>16.1f} {ours_rate:>23.1f} {ours_rate / bare_rate:>12.2f}")
+    forgetting(model_dir)
 
 
 if __name__ == "__main__":

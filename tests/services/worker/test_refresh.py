@@ -39,7 +39,7 @@ def make_settings(tmp_path: Path, kafka: KafkaSettings, model_dir: Path, **secti
         "refresh": {"work_dir": tmp_path / "refreshes", "min_train_examples": 8},
         "selection": {"replay_share": 0.0, "strata": 1, "confidence_threshold": 0.5},
         "training": TRAINING,
-        "curation": {"held_out_share": 0.2},
+        "curation": {"held_out_share": 0.3},
         "gate": GATE | {"golden_path": golden},
     }
     return Settings(**(base | sections))
@@ -155,7 +155,7 @@ def test_a_training_run_that_cannot_finish_fails_cleanly_and_leaves_its_data_for
     broken = TRAINING | {"target_modules": ["no_such_module"], "restarts": 0}
     settings = make_settings(tmp_path, kafka_isolated, model_dir, training=broken)
     base = model_name(model_dir)
-    answer_questions(store, base, 20)
+    answer_questions(store, base, 40)
     refresher = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish, echo=None)
 
     outcome = refresher.run(KEY)
@@ -168,7 +168,7 @@ def test_a_training_run_that_cannot_finish_fails_cleanly_and_leaves_its_data_for
     assert deployments.watcher.state.revision == 0
     # the next refresh sees the same interactions again
     retry = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish, echo=None)
-    assert retry.dry_run()["selection"]["confidence_selected"] == 20
+    assert retry.dry_run()["selection"]["confidence_selected"] == 40
 
 
 def test_a_dry_run_reports_the_selection_curation_and_plan_and_changes_nothing(
