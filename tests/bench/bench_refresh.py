@@ -27,7 +27,10 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from bench_pipeline import fresh_topics, local_broker
@@ -51,8 +54,9 @@ THREADS = int(os.environ.get("BENCH_REFRESH_THREADS", "2"))
 TARGET_S = 600.0
 
 
-def forgetting(model_dir: Path) -> None:
-    """Golden-set loss after ``DAYS`` consecutive refreshes, each promoted, against the original champion."""
+@contextmanager
+def refreshing(**sections: Any) -> Iterator[tuple[Path, Refresher, Deployments]]:
+    """A broker, a DuckDB file, a registry and the deployments follower in a temporary directory."""
     with local_broker() as broker_settings, tempfile.TemporaryDirectory() as tmp:
         kafka = fresh_topics(broker_settings)
         ensure_topics(kafka)
@@ -62,27 +66,38 @@ def forgetting(model_dir: Path) -> None:
             model={"registry_dir": root / "registry"},
             refresh={"work_dir": root / "refreshes"},
             training={"threads": THREADS},
+            **sections,
         )
-        store = DuckDBStore(root / "days.duckdb")
+        store = DuckDBStore(root / "bench.duckdb")
         deployments = Deployments(settings)
         deployments.watcher.start()
         deployments.watcher.caught_up.wait(30)
-        golden: list[tuple[float, float]] = []
         try:
-            refresher = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish)
-            for day in range(DAYS):
-                champion = deployments.current().champion
-                store.write_batch(catalogue_answers(champion, DAY_SAMPLES, seed=100 + day, offset=day * DAY_SAMPLES))
-                outcome = refresher.run(f"2026-01-{day + 1:02d}")
-                gate = outcome.get("gate") or {}
-                print(f"day {day + 1}: {outcome['status']}: {outcome['message'][:100]}; seconds {outcome['seconds']}")
-                if outcome["status"] != "deployed":
-                    break
-                golden.append((gate["golden"]["champion_loss"], gate["golden"]["candidate_loss"]))
-                deployments.publish(promote(deployments.current(), by="bench"))
+            yield (
+                root,
+                Refresher(settings, store, deployment=deployments.current, publish=deployments.publish),
+                deployments,
+            )
         finally:
             deployments.watcher.close()
             store.close()
+
+
+def forgetting() -> None:
+    """Golden-set loss after ``DAYS`` consecutive refreshes, each promoted, against the original champion."""
+    golden: list[tuple[float, float]] = []
+    with refreshing() as (_, refresher, deployments):
+        for day in range(DAYS):
+            champion = deployments.current().champion
+            answers = catalogue_answers(champion, DAY_SAMPLES, seed=100 + day, offset=day * DAY_SAMPLES)
+            refresher.store.write_batch(answers)
+            outcome = refresher.run(f"2026-01-{day + 1:02d}")
+            print(f"day {day + 1}: {outcome['status']}: {outcome['message'][:100]}; seconds {outcome['seconds']}")
+            if outcome["status"] != "deployed":
+                break
+            losses = outcome["gate"]["golden"]
+            golden.append((losses["champion_loss"], losses["candidate_loss"]))
+            deployments.publish(promote(deployments.current(), by="bench"))
     if not golden:
         raise SystemExit("no refresh was deployed; nothing to compare")
     original, last = golden[0][0], golden[-1][1]
@@ -94,32 +109,13 @@ def main() -> None:
     model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {THREADS}")
     if sys.argv[1:] == ["forgetting"]:
-        forgetting(model_dir)
+        forgetting()
         return
-    with local_broker() as broker_settings, tempfile.TemporaryDirectory() as tmp:
-        kafka = fresh_topics(broker_settings)
-        ensure_topics(kafka)
-        root = Path(tmp)
-        settings = Settings(
-            kafka=kafka,
-            model={"registry_dir": root / "registry"},
-            refresh={"work_dir": root / "refreshes"},
-            selection={"daily_cap": SAMPLES, "replay_share": 0.0},
-            training={"threads": THREADS},
-        )
-        store = DuckDBStore(root / "bench.duckdb")
-        store.write_batch(catalogue_answers(model_name(model_dir), SAMPLES, seed=3, products=120))
-        deployments = Deployments(settings)
-        deployments.watcher.start()
-        deployments.watcher.caught_up.wait(30)
-        try:
-            refresher = Refresher(settings, store, deployment=deployments.current, publish=deployments.publish)
-            started = time.perf_counter()
-            outcome = refresher.run(utc_now().date().isoformat())
-            wall = time.perf_counter() - started
-        finally:
-            deployments.watcher.close()
-            store.close()
+    with refreshing(selection={"daily_cap": SAMPLES, "replay_share": 0.0}) as (root, refresher, _):
+        refresher.store.write_batch(catalogue_answers(model_name(model_dir), SAMPLES, seed=3, products=120))
+        started = time.perf_counter()
+        outcome = refresher.run(utc_now().date().isoformat())
+        wall = time.perf_counter() - started
         print(f"refresh: {outcome['status']}: {outcome['message']}")
         print(f"  seconds per step: {outcome['seconds']}")
         training = outcome.get("training")
@@ -129,14 +125,14 @@ def main() -> None:
         ours_rate = training["tokens"] / outcome["seconds"]["train"]
         torch.set_num_threads(THREADS)
         dataset = root / "refreshes" / outcome["run"] / "dataset" / "train.jsonl"
-        seconds, tokens = bare_loop(model_dir, dataset, root / "bare", settings.training, training["steps"])
+        seconds, tokens = bare_loop(model_dir, dataset, root / "bare", refresher.settings.training, training["steps"])
         bare_rate = tokens / seconds
     print(f"{'curated':>8} {'tokens/example':>15} {'refresh s':>10} {'target s':>9} {'ours / target':>14}")
     print(f"{curated:>8} {training['tokens'] / training['examples']:>15.0f} {wall:>10.0f} {TARGET_S:>9.0f} "
           f"{wall / TARGET_S:>14.2f}")  # fmt: skip
     print(f"{'bare peft tok/s':>16} {'refresh training tok/s':>23} {'ours / bare':>12}")
     print(f"{bare_rate:>16.1f} {ours_rate:>23.1f} {ours_rate / bare_rate:>12.2f}")
-    forgetting(model_dir)
+    forgetting()
 
 
 if __name__ == "__main__":
