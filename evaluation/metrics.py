@@ -24,7 +24,7 @@ Custom metrics (``ExperimentSettings.custom_metrics``) add SQL numerator/denomin
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,17 +66,31 @@ class Metric:
     numerator: str
     denominator: str
     higher_is_better: bool = True
+    rollup: tuple[str, str] | None = None  # per-unit numerator and denominator over ``unit_rollup``
 
 
 BUILT_IN: tuple[Metric, ...] = (
-    Metric("positive_feedback_rate", "coalesce(fb.ups, 0)", "coalesce(fb.ups + fb.downs, 0)"),
-    Metric("negative_feedback_rate", "coalesce(fb.downs, 0)", "coalesce(fb.ups + fb.downs, 0)", False),
-    Metric("mean_rating", "coalesce(fb.rating_sum, 0)", "coalesce(fb.ratings, 0)"),
-    Metric("correction_rate", Flag("coalesce(fb.corrections, 0) > 0"), "1", False),
-    Metric("error_rate", Flag("i.error IS NOT NULL"), "1", False),
-    Metric("latency_ms", "i.latency_ms", "1", False),
-    Metric("completion_tokens", "i.completion_tokens", "1"),
-    Metric("confidence", "coalesce(i.confidence, 0)", Flag("i.confidence IS NOT NULL")),
+    Metric(
+        "positive_feedback_rate", "coalesce(fb.ups, 0)", "coalesce(fb.ups + fb.downs, 0)", rollup=("ups", "ups + downs")
+    ),
+    Metric(
+        "negative_feedback_rate",
+        "coalesce(fb.downs, 0)",
+        "coalesce(fb.ups + fb.downs, 0)",
+        False,
+        rollup=("downs", "ups + downs"),
+    ),
+    Metric("mean_rating", "coalesce(fb.rating_sum, 0)", "coalesce(fb.ratings, 0)", rollup=("rating_sum", "ratings")),
+    Metric("correction_rate", Flag("coalesce(fb.corrections, 0) > 0"), "1", False, rollup=("corrected", "responses")),
+    Metric("error_rate", Flag("i.error IS NOT NULL"), "1", False, rollup=("errors", "responses")),
+    Metric("latency_ms", "i.latency_ms", "1", False, rollup=("latency_ms", "responses")),
+    Metric("completion_tokens", "i.completion_tokens", "1", rollup=("completion_tokens", "responses")),
+    Metric(
+        "confidence",
+        "coalesce(i.confidence, 0)",
+        Flag("i.confidence IS NOT NULL"),
+        rollup=("confidence", "confidences"),
+    ),
 )
 
 FEEDBACK_CTE = """fb AS (
@@ -125,18 +139,10 @@ def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
     With ``cohort``, rows are also grouped by each unit's first day in one phase (parameters:
     experiment, phase, experiment, phase), for cumulative timelines.
     """
-    exprs = list(dict.fromkeys(e for m in metrics for e in (m.numerator, m.denominator)))
-    at = {e: j for j, e in enumerate(exprs)}
+    exprs = _expressions(metrics, lambda m: (m.numerator, m.denominator))
     columns = [per_unit_sum(e, j) for j, e in enumerate(exprs)]
     per_row = "".join(f", {row}" for row, _ in columns if row)
     per_unit = ", ".join(total for _, total in columns)
-    sums = ", ".join(f"sum(e{j}) AS s{j}, sum(e{j} * e{j}) AS ss{j}" for j in range(len(exprs)))
-    products = ", ".join(f"sum(e{at[m.numerator]} * e{at[m.denominator]}) AS md{k}" for k, m in enumerate(metrics))
-    named = ", ".join(
-        f"s{at[m.numerator]} AS m{k}_s, ss{at[m.numerator]} AS m{k}_ss, "
-        f"s{at[m.denominator]} AS d{k}_s, ss{at[m.denominator]} AS d{k}_ss, md{k}"
-        for k, m in enumerate(metrics)
-    )
     first, day, join, where = "", "", "", ""
     if cohort:
         first = (
@@ -154,10 +160,46 @@ r AS (SELECT i.phase, i.arm = 'challenger' AS challenger, i.unit_id{day}{per_row
       FROM interactions i{fb_join}{join}
       WHERE i.deployment_id = ? AND i.role = 'served' AND i.arm IN ('champion', 'challenger'){where}),
 u AS (SELECT {keys}, unit_id, {per_unit} FROM r GROUP BY ALL),
-agg AS (SELECT {keys}, count(*) AS n, {sums}, {products} FROM u GROUP BY ALL)
-SELECT phase, CASE WHEN challenger THEN 'challenger' ELSE 'champion' END AS arm{", day" if cohort else ""}, n, {named}
-FROM agg ORDER BY ALL
+{_across_units(metrics, exprs, lambda m: (m.numerator, m.denominator), keys)}
 """  # noqa: S608
+
+
+def rollup_moments_sql(metrics: Sequence[Metric]) -> str:
+    """``moments_sql`` from ``unit_rollup`` (every metric needs a ``rollup`` pair): no join, no per-row grouping."""
+    exprs = _expressions(metrics, _rollup_pair)
+    per_unit = ", ".join(f"({e})::DOUBLE AS e{j}" for j, e in enumerate(exprs))
+    return f"""
+WITH u AS (SELECT phase, arm = 'challenger' AS challenger, {per_unit} FROM unit_rollup WHERE deployment_id = ?),
+{_across_units(metrics, exprs, _rollup_pair, "phase, challenger")}
+"""  # noqa: S608
+
+
+def _rollup_pair(metric: Metric) -> tuple[str, str]:
+    if metric.rollup is None:
+        raise ValueError(f"metric {metric.name} has no rollup columns")
+    return metric.rollup
+
+
+def _expressions(metrics: Sequence[Metric], pair: Callable[[Metric], tuple[str, str]]) -> list[str]:
+    return list(dict.fromkeys(e for m in metrics for e in pair(m)))
+
+
+def _across_units(
+    metrics: Sequence[Metric], exprs: list[str], pair: Callable[[Metric], tuple[str, str]], keys: str
+) -> str:
+    """The tail of a moments query: from per-unit totals ``u`` (``e0``, ``e1``, ...) to the named sums."""
+    at = {e: j for j, e in enumerate(exprs)}
+    sums = ", ".join(f"sum(e{j}) AS s{j}, sum(e{j} * e{j}) AS ss{j}" for j in range(len(exprs)))
+    products = ", ".join(f"sum(e{at[pair(m)[0]]} * e{at[pair(m)[1]]}) AS md{k}" for k, m in enumerate(metrics))
+    named = ", ".join(
+        f"s{at[pair(m)[0]]} AS m{k}_s, ss{at[pair(m)[0]]} AS m{k}_ss, "
+        f"s{at[pair(m)[1]]} AS d{k}_s, ss{at[pair(m)[1]]} AS d{k}_ss, md{k}"
+        for k, m in enumerate(metrics)
+    )
+    day = ", day" if "day" in keys else ""
+    return f"""agg AS (SELECT {keys}, count(*) AS n, {sums}, {products} FROM u GROUP BY ALL)
+SELECT phase, CASE WHEN challenger THEN 'challenger' ELSE 'champion' END AS arm{day}, n, {named}
+FROM agg ORDER BY ALL"""  # noqa: S608
 
 
 def ratio_of(row: dict[str, Any], k: int) -> Ratio:
@@ -173,13 +215,35 @@ Moments = dict[str, dict[str, dict[str, Ratio]]]  # phase -> arm -> metric -> st
 
 def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) -> Moments:
     """Sufficient statistics of every metric per phase and arm; unknown experiments raise."""
-    rows = db.query(moments_sql(metrics), [experiment])
+    if all(m.rollup for m in metrics) and rollup_is_current(db, experiment):
+        rows = db.query(rollup_moments_sql(metrics), [experiment])
+    else:
+        rows = db.query(moments_sql(metrics), [experiment])
     if not rows:
         raise UnknownExperimentError(f"no experiment {experiment!r}: no served responses carry that deployment id")
     out: Moments = {}
     for row in rows:
         out.setdefault(row["phase"], {})[row["arm"]] = {m.name: ratio_of(row, k) for k, m in enumerate(metrics)}
     return out
+
+
+ROLLUP_CURRENT_SQL = """
+SELECT (SELECT count(*) FROM interactions WHERE deployment_id = ? AND role = 'served')
+       = (SELECT coalesce(sum(responses), 0) FROM unit_rollup WHERE deployment_id = ?)
+   AND (SELECT count(*) FROM feedback)
+       = (SELECT coalesce(sum(feedbacks), 0) FROM feedback_rollup)
+         + (SELECT coalesce(sum(feedbacks), 0) FROM feedback_pending)
+   AS current
+"""
+
+
+def rollup_is_current(db: Queryable, experiment: str) -> bool:
+    """Whether ``unit_rollup`` holds every served response of ``experiment`` and every feedback row.
+
+    The sink keeps it in each batch's transaction; rows written any other way (an import, a test
+    writing SQL) or deleted by retention make the counts differ, and reports read the raw tables.
+    """
+    return bool(db.query(ROLLUP_CURRENT_SQL, [experiment, experiment])[0]["current"])
 
 
 _AB_PHASE = re.compile(r"^ab-(\d{1,2})$")

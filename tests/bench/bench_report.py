@@ -3,15 +3,20 @@
 Data: 10,000,000 served responses of 400,000 users over 30 days in a DuckDB file, generated in
 SQL (``range`` + ``random``) with the columns of the ``interactions`` and ``feedback`` tables
 (no primary-key indexes: this measures reads). Three ramp phases (ab-5, ab-25, ab-50, ten days
-each), arms by a stable hash of the user; about 30% of responses get a thumb.
+each), arms by a stable hash of the user; about 30% of responses get a thumb. The per-unit rollups
+the sink keeps (``feedback.rollup``) are then built by migration 4's own SQL over those rows, the
+layout a live store has.
 
 Competitors, each warmed up once, then timed in turn within each of 5 repeats (so load from
 other processes hits all alike); best and median wall time, the median per-repeat ratio to the
 scan, and the same for CPU time (steadier than wall time on a shared machine) are printed:
 - scan: one grouped aggregate (count, sum, sum of squares of latency per arm per day);
-- moments: the report's moment-based part: per-unit sufficient statistics of all 8 built-in
-  metrics per arm and phase in one SQL pass, then every test (Welch absolute and relative,
-  always-valid sequence, Bayesian, power, SRM, Holm) in Python;
+- moments: the report's moment-based part: the check that the rollup holds every response and
+  feedback row (a filtered count over the responses), per-unit sufficient statistics of all 8
+  built-in metrics per arm and phase in one SQL pass over ``unit_rollup``, then every test (Welch
+  absolute and relative, always-valid sequence, Bayesian, power, SRM, Holm) in Python;
+- moments raw: the same from the raw tables (``moments_sql``: the feedback join and per-user
+  grouping of every response), the path custom SQL metrics take;
 - samples: the rank and resampling parts on bounded samples (Mann-Whitney on up to 100,000
   units per arm, bootstrap of the p95 lift on up to 100,000 responses per arm, 1,000 replicates);
 - floor: what any exact per-user report must do before it sums a single metric: join the
@@ -34,10 +39,11 @@ import duckdb
 
 from evaluation.config import ExperimentSettings
 from evaluation.guards import adjust, check_srm
-from evaluation.metrics import BUILT_IN, FEEDBACK_CTE, metric_moments, phase_split
+from evaluation.metrics import BUILT_IN, FEEDBACK_CTE, Moments, metric_moments, moments_sql, phase_split, ratio_of
 from evaluation.quantiles import bootstrap_quantile_lift, latency_sample
 from evaluation.ranks import mann_whitney
 from evaluation.report import metric_result
+from feedback.migrations import MIGRATIONS
 
 ROWS, USERS, DAYS = 10_000_000, 400_000, 30
 GENERATE = f"""
@@ -84,10 +90,10 @@ class Connection:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def moment_report(db: Connection, settings: ExperimentSettings) -> int:
+def moment_report(db: Connection, settings: ExperimentSettings, moments: Callable[[], Moments]) -> int:
     """The moment-based part of the report; returns the number of tests computed."""
     tests = 0
-    for phase, arms in metric_moments(db, "bench", BUILT_IN).items():
+    for phase, arms in moments().items():
         units = {arm: stats["error_rate"].n for arm, stats in arms.items()}
         check_srm(units, phase_split(phase) or {}, settings.srm_threshold)
         results = [
@@ -98,12 +104,34 @@ def moment_report(db: Connection, settings: ExperimentSettings) -> int:
     return tests
 
 
+def raw_moments(db: Connection) -> Moments:
+    """``metric_moments`` as it reads the raw tables (the rollup left aside)."""
+    out: Moments = {}
+    for row in db.query(moments_sql(BUILT_IN), ["bench"]):
+        out.setdefault(row["phase"], {})[row["arm"]] = {m.name: ratio_of(row, k) for k, m in enumerate(BUILT_IN)}
+    return out
+
+
 def sample_parts(db: Connection, settings: ExperimentSettings) -> None:
     """Rank and resampling methods on bounded samples of the last phase."""
     primary = next(m for m in BUILT_IN if m.name == "latency_ms")
     mann_whitney(db, "bench", "ab-50", primary, sample_per_arm=100_000, seed=0)
     sample = latency_sample(db, "bench", "ab-50", per_arm=100_000, seed=0)
     bootstrap_quantile_lift(sample["champion"], sample["challenger"], 0.95, resamples=1000, seed=0)
+
+
+def largest_difference(db: Connection) -> float:
+    """The largest relative difference between any sufficient statistic of the two paths."""
+    rolled, raw = metric_moments(db, "bench", BUILT_IN), raw_moments(db)
+    worst = 0.0
+    for phase, arms in raw.items():
+        for arm, stats in arms.items():
+            for name, b in stats.items():
+                a = rolled[phase][arm][name]
+                pairs = [(a.n, b.n), (a.m.sum, b.m.sum), (a.m.sum_squares, b.m.sum_squares), (a.d.sum, b.d.sum)]
+                pairs += [(a.d.sum_squares, b.d.sum_squares), (a.sum_product, b.sum_product)]
+                worst = max([worst, *(abs(x - y) / max(abs(y), 1e-300) for x, y in pairs)])
+    return worst
 
 
 Times = dict[str, list[float]]
@@ -141,17 +169,24 @@ def main() -> None:
         start = time.perf_counter()
         con.execute(GENERATE)
         rows = con.execute("SELECT count(*) FROM interactions").fetchone()
-        print(f"generated {rows[0] if rows else 0:,} responses in {time.perf_counter() - start:.1f} s\n")
+        print(f"generated {rows[0] if rows else 0:,} responses in {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        con.execute(dict(MIGRATIONS)[4])
+        units = con.execute("SELECT count(*) FROM unit_rollup").fetchone()
+        print(f"rolled up into {units[0] if units else 0:,} unit rows in {time.perf_counter() - start:.1f} s\n")
         db = Connection(con)
         times, cpu = interleaved(
             {
                 "scan: count, sum, sum sq per arm per day": lambda: con.execute(SCAN).fetchall(),
-                "moments: 8 metrics x 3 phases, all tests": lambda: moment_report(db, settings),
+                "moments: 8 metrics x 3 phases, all tests": lambda: moment_report(
+                    db, settings, lambda: metric_moments(db, "bench", BUILT_IN)
+                ),
+                "moments raw: the same from raw tables": lambda: moment_report(db, settings, lambda: raw_moments(db)),
                 "samples: Mann-Whitney + bootstrap p95": lambda: sample_parts(db, settings),
                 "floor: feedback join + per-user grouping": lambda: con.execute(FLOOR).fetchall(),
             }
         )
-        scan, moments, samples, floor = times.values()
+        scan, moments, _, samples, floor = times.values()
         header = f"{'competitor':<42} {'best s':>7} {'median s':>9} {'ratio':>6} {'cpu s':>7} {'cpu ratio':>10}"
         print(header + "  (ratios: median per-repeat ratio to scan)")
         for name, values in times.items():
@@ -167,6 +202,7 @@ def main() -> None:
         )
         print(f"samples add {statistics.median(samples):.2f} s (target <= 2)")
         print(f"floor / scan = {median_ratio(floor, scan):.2f}: per-user grouping and feedback join, no metric summed")
+        print(f"rollup vs raw moments: largest relative difference {largest_difference(db):.1e} (summation order)")
         print(f"load average before / after: {load} / {os.getloadavg()}")
         con.close()
 
