@@ -18,38 +18,17 @@ a redelivered batch is rolled up before its ``INSERT OR IGNORE``, from the rows 
 stored yet. An interaction has one served response (DESIGN.md); the rollup relies on it.
 
 ``RollupWriter`` wraps the store's table writers so the rollup runs inside the same statements
-(and so the same transaction) as each insert.
+(and so the same transaction) as each insert, reading the batch's rows parsed once for both.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from feedback.migrations import MIGRATIONS
 
-_INTERACTION_FIELDS = {
-    "event_id": "VARCHAR",
-    "interaction_id": "VARCHAR",
-    "unit_id": "VARCHAR",
-    "arm": "VARCHAR",
-    "role": "VARCHAR",
-    "deployment_id": "VARCHAR",
-    "phase": "VARCHAR",
-    "latency_ms": "DOUBLE",
-    "completion_tokens": "BIGINT",
-    "confidence": "DOUBLE",
-    "error": "VARCHAR",
-}
-_FEEDBACK_FIELDS = {
-    "feedback_id": "VARCHAR",
-    "interaction_id": "VARCHAR",
-    "thumb": "VARCHAR",
-    "rating": "BIGINT",
-    "correction": "VARCHAR",
-}
 _KEY = "deployment_id, phase, arm, unit_id"
 _FEEDBACK_SUMS = "feedbacks, ups, downs, rating_sum, ratings, corrections"
 _ADD_FEEDBACK = ", ".join(f"{c} = {c} + excluded.{c}" for c in _FEEDBACK_SUMS.split(", "))
@@ -57,37 +36,35 @@ _ADD_UNIT_FEEDBACK = ", ".join(
     f"{c} = {c} + excluded.{c}" for c in ("ups", "downs", "rating_sum", "ratings", "corrected")
 )
 
-# served responses of the batch (with pending feedback of theirs) -> unit totals, then keyed feedback
+# served responses of the batch (with pending feedback of theirs) -> unit totals; pending feedback -> keyed
 _INTERACTIONS = """
-CREATE OR REPLACE TEMP TABLE rollup_served AS
-SELECT b.interaction_id, b.deployment_id, b.phase, b.arm, b.unit_id, b.ts, b.error, b.latency_ms,
-       b.completion_tokens, b.confidence, p.feedbacks, p.ups, p.downs, p.rating_sum, p.ratings, p.corrections
-FROM (SELECT unnest(json_transform(raw, '{spec}')), ts FROM {view}) b
-LEFT JOIN feedback_pending p USING (interaction_id)
-WHERE b.role = 'served'{new};
 INSERT INTO unit_rollup
-SELECT {key}, min(ts), count(*), count(error), sum(latency_ms), sum(completion_tokens), coalesce(sum(confidence), 0),
-       count(confidence), coalesce(sum(ups), 0), coalesce(sum(downs), 0), coalesce(sum(rating_sum), 0),
-       coalesce(sum(ratings), 0), count(*) FILTER (WHERE corrections > 0)
-FROM rollup_served GROUP BY ALL
+SELECT b.deployment_id, b.phase, b.arm, b.unit_id, min(b.ts), count(*), count(b.error), sum(b.latency_ms),
+       sum(b.completion_tokens), coalesce(sum(b.confidence), 0), count(b.confidence), coalesce(sum(p.ups), 0),
+       coalesce(sum(p.downs), 0), coalesce(sum(p.rating_sum), 0), coalesce(sum(p.ratings), 0),
+       count(*) FILTER (WHERE p.corrections > 0)
+FROM {staged} b LEFT JOIN feedback_pending p USING (interaction_id)
+WHERE b.role = 'served'{new}
+GROUP BY ALL
 ON CONFLICT DO UPDATE SET first_ts = least(first_ts, excluded.first_ts), responses = responses + excluded.responses,
     errors = errors + excluded.errors, latency_ms = latency_ms + excluded.latency_ms,
     completion_tokens = completion_tokens + excluded.completion_tokens, confidence = confidence + excluded.confidence,
     confidences = confidences + excluded.confidences, {add_unit_feedback};
 INSERT OR IGNORE INTO feedback_rollup
-SELECT interaction_id, {sums}, {key} FROM rollup_served WHERE feedbacks IS NOT NULL;
+SELECT p.interaction_id, {pending_sums}, b.deployment_id, b.phase, b.arm, b.unit_id
+FROM feedback_pending p JOIN {staged} b USING (interaction_id)
+WHERE b.role = 'served'{new};
 DELETE FROM feedback_pending
-WHERE interaction_id IN (SELECT interaction_id FROM rollup_served WHERE feedbacks IS NOT NULL)
+WHERE interaction_id IN (SELECT interaction_id FROM {staged} b WHERE b.role = 'served'{new})
 """
 
 # new feedback per interaction, keyed from the rollup (known) or the served response (first feedback)
 _FEEDBACK = """
 CREATE OR REPLACE TEMP TABLE rollup_feedback AS
-WITH b AS (SELECT unnest(json_transform(raw, '{spec}')) FROM {view}),
-d AS (SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
+WITH d AS (SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
              count(*) FILTER (WHERE thumb = 'down') AS downs, coalesce(sum(rating), 0) AS rating_sum,
              count(rating) AS ratings, count(correction) AS corrections
-      FROM b WHERE true{new} GROUP BY interaction_id),
+      FROM {staged} b WHERE true{new} GROUP BY interaction_id),
 s AS (SELECT interaction_id, {key} FROM interactions
       WHERE role = 'served' AND interaction_id IN (SELECT interaction_id FROM d))
 SELECT d.*, coalesce(f.corrections, 0) AS corrections_before,
@@ -123,12 +100,12 @@ class TableWriter(Protocol):
 
     @property
     def insert(self) -> str:
-        """Inserts every row of the view (fails on a stored key)."""
+        """``INSERT INTO table BY NAME select``: every row of the view (fails on a stored key)."""
         ...
 
     @property
     def insert_new(self) -> str:
-        """Inserts the rows whose key is not stored; its last statement answers the count."""
+        """``INSERT OR IGNORE INTO table BY NAME select``: the rows whose key is not stored."""
         ...
 
 
@@ -136,8 +113,10 @@ class TableWriter(Protocol):
 class RollupWriter:
     """A table writer whose inserts also keep the rollups.
 
-    ``insert`` (every row new) rolls the batch up after inserting it; ``insert_new`` (a redelivery)
-    rolls up the rows not stored yet and then inserts, so its last statement still answers the count.
+    The batch's rows are parsed once into a temporary table that both the insert and the rollup
+    read. ``insert`` (every row new) rolls the batch up after inserting it; ``insert_new`` (a
+    redelivery) rolls up the rows not stored yet and then inserts, so its last statement still
+    answers the count.
     """
 
     view: str
@@ -145,19 +124,15 @@ class RollupWriter:
     insert_new: str
 
 
-def rollup_sql(table: str, view: str, *, only_new: bool) -> str | None:
-    """The statements rolling up ``view``'s rows of ``table`` (None for tables without a rollup)."""
-    if table not in _NEW:
-        return None
-    template, fields = (
-        (_INTERACTIONS, _INTERACTION_FIELDS) if table == "interactions" else (_FEEDBACK, _FEEDBACK_FIELDS)
-    )
+def rollup_sql(table: str, staged: str, *, only_new: bool) -> str:
+    """The statements rolling up the rows of ``table`` held in the temporary table ``staged``."""
+    template = _INTERACTIONS if table == "interactions" else _FEEDBACK
     return template.format(
-        spec=json.dumps(fields),
-        view=view,
+        staged=staged,
         new=_NEW[table] if only_new else "",
         key=_KEY,
         sums=_FEEDBACK_SUMS,
+        pending_sums=", ".join(f"p.{c}" for c in _FEEDBACK_SUMS.split(", ")),
         add_feedback=_ADD_FEEDBACK,
         add_unit_feedback=_ADD_UNIT_FEEDBACK,
     )
@@ -167,11 +142,20 @@ def with_rollups(writers: Mapping[str, TableWriter]) -> dict[str, TableWriter]:
     """The store's writers by table, those of interactions and feedback keeping the rollups too."""
     out: dict[str, TableWriter] = {}
     for table, writer in writers.items():
-        after, before = rollup_sql(table, writer.view, only_new=False), rollup_sql(table, writer.view, only_new=True)
-        if after is None or before is None:
+        if table not in _NEW:
             out[table] = writer
             continue
-        out[table] = RollupWriter(writer.view, f"{writer.insert};\n{after}", f"{before};\n{writer.insert_new}")
+        into, select = writer.insert.split(" BY NAME ", 1)
+        into_new, select_new = writer.insert_new.split(" BY NAME ", 1)
+        if select != select_new:
+            raise ValueError(f"the {table} writer's inserts read different rows; the rollup cannot share them")
+        staged = f"rollup_{writer.view}"
+        stage = f"CREATE OR REPLACE TEMP TABLE {staged} AS {select};\n"
+        # names and statements come from this module and feedback.ingest, never from events
+        read = f"BY NAME SELECT * FROM {staged}"  # noqa: S608
+        insert = f"{stage}{into} {read};\n{rollup_sql(table, staged, only_new=False)}"
+        insert_new = f"{stage}{rollup_sql(table, staged, only_new=True)};\n{into_new} {read}"
+        out[table] = RollupWriter(writer.view, insert, insert_new)
     return out
 
 
