@@ -7,6 +7,12 @@ method (``evaluation.moments.Ratio``). One SQL scan per experiment yields, for e
 every (phase, arm): ``n`` units, ``sum m``, ``sum m**2``, ``sum d``, ``sum d**2``, ``sum m d``.
 No response row leaves DuckDB.
 
+Where the per-unit totals come from: built-in metrics read ``unit_rollup`` (one row per unit,
+kept by the sink: ``feedback.rollup``) when it holds every served response of the experiment
+and every feedback row (``rollup_is_current``); otherwise, and for custom metrics, the raw
+responses are joined to their feedback (``FEEDBACK_CTE``) and grouped per unit. Both give the
+same statistics up to floating-point summation order.
+
 Built-in metrics (numerator / denominator per served response):
 
 - ``positive_feedback_rate``: thumbs up / thumbs given
