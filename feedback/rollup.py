@@ -60,17 +60,22 @@ WHERE interaction_id IN (SELECT interaction_id FROM {staged} b WHERE b.role = 's
 
 # new feedback per interaction, keyed from the rollup (known) or the served response (first feedback)
 _FEEDBACK = """
+SET VARIABLE rollup_low = (SELECT min(interaction_id) FROM {staged});
+SET VARIABLE rollup_high = (SELECT max(interaction_id) FROM {staged});
 CREATE OR REPLACE TEMP TABLE rollup_feedback AS
 WITH d AS (SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
              count(*) FILTER (WHERE thumb = 'down') AS downs, coalesce(sum(rating), 0) AS rating_sum,
              count(rating) AS ratings, count(correction) AS corrections
       FROM {staged} b WHERE true{new} GROUP BY interaction_id),
 s AS (SELECT interaction_id, {key} FROM interactions
-      WHERE role = 'served' AND interaction_id IN (SELECT interaction_id FROM d))
+      WHERE role = 'served' AND interaction_id BETWEEN getvariable('rollup_low') AND getvariable('rollup_high')
+        AND interaction_id IN (SELECT interaction_id FROM d)),
+f AS (SELECT * FROM feedback_rollup
+      WHERE interaction_id BETWEEN getvariable('rollup_low') AND getvariable('rollup_high'))
 SELECT d.*, coalesce(f.corrections, 0) AS corrections_before,
        coalesce(f.deployment_id, s.deployment_id) AS deployment_id,
        coalesce(f.phase, s.phase) AS phase, coalesce(f.arm, s.arm) AS arm, coalesce(f.unit_id, s.unit_id) AS unit_id
-FROM d LEFT JOIN feedback_rollup f USING (interaction_id) LEFT JOIN s USING (interaction_id);
+FROM d LEFT JOIN f USING (interaction_id) LEFT JOIN s USING (interaction_id);
 INSERT INTO unit_rollup
 SELECT {key}, TIMESTAMPTZ 'infinity', 0, 0, 0, 0, 0, 0, sum(ups), sum(downs), sum(rating_sum), sum(ratings),
        count(*) FILTER (WHERE corrections_before = 0 AND corrections > 0)
