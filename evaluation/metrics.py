@@ -7,9 +7,9 @@ method (``evaluation.moments.Ratio``). One SQL scan per experiment yields, for e
 every (phase, arm): ``n`` units, ``sum m``, ``sum m**2``, ``sum d``, ``sum d**2``, ``sum m d``.
 No response row leaves DuckDB.
 
-Where the per-unit totals come from: built-in metrics read ``unit_rollup`` (one row per unit,
-kept by the sink: ``feedback.rollup``) when it holds every served response of the experiment
-and every feedback row (``rollup_is_current``); otherwise, and for custom metrics, the raw
+Where the per-unit totals come from: built-in metrics sum ``unit_rollup`` (a few additive rows
+per unit, kept by the sink: ``feedback.rollup``) when it holds every served response of the
+experiment and every feedback row (``rollup_is_current``); otherwise, and for custom metrics, the raw
 responses are joined to their feedback (``FEEDBACK_CTE``) and grouped per unit. Both give the
 same statistics up to floating-point summation order.
 
@@ -171,11 +171,12 @@ u AS (SELECT {keys}, unit_id, {per_unit} FROM r GROUP BY ALL),
 
 
 def rollup_moments_sql(metrics: Sequence[Metric]) -> str:
-    """``moments_sql`` from ``unit_rollup`` (every metric needs a ``rollup`` pair): no join, no per-row grouping."""
+    """``moments_sql`` from ``unit_rollup`` (every metric needs a ``rollup`` pair): no join, few rows per unit."""
     exprs = _expressions(metrics, _rollup_pair)
     per_unit = ", ".join(f"({e})::DOUBLE AS e{j}" for j, e in enumerate(exprs))
     return f"""
-WITH u AS (SELECT phase, arm = 'challenger' AS challenger, {per_unit} FROM unit_rollup WHERE deployment_id = ?),
+WITH t AS (SELECT phase, arm, unit_id, {ROLLUP_SUMS} FROM unit_rollup WHERE deployment_id = ? GROUP BY ALL),
+u AS (SELECT phase, arm = 'challenger' AS challenger, {per_unit} FROM t),
 {_across_units(metrics, exprs, _rollup_pair, "phase, challenger")}
 """  # noqa: S608
 
@@ -233,11 +234,14 @@ def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) ->
     return out
 
 
+# a unit's totals are the sums of its rows (the sink appends one per batch that touches it)
+_ROLLUP_COLUMNS = "responses errors latency_ms completion_tokens confidence confidences ups downs rating_sum ratings"
+ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in [*_ROLLUP_COLUMNS.split(), "corrected"])
 ROLLUP_CURRENT_SQL = """
 SELECT (SELECT count(*) FROM interactions WHERE deployment_id = ? AND role = 'served')
        = (SELECT coalesce(sum(responses), 0) FROM unit_rollup WHERE deployment_id = ?)
    AND (SELECT count(*) FROM feedback)
-       = (SELECT coalesce(sum(feedbacks), 0) FROM feedback_rollup)
+       = (SELECT coalesce(sum(feedbacks), 0) FROM unit_rollup)
          + (SELECT coalesce(sum(feedbacks), 0) FROM feedback_pending)
    AS current
 """

@@ -107,41 +107,27 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         4,
         """
-        -- per (deployment, phase, arm, unit): the totals of the unit's served responses and of their
-        -- feedback, kept by the sink in each batch's transaction (feedback.rollup), so a report sums
-        -- units instead of joining and grouping every response
+        -- per (deployment, phase, arm, unit): additive totals of the unit's served responses and of
+        -- their feedback, appended by the sink in each batch's transaction (feedback.rollup) and merged
+        -- into one row per unit from time to time; a report sums units instead of joining responses
         CREATE TABLE unit_rollup (
             deployment_id     VARCHAR NOT NULL,
             phase             VARCHAR NOT NULL,
             arm               VARCHAR NOT NULL,
             unit_id           VARCHAR NOT NULL,
-            first_ts          TIMESTAMPTZ NOT NULL,
+            first_ts          TIMESTAMPTZ,
             responses         BIGINT NOT NULL,
             errors            BIGINT NOT NULL,
             latency_ms        DOUBLE NOT NULL,
             completion_tokens BIGINT NOT NULL,
             confidence        DOUBLE NOT NULL,
             confidences       BIGINT NOT NULL,
-            ups               BIGINT NOT NULL,
-            downs             BIGINT NOT NULL,
-            rating_sum        BIGINT NOT NULL,
-            ratings           BIGINT NOT NULL,
-            corrected         BIGINT NOT NULL,
-            PRIMARY KEY (deployment_id, phase, arm, unit_id)
-        );
-        -- per interaction whose served response has landed: its feedback totals and that response's unit
-        CREATE TABLE feedback_rollup (
-            interaction_id    VARCHAR PRIMARY KEY,
             feedbacks         BIGINT NOT NULL,
             ups               BIGINT NOT NULL,
             downs             BIGINT NOT NULL,
             rating_sum        BIGINT NOT NULL,
             ratings           BIGINT NOT NULL,
-            corrections       BIGINT NOT NULL,
-            deployment_id     VARCHAR NOT NULL,
-            phase             VARCHAR NOT NULL,
-            arm               VARCHAR NOT NULL,
-            unit_id           VARCHAR NOT NULL
+            corrected         BIGINT NOT NULL
         );
         -- feedback totals of interactions whose served response has not landed yet (feedback may come first)
         CREATE TABLE feedback_pending (
@@ -153,26 +139,27 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             ratings           BIGINT NOT NULL,
             corrections       BIGINT NOT NULL
         );
+        -- rows of unit_rollup after its last merge (the next merge comes when it has doubled)
+        CREATE TABLE rollup_state (merged_rows BIGINT NOT NULL);
         -- the rows already stored, rolled up once
         CREATE TEMP TABLE rollup_totals AS
         SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
                count(*) FILTER (WHERE thumb = 'down') AS downs, coalesce(sum(rating), 0) AS rating_sum,
                count(rating) AS ratings, count(correction) AS corrections
         FROM feedback GROUP BY interaction_id;
-        INSERT INTO feedback_rollup
-        SELECT t.*, i.deployment_id, i.phase, i.arm, i.unit_id
-        FROM rollup_totals t JOIN interactions i USING (interaction_id) WHERE i.role = 'served';
-        INSERT INTO feedback_pending
-        SELECT * FROM rollup_totals t WHERE interaction_id NOT IN (SELECT interaction_id FROM feedback_rollup);
-        DROP TABLE rollup_totals;
         INSERT INTO unit_rollup
         SELECT i.deployment_id, i.phase, i.arm, i.unit_id, min(i.ts), count(*), count(i.error), sum(i.latency_ms),
                sum(i.completion_tokens), coalesce(sum(i.confidence), 0), count(i.confidence),
-               coalesce(sum(f.ups), 0), coalesce(sum(f.downs), 0), coalesce(sum(f.rating_sum), 0),
-               coalesce(sum(f.ratings), 0), count(*) FILTER (WHERE f.corrections > 0)
-        FROM interactions i LEFT JOIN feedback_rollup f USING (interaction_id)
+               coalesce(sum(f.feedbacks), 0), coalesce(sum(f.ups), 0), coalesce(sum(f.downs), 0),
+               coalesce(sum(f.rating_sum), 0), coalesce(sum(f.ratings), 0), count(*) FILTER (WHERE f.corrections > 0)
+        FROM interactions i LEFT JOIN rollup_totals f USING (interaction_id)
         WHERE i.role = 'served'
         GROUP BY ALL;
+        INSERT INTO feedback_pending
+        SELECT * FROM rollup_totals
+        WHERE interaction_id NOT IN (SELECT interaction_id FROM interactions WHERE role = 'served');
+        DROP TABLE rollup_totals;
+        INSERT INTO rollup_state SELECT count(*) FROM unit_rollup;
         """,
     ),
 )

@@ -13,20 +13,27 @@ from feedback.store import DuckDBStore, Located
 
 # written independently of feedback.rollup: the report's per-unit totals straight from the raw tables
 RECOMPUTED_UNITS = """
-WITH fb AS (SELECT interaction_id, count(*) FILTER (WHERE thumb = 'up') AS ups,
+WITH fb AS (SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
                    count(*) FILTER (WHERE thumb = 'down') AS downs, sum(rating) AS rating_sum,
                    count(rating) AS ratings, count(correction) AS corrections
             FROM feedback GROUP BY interaction_id)
 SELECT i.deployment_id, i.phase, i.arm, i.unit_id, min(i.ts) AS first_ts, count(*) AS responses,
        count(i.error) AS errors, sum(i.latency_ms) AS latency_ms, sum(i.completion_tokens) AS completion_tokens,
        coalesce(sum(i.confidence), 0) AS confidence, count(i.confidence) AS confidences,
-       coalesce(sum(fb.ups), 0) AS ups, coalesce(sum(fb.downs), 0) AS downs,
-       coalesce(sum(fb.rating_sum), 0) AS rating_sum, coalesce(sum(fb.ratings), 0) AS ratings,
+       coalesce(sum(fb.feedbacks), 0) AS feedbacks, coalesce(sum(fb.ups), 0) AS ups,
+       coalesce(sum(fb.downs), 0) AS downs, coalesce(sum(fb.rating_sum), 0) AS rating_sum,
+       coalesce(sum(fb.ratings), 0) AS ratings,
        count(*) FILTER (WHERE fb.corrections > 0) AS corrected
 FROM interactions i LEFT JOIN fb USING (interaction_id)
 WHERE i.role = 'served' GROUP BY ALL ORDER BY ALL
 """
-STORED_UNITS = "SELECT * FROM unit_rollup ORDER BY ALL"
+STORED_UNITS = """
+SELECT deployment_id, phase, arm, unit_id, min(first_ts) AS first_ts, sum(responses) AS responses,
+       sum(errors) AS errors, sum(latency_ms) AS latency_ms, sum(completion_tokens) AS completion_tokens,
+       sum(confidence) AS confidence, sum(confidences) AS confidences, sum(feedbacks) AS feedbacks, sum(ups) AS ups,
+       sum(downs) AS downs, sum(rating_sum) AS rating_sum, sum(ratings) AS ratings, sum(corrected) AS corrected
+FROM unit_rollup GROUP BY ALL ORDER BY ALL
+"""
 PENDING = "SELECT interaction_id, feedbacks, ups, corrections FROM feedback_pending ORDER BY ALL"
 
 
@@ -96,8 +103,7 @@ def test_migration_backfills_rows_stored_before_it(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     store = DuckDBStore(path)
     store.write_batch(located([response(1, unit="u1"), fb("f1", 1, thumb="up"), fb("f2", 7, rating=3)], 0))
-    store.execute("DELETE FROM unit_rollup; DELETE FROM feedback_rollup; DELETE FROM feedback_pending")
-    store.execute("DROP TABLE unit_rollup; DROP TABLE feedback_rollup; DROP TABLE feedback_pending")
+    store.execute("DROP TABLE unit_rollup; DROP TABLE feedback_pending; DROP TABLE rollup_state")
     store.execute("DELETE FROM schema_migrations WHERE version = 4")
     store.close()
     reopened = DuckDBStore(path)  # migration 4 runs again over the stored rows
@@ -106,3 +112,17 @@ def test_migration_backfills_rows_stored_before_it(tmp_path: Path) -> None:
         assert reopened.query(PENDING) == [{"interaction_id": "ix-7", "feedbacks": 1, "ups": 0, "corrections": 0}]
     finally:
         reopened.close()
+
+
+def test_rows_are_merged_into_one_per_unit_once_the_table_doubled(store: DuckDBStore) -> None:
+    for batch in range(6):  # every batch appends rows for u1 and u2, and one for the feedback on u1
+        events = [response(10 * batch + k, unit=f"u{k % 2 + 1}") for k in range(4)]
+        store.write_batch(located([*events, fb(f"f{batch}", 10 * batch, thumb="up", correction="c")], 10 * batch))
+    assert store.query("SELECT count(*) AS n FROM unit_rollup")[0]["n"] == 18
+    store.execute("UPDATE rollup_state SET merged_rows = -500")  # as if the table had doubled since its last merge
+    store.write_batch(located([response(99, unit="u3")], 100))
+    assert store.query("SELECT count(*) AS n FROM unit_rollup")[0]["n"] == 3
+    assert store.query("SELECT merged_rows FROM rollup_state") == [{"merged_rows": 3}]
+    assert store.query(STORED_UNITS) == store.query(RECOMPUTED_UNITS)
+    u1 = store.query("SELECT responses, ups, corrected FROM unit_rollup WHERE unit_id = 'u1'")
+    assert u1 == [{"responses": 12, "ups": 6, "corrected": 6}]
