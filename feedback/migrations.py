@@ -105,7 +105,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (
-        4,
+        5,
         """
         -- per (deployment, phase, arm, unit): additive totals of the unit's served responses and of
         -- their feedback, appended by the sink in each batch's transaction (feedback.rollup) and merged

@@ -1,6 +1,6 @@
 """Per-unit rollups kept in each batch's transaction, so A/B reports sum units instead of joining responses.
 
-Tables (migration 4):
+Tables (migration 5, ``MIGRATION``):
 
 - ``unit_rollup``: additive rows per (deployment, phase, arm, unit) of served responses: first
   ``ts``, responses, errors, sums of latency, completion tokens and confidence, confidences given;
@@ -37,6 +37,7 @@ from typing import Protocol
 
 from feedback.migrations import MIGRATIONS
 
+MIGRATION = 5  # the migration that creates the rollups and fills them from the rows stored before it
 _KEY = "deployment_id, phase, arm, unit_id"
 _FEEDBACK_SUMS = "feedbacks, ups, downs, rating_sum, ratings, corrections"
 _ADD_FEEDBACK = ", ".join(f"{c} = {c} + excluded.{c}" for c in _FEEDBACK_SUMS.split(", "))
@@ -180,10 +181,10 @@ def with_rollups(writers: Mapping[str, TableWriter]) -> dict[str, TableWriter]:
 
 
 def rebuild_sql() -> str:
-    """Statements that recompute every rollup from the raw tables in one transaction (migration 4's SQL).
+    """Statements that recompute every rollup from the raw tables in one transaction (the migration's own SQL).
 
     For a store whose raw rows changed outside the sink (an import, a retention purge): reports read
     the raw tables until the rollups are current again.
     """
     drop = "DROP TABLE unit_rollup; DROP TABLE feedback_pending; DROP TABLE rollup_state;"
-    return f"BEGIN TRANSACTION; {drop}\n{dict(MIGRATIONS)[4]}\nCOMMIT"
+    return f"BEGIN TRANSACTION; {drop}\n{dict(MIGRATIONS)[MIGRATION]}\nCOMMIT"

@@ -4,7 +4,7 @@ Data: 10,000,000 served responses of 400,000 users over 30 days in a DuckDB file
 SQL (``range`` + ``random``) with the columns of the ``interactions`` and ``feedback`` tables
 (no primary-key indexes: this measures reads). Three ramp phases (ab-5, ab-25, ab-50, ten days
 each), arms by a stable hash of the user; about 30% of responses get a thumb. The per-unit rollups
-the sink keeps (``feedback.rollup``) are then built by migration 4's own SQL over those rows (one
+the sink keeps (``feedback.rollup``) are then built by their migration's own SQL over those rows (one
 row per user and phase), and every user gets a second row of zeros: the most rows a live store
 holds between two merges (the sink merges once the table has doubled), so the worst case.
 
@@ -45,6 +45,7 @@ from evaluation.quantiles import bootstrap_quantile_lift, latency_sample
 from evaluation.ranks import mann_whitney
 from evaluation.report import metric_result
 from feedback.migrations import MIGRATIONS
+from feedback.rollup import MIGRATION
 
 ROWS, USERS, DAYS = 10_000_000, 400_000, 30
 GENERATE = f"""
@@ -176,7 +177,7 @@ def main() -> None:
         rows = con.execute("SELECT count(*) FROM interactions").fetchone()
         print(f"generated {rows[0] if rows else 0:,} responses in {time.perf_counter() - start:.1f} s")
         start = time.perf_counter()
-        con.execute(dict(MIGRATIONS)[4])
+        con.execute(dict(MIGRATIONS)[MIGRATION])
         con.execute(SECOND_ROWS)
         units = con.execute("SELECT count(*) FROM unit_rollup").fetchone()
         print(f"rolled up into {units[0] if units else 0:,} unit rows in {time.perf_counter() - start:.1f} s\n")

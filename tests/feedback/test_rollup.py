@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from feedback.events import ChatMessage, FeedbackEvent, InteractionEvent
+from feedback.rollup import MIGRATION
 from feedback.store import DuckDBStore, Located
 
 # written independently of feedback.rollup: the report's per-unit totals straight from the raw tables
@@ -104,9 +105,9 @@ def test_migration_backfills_rows_stored_before_it(tmp_path: Path) -> None:
     store = DuckDBStore(path)
     store.write_batch(located([response(1, unit="u1"), fb("f1", 1, thumb="up"), fb("f2", 7, rating=3)], 0))
     store.execute("DROP TABLE unit_rollup; DROP TABLE feedback_pending; DROP TABLE rollup_state")
-    store.execute("DELETE FROM schema_migrations WHERE version = 4")
+    store.execute("DELETE FROM schema_migrations WHERE version = ?", [MIGRATION])
     store.close()
-    reopened = DuckDBStore(path)  # migration 4 runs again over the stored rows
+    reopened = DuckDBStore(path)  # the rollups' migration runs again over the stored rows
     try:
         assert reopened.query(STORED_UNITS) == reopened.query(RECOMPUTED_UNITS)
         assert reopened.query(PENDING) == [{"interaction_id": "ix-7", "feedbacks": 1, "ups": 0, "corrections": 0}]
