@@ -105,6 +105,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (
+        4,
+        """
+        -- interactions a refresh trained on: a later refresh never takes them again
+        CREATE TABLE training_uses (
+            interaction_id    VARCHAR PRIMARY KEY,
+            refresh_key       VARCHAR NOT NULL,
+            used_at           TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+        );
+        """,
+    ),
+    (
         5,
         """
         -- per (deployment, phase, arm, unit): additive totals of the unit's served responses and of

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -105,3 +106,69 @@ class AdapterRegistry:
         except (OSError, ValueError) as exc:
             raise RegistryError(f"adapter version {version!r} has no readable lineage") from exc
         return record
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version's lineage record, oldest first."""
+        if not self.root.is_dir():
+            return []
+        records = [self.lineage(p.name) for p in self.root.iterdir() if (p / LINEAGE).is_file()]
+        return sorted(records, key=lambda r: (str(r.get("created", "")), str(r["version"])))
+
+    def set_state(self, version: str, state: str) -> dict[str, Any]:
+        """Move ``version`` to ``state`` (lineage is outside the content hash, so the name holds)."""
+        if state not in STATES:
+            raise RegistryError(f"unknown state {state!r}; states are {', '.join(STATES)}")
+        record = self.lineage(version) | {"state": state, "state_changed": datetime.now(UTC).isoformat()}
+        _write_atomically(self.root / version / LINEAGE, record)
+        return record
+
+    def claim_refresh(self, key: str, *, forced_by: str | None = None) -> dict[str, Any]:
+        """Record that the refresh ``key`` (its date) starts; refuse a second start unless forced.
+
+        The record is created with O_EXCL in the registry's directory, which every worker shares,
+        so two workers, or one worker before and after a restart, cannot both start one date.
+        ``forced_by`` (an admin) re-runs a date that already ran; each forced start is appended.
+        """
+        if not _REFRESH_KEY.fullmatch(key):
+            raise RegistryError(f"refresh key {key!r} is not a date (YYYY-MM-DD)")
+        directory = self.root / "refreshes"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{key}.json"
+        record: dict[str, Any] = {"key": key, "starts": [{"at": datetime.now(UTC).isoformat(), "forced_by": forced_by}]}
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if forced_by is None:
+                raise RegistryError(
+                    f"the refresh of {key} already ran; an admin may force it again (flywheel refresh --now --force)"
+                ) from None
+            previous = self.refresh(key)
+            record = previous | {"starts": [*previous.get("starts", []), record["starts"][0]], "outcome": None}
+            _write_atomically(path, record)
+            return record
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True)
+        return record
+
+    def finish_refresh(self, key: str, outcome: Mapping[str, Any]) -> dict[str, Any]:
+        """Record how the refresh ``key`` ended (its outcome: a version, a no-op, a failure...)."""
+        record = self.refresh(key) | {"outcome": dict(outcome), "finished": datetime.now(UTC).isoformat()}
+        _write_atomically(self.root / "refreshes" / f"{key}.json", record)
+        return record
+
+    def refresh(self, key: str) -> dict[str, Any]:
+        """The record of the refresh ``key``."""
+        try:
+            record: dict[str, Any] = json.loads((self.root / "refreshes" / f"{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"no readable record of the refresh {key!r}") from exc
+        return record
+
+
+_REFRESH_KEY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _write_atomically(path: Path, record: Mapping[str, Any]) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(staging, path)

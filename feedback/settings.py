@@ -148,6 +148,21 @@ class SchedulerSettings(_Section):
     cron: str = "0 3 * * *"  # when the refresh runs (crontab syntax)
     timezone: str = "UTC"  # time zone the cron expression is read in
     enabled: bool = True  # whether the worker schedules the refresh at all
+    misfire_grace_s: int = Field(6 * 3600, ge=1)  # a run missed (worker down) still starts this late, once
+    lease_session_timeout_ms: int = Field(10_000, ge=6000)  # a dead lease holder is replaced after this long
+
+
+class SelectionSettings(_Section):
+    """Which live responses and corrections a refresh trains on (``feedback.selection``)."""
+
+    confidence_threshold: float = Field(0.7, gt=0, le=1)  # least confidence of a champion answer taken as a target
+    daily_cap: int = Field(1000, ge=0)  # most new examples per refresh (corrections first)
+    per_user_cap: int = Field(20, ge=0)  # most corrections one user adds per refresh (their earliest)
+    agreement: int = Field(2, ge=1)  # distinct users who must give the same correction, unless one is trusted
+    trusted_users: tuple[str, ...] = ()  # user ids whose corrections count alone (until roles exist)
+    strata: int = Field(4, ge=1)  # prompt-length bands of equal live traffic that share the cap
+    replay_share: float = Field(0.2, ge=0, le=1)  # earlier examples replayed, as a share of the new ones
+    seed: int = 0  # orders candidates within a band and draws the replay sample
 
 
 class SecuritySettings(_Section):
@@ -211,6 +226,84 @@ class ExperimentSettings(BaseModel):
         return self
 
 
+class TrainingSettings(_Section):
+    """LoRA training of the next candidate adapter (``feedback.training``)."""
+
+    rank: int = Field(8, ge=1, le=256)  # LoRA rank r of a new adapter (a continued adapter keeps its own)
+    alpha: int = Field(16, ge=1, le=4096)  # LoRA alpha of a new adapter; the update is scaled by alpha / rank
+    dropout: float = Field(0.05, ge=0, lt=1)  # dropout on the LoRA input of a new adapter, probability
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )  # module names a new adapter wraps (attention projections of Llama-style models)
+    learning_rate: float = Field(2e-4, gt=0, le=1)  # AdamW peak learning rate
+    weight_decay: float = Field(0.0, ge=0, le=1)  # AdamW decoupled weight decay
+    warmup_steps: int = Field(0, ge=0)  # learning rate rises linearly over these optimizer steps, then decays to 0
+    max_grad_norm: float = Field(1.0, gt=0)  # gradients are clipped to this global L2 norm
+    epochs: int = Field(1, ge=1, le=100)  # passes over the dataset (fewer when max_steps is reached first)
+    batch_size: int = Field(8, ge=1, le=1024)  # examples per optimizer step
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps; None: run every epoch
+    checkpoint_every: int = Field(1000, ge=1)  # write a resumable checkpoint every this many optimizer steps
+    checkpoint_every_s: float = Field(300.0, gt=0)  # ... and at least this often, seconds (bounds work lost to a crash)
+    seed: int = 0  # seeds LoRA initialisation, data order and dropout: same data and seed, same adapter bytes
+    # torch intra-op threads of the training process: 1 leaves a core of two to serving, and OpenMP threads
+    # spinning at a barrier while another process holds their core make a busy machine far slower
+    threads: int = Field(1, ge=1, le=256)
+    niceness: int = Field(10, ge=0, le=19)  # the training process lowers its priority by this (os.nice)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    restarts: int = Field(2, ge=0, le=10)  # a crashed training process is restarted from its checkpoint this often
+
+
+class CurationSettings(_Section):
+    """How the daily dataset is cleaned (feedback.curation); stages run in the order listed."""
+
+    # length filter: prompt (chat template with the generation prompt) + answer + end-of-turn, in tokens
+    min_tokens: int = Field(50, ge=1)  # shortest example kept (inclusive), tokens
+    max_tokens: int = Field(2048, ge=1)  # longest example kept (inclusive), tokens
+    # content filter, case-insensitive, on the redacted prompt and answer
+    blocked_terms: tuple[str, ...] = ()  # words or phrases, matched as whole words
+    blocked_patterns: tuple[str, ...] = ()  # regular expressions (Python syntax; checked when curation starts)
+    # near-duplicates: word shingles of the (non-system) prompt and the answer
+    dedup_threshold: float = Field(0.9, gt=0, le=1)  # Jaccard similarity at or above which a later example goes
+    shingle_words: int = Field(3, ge=1, le=16)  # words per shingle
+    minhash_permutations: int = Field(128, ge=16, le=1024)  # MinHash signature length (candidate search only)
+    minhash_seed: int = 1  # seed of the MinHash permutations, so runs repeat exactly
+    # domain relevance: TF-IDF cosine similarity to the centroid of a reference corpus
+    relevance_enabled: bool = False  # run the relevance filter (needs a reference corpus)
+    relevance_corpus: Path | None = None  # reference dataset (JSONL in the dataset format)
+    relevance_keep_share: float = Field(0.3, gt=0, le=1)  # share kept, the most similar first (rounded up)
+    # perplexity of the prompt's own text under the base model (text quality, not the answer's confidence)
+    perplexity_enabled: bool = False  # run the perplexity filter (scores every prompt with the model)
+    perplexity_max: float | None = Field(None, gt=1)  # drop prompts above this perplexity; None = no bound
+    perplexity_drop_share: float = Field(0.1, ge=0, lt=1)  # then drop this share of the worst (rounded down)
+    perplexity_max_examples: int = Field(5000, ge=1)  # score at most this many (input order); the rest pass
+    perplexity_max_prompt_tokens: int = Field(256, ge=8, le=8192)  # score a prompt's first tokens only
+    perplexity_batch_size: int = Field(4, ge=1, le=256)  # prompts per forward pass
+    # held-out split
+    held_out_share: float = Field(0.1, ge=0, lt=1)  # share of fresh (non-replay) examples held out
+    split_seed: int = 0  # salt of the id hash that assigns the split
+
+    @model_validator(mode="after")
+    def _length_bounds(self) -> CurationSettings:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
+
+
+class GateSettings(BaseModel):
+    """How a candidate adapter is judged before it may be registered as deployable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the one-sided paired tests on held-out loss
+    test: Literal["paired-t", "wilcoxon", "both"] = "both"  # which paired test must show the held-out loss fell
+    task_margin: float = Field(0.0, ge=0, le=1)  # absolute drop of the held-out task metric tolerated (0.05 = 5 points)
+    golden_margin: float = Field(0.02, ge=0)  # golden-set loss rise tolerated, relative (0.02: +2% over champion)
+    heldout_cap: int = Field(200, ge=2)  # most held-out examples scored (the first by SHA-256 of their id)
+    golden_path: Path | None = None  # golden set (JSONL); None: the catalogue set shipped in evaluation/golden
+    max_new_tokens: int = Field(64, ge=1, le=2048)  # greedy answer budget per example for the task metric
+    task_metric: Literal["auto", "catalogue", "rouge-l", "exact"] = "auto"  # auto: catalogue when every prompt is one
+
+
 class Settings(BaseSettings):
     """All settings of a flywheel process; each deployable reads the sections it needs."""
 
@@ -224,8 +317,12 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     worker: WorkerSettings = WorkerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    selection: SelectionSettings = SelectionSettings()
     security: SecuritySettings = SecuritySettings()
     experiment: ExperimentSettings = ExperimentSettings()
+    training: TrainingSettings = TrainingSettings()
+    curation: CurationSettings = CurationSettings()
+    gate: GateSettings = GateSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -163,6 +163,17 @@ class ModelRuntime:
         return self._eos_ids
 
     @property
+    def pad_id(self) -> int:
+        """The padding id: the tokenizer's, else the smallest end-of-sequence id."""
+        return self._pad_id
+
+    @property
+    def scoring_eos_id(self) -> int:
+        """The end-of-turn id that ends every scored completion (``score(..., add_eos=True)`` appends it)."""
+        eos = self._tokenizer.eos_token_id
+        return int(eos) if eos in self._eos_ids else min(self._eos_ids)
+
+    @property
     def context_length(self) -> int:
         """Most tokens (prompt plus completion) the model attends to."""
         return int(getattr(self._model.config, "max_position_embeddings", 2048))
@@ -210,7 +221,7 @@ class ModelRuntime:
         with self._lock:
             completion = self._tokenizer(completion_text, add_special_tokens=False)["input_ids"]
             if add_eos:
-                completion = [*completion, self._scoring_eos()]
+                completion = [*completion, self.scoring_eos_id]
             return self._score_tokens(self._render(messages), completion)
 
     def score_tokens(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> tuple[float, ...]:
@@ -223,10 +234,6 @@ class ModelRuntime:
 
     def _decode(self, ids: Sequence[int]) -> str:
         return cast(str, self._tokenizer.decode(list(ids), skip_special_tokens=True))
-
-    def _scoring_eos(self) -> int:
-        eos = self._tokenizer.eos_token_id
-        return int(eos) if eos in self._eos_ids else min(self._eos_ids)
 
     def _score_tokens(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> tuple[float, ...]:
         if not completion_ids:

@@ -22,7 +22,7 @@ import uvicorn
 
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
-from services.cli import broker, deploy
+from services.cli import broker, deploy, models
 from services.cli import query as query_cli
 from services.cli import sink as sink_cli
 from services.cli.ports import port_in_use
@@ -39,6 +39,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 app.command()(report)
 app.add_typer(deploy.app, name="deploy")
+app.add_typer(models.app, name="models")
 
 
 def settings_or_exit() -> Settings:

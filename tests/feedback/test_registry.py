@@ -76,3 +76,38 @@ def test_fetch_refuses_corrupt_and_unknown_versions(tmp_path: Path, adapter_dir:
 def test_a_directory_without_an_adapter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=r"holds no adapter_config\.json"):
         AdapterRegistry(tmp_path / "r").register(tmp_path, dataset_manifest={}, lineage={})
+
+
+def test_a_refresh_date_runs_once_unless_an_admin_forces_it(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "registry")
+    first = registry.claim_refresh("2026-11-29")
+    assert [s["forced_by"] for s in first["starts"]] == [None]
+
+    again = AdapterRegistry(tmp_path / "registry")  # another worker, or this one after a restart
+    with pytest.raises(RegistryError, match=r"the refresh of 2026-11-29 already ran; an admin may force it again"):
+        again.claim_refresh("2026-11-29")
+
+    registry.finish_refresh("2026-11-29", {"status": "no-op", "reason": "empty selection"})
+    forced = again.claim_refresh("2026-11-29", forced_by="admin")
+    assert [s["forced_by"] for s in forced["starts"]] == [None, "admin"]
+    assert forced["outcome"] is None  # the forced run's outcome is still to come
+    assert registry.claim_refresh("2026-11-30")["key"] == "2026-11-30"
+    with pytest.raises(RegistryError, match="is not a date"):
+        registry.claim_refresh("../escape")
+
+
+def test_versions_are_listed_oldest_first_and_change_state(tmp_path: Path, adapter_dir: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "registry")
+    assert registry.versions() == []
+    first = registry.register(adapter_dir, dataset_manifest={"rows": 1}, lineage={"parent": None})
+    second = registry.register(adapter_dir, dataset_manifest={"rows": 2}, lineage={"parent": first})
+
+    assert [(r["version"], r["state"], r["parent"]) for r in registry.versions()] == [
+        (first, "candidate", None),
+        (second, "candidate", first),
+    ]
+    assert registry.set_state(second, "shadow")["state"] == "shadow"
+    assert registry.lineage(second)["state"] == "shadow"
+    assert registry.fetch(second).name == second  # a state change leaves the content hash intact
+    with pytest.raises(RegistryError, match="unknown state 'live'"):
+        registry.set_state(second, "live")

@@ -1,0 +1,118 @@
+"""Training throughput: ``feedback.training.train`` against a bare peft loop on the same work.
+
+Both sides load the default model, put the same new LoRA on it (same seed), run the same optimizer
+steps on the same batches (right-padded, loss on completion tokens only) and save the adapter; the
+bare loop is the textbook one (``model(..., labels=...).loss``, AdamW, no checkpoints). Ours also
+checkpoints at the end, renders the progress bar off, and computes logits only where the loss needs
+them. Tokens/s counts prompt and completion tokens (padding excluded), the same tokens on both sides.
+One warm-up run each, then REPEATS runs alternating the two; prints the medians and their ratio
+(target: ours / bare >= 0.9).
+
+``BENCH_TRAINING_STEPS`` (default 8) and ``BENCH_TRAINING_REPEATS`` (default 3) scale it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from feedback.examples import tokenize_examples
+from feedback.model.runtime import ModelRuntime
+from feedback.model.source import DEFAULT_MODEL, prepare_model
+from feedback.settings import ModelSettings, TrainingSettings
+from feedback.train_data import collate, read_dataset
+from feedback.training import TrainingJob, batch_indices, train
+
+STEPS = int(os.environ.get("BENCH_TRAINING_STEPS", "8"))
+REPEATS = int(os.environ.get("BENCH_TRAINING_REPEATS", "3"))
+SETTINGS = TrainingSettings(rank=8, alpha=16, dropout=0.0, batch_size=4, max_steps=STEPS, epochs=100, threads=1)
+PRODUCTS = ["lamp", "chair", "desk", "mug", "sofa", "shelf", "rug", "clock"]
+
+
+def write_dataset(path: Path, n: int = 32) -> Path:
+    """Catalogue questions and answers of about 60 to 120 tokens each."""
+    rows = []
+    for i in range(n):
+        item = PRODUCTS[i % len(PRODUCTS)]
+        question = f"I am looking at the {item} number {i} in your catalogue. What does it cost and ship with?"
+        answer = (
+            f"The {item} number {i} costs {10 + 7 * i} dollars. "
+            + "It ships with a manual and a warranty card. " * (1 + i % 4)
+        )
+        rows.append({"id": f"b{i}", "messages": [{"role": "user", "content": question}], "completion": answer})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def ours(model_dir: Path, dataset: Path, out: Path) -> tuple[float, int]:
+    """Seconds and tokens of one ``feedback.training.train`` run."""
+    start = time.perf_counter()
+    result = train(TrainingJob(dataset, out, model_dir, settings=SETTINGS), progress=False)
+    return time.perf_counter() - start, result.tokens
+
+
+def bare(model_dir: Path, dataset: Path, out: Path) -> tuple[float, int]:
+    """Seconds and tokens of the same work in a plain peft loop."""
+    start = time.perf_counter()
+    runtime = ModelRuntime.load(model_dir)
+    examples = tokenize_examples(runtime, read_dataset(dataset))
+    torch.manual_seed(SETTINGS.seed)
+    config = LoraConfig(
+        r=SETTINGS.rank, lora_alpha=SETTINGS.alpha, lora_dropout=0.0, target_modules=SETTINGS.target_modules
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        model = get_peft_model(runtime.model, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=SETTINGS.learning_rate)
+    model.train()
+    tokens = 0
+    for step in range(STEPS):
+        batch = collate([examples[i] for i in batch_indices(step, len(examples), SETTINGS)], runtime.pad_id)
+        # labels in the transformers convention: the token itself, shifted inside the model
+        labels = torch.full_like(batch.input_ids, -100)
+        labels[:, 1:] = batch.targets[:, :-1]
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), SETTINGS.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += batch.tokens
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        model.save_pretrained(out, save_embedding_layers=False)
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    torch.set_num_threads(SETTINGS.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads 1")
+    model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)
+    print(
+        f"model: {DEFAULT_MODEL}, LoRA r={SETTINGS.rank}, batch {SETTINGS.batch_size}, {STEPS} steps, {REPEATS} repeats"
+    )
+    rates: dict[str, list[float]] = {"ours": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = write_dataset(Path(tmp) / "data.jsonl")
+        runs = {"ours": ours, "bare": bare}
+        for repeat in range(REPEATS + 1):  # repeat 0 warms both up
+            for name, run in runs.items():
+                seconds, tokens = run(model_dir, dataset, Path(tmp) / f"{name}-{repeat}")
+                if repeat:
+                    rates[name].append(tokens / seconds)
+                    print(f"  {name}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s")
+    ours_rate, bare_rate = statistics.median(rates["ours"]), statistics.median(rates["bare"])
+    print(f"{'bare peft tok/s':>16} {'feedback.training tok/s':>24} {'ours / bare':>12}")
+    print(f"{bare_rate:>16.1f} {ours_rate:>24.1f} {ours_rate / bare_rate:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
