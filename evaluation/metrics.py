@@ -8,10 +8,12 @@ every (phase, arm): ``n`` units, ``sum m``, ``sum m**2``, ``sum d``, ``sum d**2`
 No response row leaves DuckDB.
 
 Where the per-unit totals come from: built-in metrics sum ``unit_rollup`` (a few additive rows
-per unit, kept by the sink: ``feedback.rollup``) when it holds every served response of the
-experiment and every feedback row (``rollup_is_current``); otherwise, and for custom metrics, the raw
-responses are joined to their feedback (``FEEDBACK_CTE``) and grouped per unit. Both give the
-same statistics up to floating-point summation order.
+per unit, kept by the worker's periodic job behind a watermark: ``feedback.rollup``) together with
+the same totals computed from the rows ingested past the watermark (the tail: at most one refresh
+interval's arrivals), in one query, so the numbers are exact and current. The same query checks
+the watermark's guard (the rows at or before it are those rolled up); if it fails, and always for
+custom metrics, the raw responses are joined to their feedback (``FEEDBACK_CTE``) and grouped per
+unit. Both give the same statistics up to floating-point summation order.
 
 Built-in metrics (numerator / denominator per served response):
 
@@ -37,6 +39,7 @@ from typing import Any, Protocol
 from evaluation.config import ExperimentSettings
 from evaluation.errors import InvalidSplitError, UnknownExperimentError, UnknownMetricError
 from evaluation.moments import Ratio, SampleMean
+from feedback.rollup import current_sql, tail_sql
 
 ARMS = ("champion", "challenger")
 
@@ -171,13 +174,18 @@ u AS (SELECT {keys}, unit_id, {per_unit} FROM r GROUP BY ALL),
 
 
 def rollup_moments_sql(metrics: Sequence[Metric]) -> str:
-    """``moments_sql`` from ``unit_rollup`` (every metric needs a ``rollup`` pair): no join, few rows per unit."""
+    """``moments_sql`` from ``unit_rollup`` plus the tail past its watermark (every metric needs a ``rollup``
+    pair): no join over the stored responses, few rows per unit. Parameter ``$1``: the experiment id.
+    Each row also carries ``rollup_current``, the watermark's guard read in the same snapshot."""
     exprs = _expressions(metrics, _rollup_pair)
     per_unit = ", ".join(f"({e})::DOUBLE AS e{j}" for j, e in enumerate(exprs))
     return f"""
-WITH t AS (SELECT phase, arm, unit_id, {ROLLUP_SUMS} FROM unit_rollup WHERE deployment_id = ? GROUP BY ALL),
+WITH {tail_sql("$1")},
+t AS (SELECT phase, arm, unit_id, {ROLLUP_SUMS}
+      FROM (SELECT * FROM unit_rollup WHERE deployment_id = $1 UNION ALL BY NAME SELECT * FROM rollup_tail)
+      WHERE arm IN ('champion', 'challenger') GROUP BY ALL),
 u AS (SELECT phase, arm = 'challenger' AS challenger, {per_unit} FROM t),
-{_across_units(metrics, exprs, _rollup_pair, "phase, challenger")}
+{_across_units(metrics, exprs, _rollup_pair, "phase, challenger", f", {current_sql()} AS rollup_current")}
 """  # noqa: S608
 
 
@@ -192,7 +200,7 @@ def _expressions(metrics: Sequence[Metric], pair: Callable[[Metric], tuple[str, 
 
 
 def _across_units(
-    metrics: Sequence[Metric], exprs: list[str], pair: Callable[[Metric], tuple[str, str]], keys: str
+    metrics: Sequence[Metric], exprs: list[str], pair: Callable[[Metric], tuple[str, str]], keys: str, extra: str = ""
 ) -> str:
     """The tail of a moments query: from per-unit totals ``u`` (``e0``, ``e1``, ...) to the named sums."""
     at = {e: j for j, e in enumerate(exprs)}
@@ -205,7 +213,7 @@ def _across_units(
     )
     day = ", day" if "day" in keys else ""
     return f"""agg AS (SELECT {keys}, count(*) AS n, {sums}, {products} FROM u GROUP BY ALL)
-SELECT phase, CASE WHEN challenger THEN 'challenger' ELSE 'champion' END AS arm{day}, n, {named}
+SELECT phase, CASE WHEN challenger THEN 'challenger' ELSE 'champion' END AS arm{day}, n, {named}{extra}
 FROM agg ORDER BY ALL"""  # noqa: S608
 
 
@@ -222,9 +230,8 @@ Moments = dict[str, dict[str, dict[str, Ratio]]]  # phase -> arm -> metric -> st
 
 def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) -> Moments:
     """Sufficient statistics of every metric per phase and arm; unknown experiments raise."""
-    if all(m.rollup for m in metrics) and rollup_is_current(db, experiment):
-        rows = db.query(rollup_moments_sql(metrics), [experiment])
-    else:
+    rows = db.query(rollup_moments_sql(metrics), [experiment]) if all(m.rollup for m in metrics) else []
+    if not all(row["rollup_current"] for row in rows) or not rows:  # the guard failed, or no rows: ask the raw tables
         rows = db.query(moments_sql(metrics), [experiment])
     if not rows:
         raise UnknownExperimentError(f"no experiment {experiment!r}: no served responses carry that deployment id")
@@ -234,26 +241,19 @@ def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) ->
     return out
 
 
-# a unit's totals are the sums of its rows (the sink appends one per batch that touches it)
+# a unit's totals are the sums of its rows (a refresh appends one per unit it touches)
 _ROLLUP_COLUMNS = "responses errors latency_ms completion_tokens confidence confidences ups downs rating_sum ratings"
 ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in [*_ROLLUP_COLUMNS.split(), "corrected"])
-ROLLUP_CURRENT_SQL = """
-SELECT (SELECT count(*) FROM interactions WHERE deployment_id = ? AND role = 'served')
-       = (SELECT coalesce(sum(responses), 0) FROM unit_rollup WHERE deployment_id = ?)
-   AND (SELECT count(*) FROM feedback)
-       = (SELECT coalesce(sum(feedbacks), 0) FROM unit_rollup)
-         + (SELECT coalesce(sum(feedbacks), 0) FROM feedback_pending)
-   AS current
-"""
 
 
-def rollup_is_current(db: Queryable, experiment: str) -> bool:
-    """Whether ``unit_rollup`` holds every served response of ``experiment`` and every feedback row.
+def rollup_is_current(db: Queryable) -> bool:
+    """Whether the stored rows at or before the rollup's watermark are exactly those rolled up.
 
-    The sink keeps it in each batch's transaction; rows written any other way (an import, a test
-    writing SQL) or deleted by retention make the counts differ, and reports read the raw tables.
+    Rows can only break that by being deleted outside retention (which rebuilds the rollups) or by
+    being stored with an ``ingested_at`` from a clock that stepped back; reports then read the raw
+    tables until the next refresh rebuilds.
     """
-    return bool(db.query(ROLLUP_CURRENT_SQL, [experiment, experiment])[0]["current"])
+    return bool(db.query(f"SELECT {current_sql()} AS current")[0]["current"])
 
 
 _AB_PHASE = re.compile(r"^ab-(\d{1,2})$")

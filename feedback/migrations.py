@@ -173,4 +173,26 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         INSERT INTO rollup_state SELECT count(*) FROM unit_rollup;
         """,
     ),
+    (
+        6,
+        """
+        -- the rollups leave the sink's transaction: a periodic job (feedback.rollup.refresh_rollup)
+        -- rolls up the rows ingested since its watermark, and reports add the rows past it
+        DROP TABLE rollup_state;
+        -- one row: every interactions and feedback row with ingested_at <= through is in the rollups;
+        -- the row counts at or before it guard that (a row ingested later with an earlier clock
+        -- reading changes them, and the next refresh rebuilds)
+        CREATE TABLE rollup_watermark (
+            through           TIMESTAMPTZ NOT NULL,
+            interactions_rows BIGINT NOT NULL,
+            feedback_rows     BIGINT NOT NULL,
+            merged_rows       BIGINT NOT NULL,  -- rows of unit_rollup after its last merge
+            refreshed_at      TIMESTAMPTZ
+        );
+        -- start from nothing rolled up: the job's first refresh reads every stored row
+        DELETE FROM unit_rollup;
+        DELETE FROM feedback_pending;
+        INSERT INTO rollup_watermark VALUES ('-infinity', 0, 0, 0, NULL);
+        """,
+    ),
 )

@@ -1,190 +1,229 @@
-"""Per-unit rollups kept in each batch's transaction, so A/B reports sum units instead of joining responses.
+"""Per-unit rollups kept by a periodic job behind a watermark, so A/B reports sum units instead of joining responses.
 
-Tables (migration 5, ``MIGRATION``):
+Tables (migrations 5 and 6):
 
 - ``unit_rollup``: additive rows per (deployment, phase, arm, unit) of served responses: first
   ``ts``, responses, errors, sums of latency, completion tokens and confidence, confidences given;
   and of their feedback: feedback rows, thumbs up, thumbs down, sum and count of ratings, responses
   with at least one correction. A unit's totals are the sums of its rows.
-- ``feedback_pending``: feedback totals of interactions whose served response has not landed yet
-  (the two topics are read independently, so feedback may come first).
-- ``rollup_state``: how many rows ``unit_rollup`` had after its last merge.
+- ``feedback_pending``: feedback totals of interactions that had no served response at the
+  watermark (the two topics are read independently, so feedback may come first).
+- ``rollup_watermark``: one row. ``through``: every ``interactions`` and ``feedback`` row with
+  ``ingested_at <= through`` is rolled up, no later one is; the row counts of both tables at or
+  before ``through`` when it was set; ``merged_rows`` after the last merge.
 
-Each batch appends one row per unit it touches (an append costs the same however large the table
-is, where an update of stored rows does not), and once ``unit_rollup`` has doubled since its last
-merge, the batch merges it into one row per unit: amortized, a constant cost per appended row.
+The sink never touches these tables: ``refresh_rollup`` runs in the worker's own thread every
+``worker.rollup_interval_s``. Each refresh, in one transaction, rolls up the rows with
+``through < ingested_at <= new through`` (the newest ``ingested_at`` stored) and moves the
+watermark. Its delta (``DELTA``), per unit:
 
-The feedback rule is the report's (``evaluation.metrics.FEEDBACK_CTE``): every feedback row counts
-(several per interaction add up); a response counts as corrected once, whatever number of
-corrections it has (a correction adds to ``corrected`` only when its response had none stored
-before). Each batch adds only rows new to the store: the usual batch is inserted in one piece
-(every row is new or the insert fails), so its rollup reads the whole batch after the insert; a
-redelivered batch is rolled up before its ``INSERT OR IGNORE``, from the rows whose key is not
-stored yet. Feedback finds its response among the stored responses whose ids lie between the
-batch's lowest and highest interaction id: ids are time-ordered, so zone maps skip older row
-groups when feedback is recent. An interaction has one served response (DESIGN.md); the rollup
-relies on it.
+- each new served response, with its feedback: the pending totals (feedback stored earlier) plus
+  the new feedback rows;
+- new feedback on a response rolled up earlier: the new feedback's totals; the response becomes
+  corrected only if it had no correction at or before the old watermark;
+- new feedback on an interaction with no served response yet: added to ``feedback_pending``
+  (removed again once the response is rolled up).
 
-``RollupWriter`` wraps the store's table writers so the rollup runs inside the same statements
-(and so the same transaction) as each insert, reading the batch's rows parsed once for both.
+So every feedback row counts once (several per interaction add up) and a response counts as
+corrected once, the rule of ``evaluation.metrics.FEEDBACK_CTE``; duplicates never reach the tables
+(the sink dedups on ``event_id`` and ``feedback_id``). An interaction has one served response
+(DESIGN.md); the rollup relies on it. Reports add the same delta computed up to now (``tail_sql``)
+to ``unit_rollup``: exact and current, and the tail is at most one interval's arrivals.
+
+Why ``ingested_at`` is a sound watermark where event time ``ts`` is not: it is DuckDB's
+``current_timestamp``, the start of the transaction that stored the row. The store serializes its
+write transactions (one connection, one lock) and the refresh runs under that lock, so every row
+stored after a refresh comes from a transaction that started after it, with a later clock reading,
+unless the wall clock stepped back. That case is caught: a row stored later with
+``ingested_at <= through`` changes the row counts at or before ``through``, which every report and
+every refresh compares with the stored ones (the tables are append-only; retention, the one
+delete, rebuilds the rollups in its own transaction: ``rebuild_sql``). A report then reads the
+raw tables, and the next refresh rebuilds the rollups from scratch.
+
+After ``unit_rollup`` has doubled since its last merge, a refresh merges it into one row per unit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
-from feedback.migrations import MIGRATIONS
+import duckdb
 
-MIGRATION = 5  # the migration that creates the rollups and fills them from the rows stored before it
-_KEY = "deployment_id, phase, arm, unit_id"
-_FEEDBACK_SUMS = "feedbacks, ups, downs, rating_sum, ratings, corrections"
-_ADD_FEEDBACK = ", ".join(f"{c} = {c} + excluded.{c}" for c in _FEEDBACK_SUMS.split(", "))
+from feedback.errors import StoreError
+
+_LOW = "(SELECT through FROM rollup_watermark)"
+_HIGH = "getvariable('rollup_through')"  # the refresh's new watermark
+_FEEDBACK_SUMS = ("feedbacks", "ups", "downs", "rating_sum", "ratings", "corrections")
 _UNIT_SUMS = (
-    "responses, errors, latency_ms, completion_tokens, confidence, confidences, feedbacks, ups, downs, rating_sum, "
-    "ratings, corrected"
-)
+    "responses", "errors", "latency_ms", "completion_tokens", "confidence", "confidences", "feedbacks", "ups",
+    "downs", "rating_sum", "ratings", "corrected",
+)  # fmt: skip
 
-# served responses of the batch, with the pending feedback of theirs -> one row per unit
-_INTERACTIONS = """
-INSERT INTO unit_rollup
-SELECT b.deployment_id, b.phase, b.arm, b.unit_id, min(b.ts), count(*), count(b.error), sum(b.latency_ms),
-       sum(b.completion_tokens), coalesce(sum(b.confidence), 0), count(b.confidence), coalesce(sum(p.feedbacks), 0),
-       coalesce(sum(p.ups), 0), coalesce(sum(p.downs), 0), coalesce(sum(p.rating_sum), 0), coalesce(sum(p.ratings), 0),
-       count(*) FILTER (WHERE p.corrections > 0)
-FROM {staged} b LEFT JOIN feedback_pending p USING (interaction_id)
-WHERE b.role = 'served'{new}
-GROUP BY ALL;
-DELETE FROM feedback_pending
-WHERE interaction_id IN (SELECT interaction_id FROM {staged} b WHERE b.role = 'served'{new})
+# feedback rows past the watermark, per interaction ({upper}: up to the new watermark, or none)
+_NEW_FEEDBACK = """SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
+       count(*) FILTER (WHERE thumb = 'down') AS downs, coalesce(sum(rating), 0) AS rating_sum,
+       count(rating) AS ratings, count(correction) AS corrections
+FROM feedback WHERE ingested_at > {low}{upper} GROUP BY interaction_id"""
+
+# the served responses those feedback rows are for, wherever they are (zone maps on the time-ordered
+# ids skip most row groups when feedback is recent)
+_RESPONDED = """SELECT interaction_id, ingested_at, deployment_id, phase, arm, unit_id FROM interactions
+WHERE role = 'served' AND interaction_id IN (SELECT interaction_id FROM rollup_new_feedback){upper}"""
+
+# interactions among those with a correction at or before the watermark
+_CORRECTED_BEFORE = """SELECT DISTINCT interaction_id FROM feedback
+WHERE ingested_at <= {low} AND correction IS NOT NULL
+  AND interaction_id IN (SELECT interaction_id FROM rollup_new_feedback WHERE corrections > 0)"""
+
+# per unit: new served responses with all their feedback so far, then new feedback on old responses
+DELTA = """SELECT r.deployment_id, r.phase, r.arm, r.unit_id, min(r.ts) AS first_ts, count(*) AS responses,
+       count(r.error) AS errors, sum(r.latency_ms) AS latency_ms, sum(r.completion_tokens) AS completion_tokens,
+       coalesce(sum(r.confidence), 0) AS confidence, count(r.confidence) AS confidences,
+       coalesce(sum(p.feedbacks), 0) + coalesce(sum(f.feedbacks), 0) AS feedbacks,
+       coalesce(sum(p.ups), 0) + coalesce(sum(f.ups), 0) AS ups,
+       coalesce(sum(p.downs), 0) + coalesce(sum(f.downs), 0) AS downs,
+       coalesce(sum(p.rating_sum), 0) + coalesce(sum(f.rating_sum), 0) AS rating_sum,
+       coalesce(sum(p.ratings), 0) + coalesce(sum(f.ratings), 0) AS ratings,
+       count(*) FILTER (WHERE coalesce(p.corrections, 0) + coalesce(f.corrections, 0) > 0) AS corrected
+FROM interactions r LEFT JOIN feedback_pending p USING (interaction_id)
+     LEFT JOIN rollup_new_feedback f USING (interaction_id)
+WHERE r.role = 'served' AND r.ingested_at > {low}{upper}{deployment}
+GROUP BY ALL
+UNION ALL
+SELECT o.deployment_id, o.phase, o.arm, o.unit_id, NULL, 0, 0, 0, 0, 0, 0, sum(f.feedbacks), sum(f.ups),
+       sum(f.downs), sum(f.rating_sum), sum(f.ratings),
+       count(*) FILTER (WHERE f.corrections > 0 AND b.interaction_id IS NULL)
+FROM rollup_responded o JOIN rollup_new_feedback f USING (interaction_id)
+     LEFT JOIN rollup_corrected_before b USING (interaction_id)
+WHERE o.ingested_at <= {low}{deployment}
+GROUP BY ALL"""
+
+# the stored rows at or before the watermark are those rolled up (see the module docstring)
+CURRENT = """(SELECT count(*) FROM interactions WHERE ingested_at <= {low})
+    = (SELECT interactions_rows FROM rollup_watermark)
+AND (SELECT count(*) FROM feedback WHERE ingested_at <= {low}) = (SELECT feedback_rows FROM rollup_watermark)"""
+
+_RESET = """
+DELETE FROM unit_rollup WHERE getvariable('rollup_reset');
+DELETE FROM feedback_pending WHERE getvariable('rollup_reset');
+UPDATE rollup_watermark SET through = '-infinity', interactions_rows = 0, feedback_rows = 0, merged_rows = 0
+WHERE getvariable('rollup_reset')
 """
 
-# new feedback per interaction, keyed by its stored served response (else pending), with the
-# corrections its response had before this batch
-_FEEDBACK = """
-SET VARIABLE rollup_low = (SELECT min(interaction_id) FROM {staged});
-SET VARIABLE rollup_high = (SELECT max(interaction_id) FROM {staged});
-CREATE OR REPLACE TEMP TABLE rollup_feedback AS
-WITH d AS (SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
-                  count(*) FILTER (WHERE thumb = 'down') AS downs, coalesce(sum(rating), 0) AS rating_sum,
-                  count(rating) AS ratings, count(correction) AS corrections
-           FROM {staged} b WHERE true{new} GROUP BY interaction_id),
-s AS (SELECT interaction_id, {key} FROM interactions
-      WHERE role = 'served' AND interaction_id BETWEEN getvariable('rollup_low') AND getvariable('rollup_high')
-        AND interaction_id IN (SELECT interaction_id FROM d)),
-c AS (SELECT interaction_id, count(*) AS corrections_before FROM feedback
-      WHERE interaction_id BETWEEN getvariable('rollup_low') AND getvariable('rollup_high') AND correction IS NOT NULL
-        AND interaction_id IN (SELECT interaction_id FROM d WHERE corrections > 0){fresh}
-      GROUP BY interaction_id)
-SELECT d.*, coalesce(c.corrections_before, 0) AS corrections_before, s.deployment_id, s.phase, s.arm, s.unit_id
-FROM d LEFT JOIN s USING (interaction_id) LEFT JOIN c USING (interaction_id);
-INSERT INTO unit_rollup
-SELECT {key}, NULL, 0, 0, 0, 0, 0, 0, sum(feedbacks), sum(ups), sum(downs), sum(rating_sum), sum(ratings),
-       count(*) FILTER (WHERE corrections_before = 0 AND corrections > 0)
-FROM rollup_feedback WHERE deployment_id IS NOT NULL GROUP BY ALL;
+_REFRESH = """
+SET VARIABLE rollup_through = greatest({low},
+    coalesce((SELECT max(ingested_at) FROM interactions WHERE ingested_at > {low}), '-infinity'),
+    coalesce((SELECT max(ingested_at) FROM feedback WHERE ingested_at > {low}), '-infinity'));
+CREATE OR REPLACE TEMP TABLE rollup_new_feedback AS {new_feedback};
+CREATE OR REPLACE TEMP TABLE rollup_responded AS {responded};
+CREATE OR REPLACE TEMP TABLE rollup_corrected_before AS {corrected_before};
+CREATE OR REPLACE TEMP TABLE rollup_delta AS {delta};
+DELETE FROM feedback_pending WHERE interaction_id IN (SELECT interaction_id FROM interactions
+    WHERE role = 'served' AND ingested_at > {low} AND ingested_at <= {high});
 INSERT INTO feedback_pending
-SELECT interaction_id, {sums} FROM rollup_feedback WHERE deployment_id IS NULL
-ON CONFLICT DO UPDATE SET {add_feedback}
-"""
-
-# once unit_rollup has doubled since its last merge: one row per unit again
-_MERGE = """
-SET VARIABLE rollup_merge = (SELECT count(*) FROM unit_rollup) > (SELECT 2 * merged_rows + 1000 FROM rollup_state);
+SELECT * FROM rollup_new_feedback WHERE interaction_id NOT IN (SELECT interaction_id FROM rollup_responded)
+ON CONFLICT DO UPDATE SET {add_feedback};
+INSERT INTO unit_rollup SELECT * FROM rollup_delta;
+UPDATE rollup_watermark SET
+    interactions_rows = interactions_rows
+        + (SELECT count(*) FROM interactions WHERE ingested_at > {low} AND ingested_at <= {high}),
+    feedback_rows = feedback_rows + (SELECT count(*) FROM feedback WHERE ingested_at > {low} AND ingested_at <= {high}),
+    through = {high}, refreshed_at = current_timestamp;
+SET VARIABLE rollup_merge = (SELECT count(*) FROM unit_rollup) > (SELECT 2 * merged_rows + 1000 FROM rollup_watermark);
 CREATE OR REPLACE TEMP TABLE rollup_merged AS
-SELECT {key}, min(first_ts) AS first_ts, {summed} FROM unit_rollup WHERE getvariable('rollup_merge') GROUP BY ALL;
+SELECT deployment_id, phase, arm, unit_id, min(first_ts) AS first_ts, {summed}
+FROM unit_rollup WHERE getvariable('rollup_merge') GROUP BY ALL;
 DELETE FROM unit_rollup WHERE getvariable('rollup_merge');
 INSERT INTO unit_rollup SELECT * FROM rollup_merged;
-UPDATE rollup_state SET merged_rows = (SELECT count(*) FROM rollup_merged) WHERE getvariable('rollup_merge')
+UPDATE rollup_watermark SET merged_rows = (SELECT count(*) FROM rollup_merged) WHERE getvariable('rollup_merge');
+DROP TABLE rollup_new_feedback; DROP TABLE rollup_responded; DROP TABLE rollup_corrected_before;
+DROP TABLE rollup_delta; DROP TABLE rollup_merged
 """
 
-_NEW = {
-    "interactions": " AND NOT EXISTS (SELECT 1 FROM interactions t WHERE t.event_id = b.event_id)",
-    "feedback": " AND NOT EXISTS (SELECT 1 FROM feedback t WHERE t.feedback_id = b.feedback_id)",
-}
 
+class Store(Protocol):
+    """What the refresh needs of ``feedback.store.DuckDBStore``."""
 
-class TableWriter(Protocol):
-    """The store's per-table insert statements (``feedback.ingest.TableWriter``)."""
-
-    @property
-    def view(self) -> str:
-        """The batch's registered view."""
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run trusted statements under the store's write lock."""
         ...
 
-    @property
-    def insert(self) -> str:
-        """``INSERT INTO table BY NAME select``: every row of the view (fails on a stored key)."""
-        ...
-
-    @property
-    def insert_new(self) -> str:
-        """``INSERT OR IGNORE INTO table BY NAME select``: the rows whose key is not stored."""
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of ``sql``."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
-class RollupWriter:
-    """A table writer whose inserts also keep the rollups.
+class RefreshResult:
+    """The watermark after a refresh, and how many stored rows it covers."""
 
-    The batch's rows are parsed once into a temporary table that both the insert and the rollup
-    read. ``insert`` (every row new) rolls the batch up after inserting it; ``insert_new`` (a
-    redelivery) rolls up the rows not stored yet and then inserts, so its last statement still
-    answers the count.
-    """
-
-    view: str
-    insert: str
-    insert_new: str
+    through: datetime | None  # None: nothing stored yet
+    interactions_rows: int
+    feedback_rows: int
 
 
-def rollup_sql(table: str, staged: str, *, only_new: bool) -> str:
-    """The statements rolling up the rows of ``table`` held in the temporary table ``staged``, then a merge if due.
-
-    ``only_new`` (before a redelivery's insert): only rows whose key is not stored count. Otherwise
-    (after the usual insert) every staged row is new, and stored corrections of this batch's own
-    rows are not counted as earlier ones.
-    """
-    template = _INTERACTIONS if table == "interactions" else _FEEDBACK
-    fresh = "" if only_new else f" AND feedback_id NOT IN (SELECT feedback_id FROM {staged})"  # noqa: S608
-    rollup = template.format(
-        staged=staged,
-        new=_NEW[table] if only_new else "",
-        fresh=fresh,
-        key=_KEY,
-        sums=_FEEDBACK_SUMS,
-        add_feedback=_ADD_FEEDBACK,
+def refresh_sql(*, rebuild: bool = False) -> str:
+    """The statements of one refresh (to run inside a transaction): a rebuild first if the guard fails or asked."""
+    upper = f" AND ingested_at <= {_HIGH}"
+    reset = "true" if rebuild else f"NOT ({CURRENT.format(low=_LOW)})"
+    body = _REFRESH.format(
+        low=_LOW,
+        high=_HIGH,
+        new_feedback=_NEW_FEEDBACK.format(low=_LOW, upper=upper),
+        responded=_RESPONDED.format(upper=upper),
+        corrected_before=_CORRECTED_BEFORE.format(low=_LOW),
+        delta=DELTA.format(low=_LOW, upper=" AND r.ingested_at <= " + _HIGH, deployment=""),
+        add_feedback=", ".join(f"{c} = {c} + excluded.{c}" for c in _FEEDBACK_SUMS),
+        summed=", ".join(f"sum({c}) AS {c}" for c in _UNIT_SUMS),
     )
-    merge = _MERGE.format(key=_KEY, summed=", ".join(f"sum({c}) AS {c}" for c in _UNIT_SUMS.split(", ")))
-    return f"{rollup.strip()};\n{merge.strip()}"
-
-
-def with_rollups(writers: Mapping[str, TableWriter]) -> dict[str, TableWriter]:
-    """The store's writers by table, those of interactions and feedback keeping the rollups too."""
-    out: dict[str, TableWriter] = {}
-    for table, writer in writers.items():
-        if table not in _NEW:
-            out[table] = writer
-            continue
-        into, select = writer.insert.split(" BY NAME ", 1)
-        into_new, select_new = writer.insert_new.split(" BY NAME ", 1)
-        if select != select_new:
-            raise ValueError(f"the {table} writer's inserts read different rows; the rollup cannot share them")
-        staged = f"rollup_{writer.view}"
-        stage = f"CREATE OR REPLACE TEMP TABLE {staged} AS {select};\n"
-        # names and statements come from this module and feedback.ingest, never from events
-        read = f"BY NAME SELECT * FROM {staged}"  # noqa: S608
-        insert = f"{stage}{into} {read};\n{rollup_sql(table, staged, only_new=False)}"
-        insert_new = f"{stage}{rollup_sql(table, staged, only_new=True)};\n{into_new} {read}"
-        out[table] = RollupWriter(writer.view, insert, insert_new)
-    return out
+    return f"SET VARIABLE rollup_reset = {reset};\n{_RESET.strip()};\n{body.strip()}"
 
 
 def rebuild_sql() -> str:
-    """Statements that recompute every rollup from the raw tables in one transaction (the migration's own SQL).
+    """The statements recomputing the rollups from every stored row (to run inside a transaction)."""
+    return refresh_sql(rebuild=True)
 
-    For a store whose raw rows changed outside the sink (an import, a retention purge): reports read
-    the raw tables until the rollups are current again.
+
+def tail_sql(deployment: str) -> str:
+    """CTEs ending in ``rollup_tail``: the delta of the rows past the watermark (as ``DELTA``), for the
+    deployment given as the SQL expression ``deployment`` (e.g. a bound parameter ``$1``)."""
+    where = f" AND deployment_id = {deployment}"
+    return (
+        f"rollup_new_feedback AS ({_NEW_FEEDBACK.format(low=_LOW, upper='')}),\n"
+        f"rollup_responded AS ({_RESPONDED.format(upper='')}),\n"
+        f"rollup_corrected_before AS ({_CORRECTED_BEFORE.format(low=_LOW)}),\n"
+        f"rollup_tail AS ({DELTA.format(low=_LOW, upper='', deployment=where)})"
+    )
+
+
+def current_sql() -> str:
+    """A boolean SQL expression: whether the stored rows at or before the watermark are the ones rolled up."""
+    return f"({CURRENT.format(low=_LOW)})"
+
+
+def refresh_rollup(store: Store, *, rebuild: bool = False) -> RefreshResult:
+    """Roll up every row ingested since the watermark and move it, in one transaction under the store's lock.
+
+    Rebuilds from scratch when asked or when the guard finds rows the watermark does not account for.
     """
-    drop = "DROP TABLE unit_rollup; DROP TABLE feedback_pending; DROP TABLE rollup_state;"
-    return f"BEGIN TRANSACTION; {drop}\n{dict(MIGRATIONS)[MIGRATION]}\nCOMMIT"
+    execute_in_transaction(store, refresh_sql(rebuild=rebuild), "refreshing the rollups")
+    row = store.query("SELECT through, interactions_rows, feedback_rows FROM rollup_watermark")[0]
+    through = row["through"] if isinstance(row["through"], datetime) else None  # '-infinity' reads as a float
+    return RefreshResult(through, int(row["interactions_rows"]), int(row["feedback_rows"]))
+
+
+def execute_in_transaction(store: Store, statements: str, what: str) -> None:
+    """Run ``statements`` in one transaction, in one call (so under one hold of the store's lock).
+
+    A failure rolls back and raises ``StoreError`` naming ``what``.
+    """
+    try:
+        store.execute(f"BEGIN TRANSACTION;\n{statements};\nCOMMIT")
+    except duckdb.Error as exc:
+        with contextlib.suppress(duckdb.Error):  # nothing was begun, or it is already gone
+            store.execute("ROLLBACK")
+        raise StoreError(f"{what} failed: {exc}") from exc

@@ -24,7 +24,6 @@ from feedback.errors import StoreError
 from feedback.events import AnyEvent
 from feedback.ingest import TABLES, EventBatch, TableWriter
 from feedback.migrations import MIGRATIONS
-from feedback.rollup import with_rollups
 
 _INSERT_DEAD = "INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM batch_dead"  # once per Kafka position
 _INSERT_OFFSETS = (
@@ -82,7 +81,7 @@ class DuckDBStore:
             raise StoreError(f"DuckDB file {path} could not be opened: {exc}") from exc
         self.path = path
         self.migrate()
-        self._writers = with_rollups({table: TableWriter(self._con, table, kind) for kind, table in TABLES.items()})
+        self._writers = {table: TableWriter(self._con, table, kind) for kind, table in TABLES.items()}
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in order; return the versions applied."""

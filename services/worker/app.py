@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from feedback.errors import FlywheelError, KafkaUnavailableError
 from feedback.lake import Lake
+from feedback.rollup import refresh_rollup
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
@@ -54,6 +55,16 @@ def run_lake_forever(lake: Lake, settings: Settings, stop: threading.Event) -> N
             log.warning("lake export failed: %s", exc)
 
 
+def run_rollup_forever(store: DuckDBStore, settings: Settings, stop: threading.Event) -> None:
+    """Roll up new rows for reports now and then every ``worker.rollup_interval_s`` (``feedback.rollup``)."""
+    while not stop.is_set():
+        try:
+            refresh_rollup(store)
+        except FlywheelError as exc:  # reports stay exact meanwhile: they add the rows past the watermark
+            log.warning("rollup refresh failed: %s", exc)
+        stop.wait(settings.worker.rollup_interval_s)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the worker app; its lifespan opens DuckDB and starts the sink thread."""
 
@@ -77,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         threads = [
             threading.Thread(target=run_sink_forever, args=(sink, resolved, stop), name="sink", daemon=True),
             threading.Thread(target=run_lake_forever, args=(lake, resolved, stop), name="lake", daemon=True),
+            threading.Thread(target=run_rollup_forever, args=(store, resolved, stop), name="rollup", daemon=True),
         ]
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
         for thread in threads:
