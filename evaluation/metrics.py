@@ -229,8 +229,13 @@ Moments = dict[str, dict[str, dict[str, Ratio]]]  # phase -> arm -> metric -> st
 
 
 def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) -> Moments:
-    """Sufficient statistics of every metric per phase and arm; unknown experiments raise."""
-    rows = db.query(rollup_moments_sql(metrics), [experiment]) if all(m.rollup for m in metrics) else []
+    """Sufficient statistics of every metric per phase and arm; unknown experiments raise.
+
+    From the rollups plus their tail when every metric has rollup columns and the file has the
+    rollups (a file read-only before the worker migrated it may not); else from the raw tables.
+    """
+    rolled = all(m.rollup for m in metrics) and bool(db.query(_HAS_ROLLUPS)[0]["present"])
+    rows = db.query(rollup_moments_sql(metrics), [experiment]) if rolled else []
     if not all(row["rollup_current"] for row in rows) or not rows:  # the guard failed, or no rows: ask the raw tables
         rows = db.query(moments_sql(metrics), [experiment])
     if not rows:
@@ -244,6 +249,9 @@ def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) ->
 # a unit's totals are the sums of its rows (a refresh appends one per unit it touches)
 _ROLLUP_COLUMNS = "responses errors latency_ms completion_tokens confidence confidences ups downs rating_sum ratings"
 ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in [*_ROLLUP_COLUMNS.split(), "corrected"])
+
+
+_HAS_ROLLUPS = "SELECT count(*) > 0 AS present FROM duckdb_tables() WHERE table_name = 'rollup_watermark'"
 
 
 def rollup_is_current(db: Queryable) -> bool:

@@ -160,3 +160,10 @@ def test_a_failed_guard_reads_the_raw_tables(tmp_path: Any) -> None:
         assert_same(rolled_moments(store, "exp-2")[0], raw)
     finally:
         store.close()
+
+
+def test_a_file_without_the_rollups_reads_the_raw_tables(experiment_store: Callable[..., DuckDBStore]) -> None:
+    store = experiment_store(synthetic_rows(units=50, seed=4))
+    raw = raw_moments(store, "exp-1")
+    store.execute("DROP TABLE rollup_watermark")  # as a file from before migration 6, opened read-only
+    assert_same(metric_moments(store, "exp-1", BUILT_IN), raw)
