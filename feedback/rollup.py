@@ -211,9 +211,10 @@ def refresh_rollup(store: Store, *, rebuild: bool = False) -> RefreshResult:
     Rebuilds from scratch when asked or when the guard finds rows the watermark does not account for.
     """
     execute_in_transaction(store, refresh_sql(rebuild=rebuild), "refreshing the rollups")
-    row = store.query("SELECT through, interactions_rows, feedback_rows FROM rollup_watermark")[0]
-    through = row["through"] if isinstance(row["through"], datetime) else None  # '-infinity' reads as a float
-    return RefreshResult(through, int(row["interactions_rows"]), int(row["feedback_rows"]))
+    row = store.query(
+        "SELECT nullif(through, '-infinity') AS through, interactions_rows, feedback_rows FROM rollup_watermark"
+    )[0]
+    return RefreshResult(row["through"], int(row["interactions_rows"]), int(row["feedback_rows"]))
 
 
 def execute_in_transaction(store: Store, statements: str, what: str) -> None:

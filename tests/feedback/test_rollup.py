@@ -11,7 +11,7 @@ import pytest
 
 from feedback.events import ChatMessage, FeedbackEvent, InteractionEvent
 from feedback.lake import Lake
-from feedback.rollup import refresh_rollup
+from feedback.rollup import RefreshResult, refresh_rollup
 from feedback.store import DuckDBStore, Located
 
 # written independently of feedback.rollup: the report's per-unit totals straight from the raw tables
@@ -77,6 +77,7 @@ def count(store: DuckDBStore, table: str) -> int:
 
 
 def test_the_sink_leaves_the_rollups_alone(store: DuckDBStore) -> None:
+    assert refresh_rollup(store) == RefreshResult(None, 0, 0)  # nothing stored: nothing to roll up
     store.write_batch(located([response(1, unit="u1"), fb("f1", 1, thumb="up"), fb("f2", 7, rating=3)], 0))
     assert (count(store, "unit_rollup"), count(store, "feedback_pending")) == (0, 0)
     result = refresh_rollup(store)
