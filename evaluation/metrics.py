@@ -249,20 +249,7 @@ def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) ->
 # a unit's totals are the sums of its rows (a refresh appends one per unit it touches)
 _ROLLUP_COLUMNS = "responses errors latency_ms completion_tokens confidence confidences ups downs rating_sum ratings"
 ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in [*_ROLLUP_COLUMNS.split(), "corrected"])
-
-
 _HAS_ROLLUPS = "SELECT count(*) > 0 AS present FROM duckdb_tables() WHERE table_name = 'rollup_watermark'"
-
-
-def rollup_is_current(db: Queryable) -> bool:
-    """Whether the stored rows at or before the rollup's watermark are exactly those rolled up.
-
-    Rows can only break that by being deleted outside retention (which rebuilds the rollups) or by
-    being stored with an ``ingested_at`` from a clock that stepped back; reports then read the raw
-    tables until the next refresh rebuilds.
-    """
-    return bool(db.query(f"SELECT {current_sql()} AS current")[0]["current"])
-
 
 _AB_PHASE = re.compile(r"^ab-(\d{1,2})$")
 
