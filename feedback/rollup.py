@@ -211,9 +211,12 @@ def refresh_rollup(store: Store, *, rebuild: bool = False) -> RefreshResult:
     Rebuilds from scratch when asked or when the guard finds rows the watermark does not account for.
     """
     execute_in_transaction(store, refresh_sql(rebuild=rebuild), "refreshing the rollups")
-    row = store.query(
-        "SELECT nullif(through, '-infinity') AS through, interactions_rows, feedback_rows FROM rollup_watermark"
-    )[0]
+    try:
+        row = store.query(
+            "SELECT nullif(through, '-infinity') AS through, interactions_rows, feedback_rows FROM rollup_watermark"
+        )[0]
+    except duckdb.Error as exc:
+        raise StoreError(f"reading the rollups' watermark failed: {exc}") from exc
     return RefreshResult(row["through"], int(row["interactions_rows"]), int(row["feedback_rows"]))
 
 
