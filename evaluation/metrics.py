@@ -7,6 +7,14 @@ method (``evaluation.moments.Ratio``). One SQL scan per experiment yields, for e
 every (phase, arm): ``n`` units, ``sum m``, ``sum m**2``, ``sum d``, ``sum d**2``, ``sum m d``.
 No response row leaves DuckDB.
 
+Where the per-unit totals come from: built-in metrics sum ``unit_rollup`` (a few additive rows
+per unit, kept by the worker's periodic job behind a watermark: ``feedback.rollup``) together with
+the same totals computed from the rows ingested past the watermark (the tail: at most one refresh
+interval's arrivals), in one query, so the numbers are exact and current. The same query checks
+the watermark's guard (the rows at or before it are those rolled up); if it fails, and always for
+custom metrics, the raw responses are joined to their feedback (``FEEDBACK_CTE``) and grouped per
+unit. Both give the same statistics up to floating-point summation order.
+
 Built-in metrics (numerator / denominator per served response):
 
 - ``positive_feedback_rate``: thumbs up / thumbs given
@@ -24,13 +32,14 @@ Custom metrics (``ExperimentSettings.custom_metrics``) add SQL numerator/denomin
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from evaluation.config import ExperimentSettings
 from evaluation.errors import InvalidSplitError, UnknownExperimentError, UnknownMetricError
 from evaluation.moments import Ratio, SampleMean
+from feedback.rollup import current_sql, tail_sql
 
 ARMS = ("champion", "challenger")
 
@@ -66,17 +75,31 @@ class Metric:
     numerator: str
     denominator: str
     higher_is_better: bool = True
+    rollup: tuple[str, str] | None = None  # per-unit numerator and denominator over ``unit_rollup``
 
 
 BUILT_IN: tuple[Metric, ...] = (
-    Metric("positive_feedback_rate", "coalesce(fb.ups, 0)", "coalesce(fb.ups + fb.downs, 0)"),
-    Metric("negative_feedback_rate", "coalesce(fb.downs, 0)", "coalesce(fb.ups + fb.downs, 0)", False),
-    Metric("mean_rating", "coalesce(fb.rating_sum, 0)", "coalesce(fb.ratings, 0)"),
-    Metric("correction_rate", Flag("coalesce(fb.corrections, 0) > 0"), "1", False),
-    Metric("error_rate", Flag("i.error IS NOT NULL"), "1", False),
-    Metric("latency_ms", "i.latency_ms", "1", False),
-    Metric("completion_tokens", "i.completion_tokens", "1"),
-    Metric("confidence", "coalesce(i.confidence, 0)", Flag("i.confidence IS NOT NULL")),
+    Metric(
+        "positive_feedback_rate", "coalesce(fb.ups, 0)", "coalesce(fb.ups + fb.downs, 0)", rollup=("ups", "ups + downs")
+    ),
+    Metric(
+        "negative_feedback_rate",
+        "coalesce(fb.downs, 0)",
+        "coalesce(fb.ups + fb.downs, 0)",
+        False,
+        rollup=("downs", "ups + downs"),
+    ),
+    Metric("mean_rating", "coalesce(fb.rating_sum, 0)", "coalesce(fb.ratings, 0)", rollup=("rating_sum", "ratings")),
+    Metric("correction_rate", Flag("coalesce(fb.corrections, 0) > 0"), "1", False, rollup=("corrected", "responses")),
+    Metric("error_rate", Flag("i.error IS NOT NULL"), "1", False, rollup=("errors", "responses")),
+    Metric("latency_ms", "i.latency_ms", "1", False, rollup=("latency_ms", "responses")),
+    Metric("completion_tokens", "i.completion_tokens", "1", rollup=("completion_tokens", "responses")),
+    Metric(
+        "confidence",
+        "coalesce(i.confidence, 0)",
+        Flag("i.confidence IS NOT NULL"),
+        rollup=("confidence", "confidences"),
+    ),
 )
 
 FEEDBACK_CTE = """fb AS (
@@ -125,18 +148,10 @@ def moments_sql(metrics: Sequence[Metric], *, cohort: bool = False) -> str:
     With ``cohort``, rows are also grouped by each unit's first day in one phase (parameters:
     experiment, phase, experiment, phase), for cumulative timelines.
     """
-    exprs = list(dict.fromkeys(e for m in metrics for e in (m.numerator, m.denominator)))
-    at = {e: j for j, e in enumerate(exprs)}
+    exprs = _expressions(metrics, lambda m: (m.numerator, m.denominator))
     columns = [per_unit_sum(e, j) for j, e in enumerate(exprs)]
     per_row = "".join(f", {row}" for row, _ in columns if row)
     per_unit = ", ".join(total for _, total in columns)
-    sums = ", ".join(f"sum(e{j}) AS s{j}, sum(e{j} * e{j}) AS ss{j}" for j in range(len(exprs)))
-    products = ", ".join(f"sum(e{at[m.numerator]} * e{at[m.denominator]}) AS md{k}" for k, m in enumerate(metrics))
-    named = ", ".join(
-        f"s{at[m.numerator]} AS m{k}_s, ss{at[m.numerator]} AS m{k}_ss, "
-        f"s{at[m.denominator]} AS d{k}_s, ss{at[m.denominator]} AS d{k}_ss, md{k}"
-        for k, m in enumerate(metrics)
-    )
     first, day, join, where = "", "", "", ""
     if cohort:
         first = (
@@ -154,10 +169,52 @@ r AS (SELECT i.phase, i.arm = 'challenger' AS challenger, i.unit_id{day}{per_row
       FROM interactions i{fb_join}{join}
       WHERE i.deployment_id = ? AND i.role = 'served' AND i.arm IN ('champion', 'challenger'){where}),
 u AS (SELECT {keys}, unit_id, {per_unit} FROM r GROUP BY ALL),
-agg AS (SELECT {keys}, count(*) AS n, {sums}, {products} FROM u GROUP BY ALL)
-SELECT phase, CASE WHEN challenger THEN 'challenger' ELSE 'champion' END AS arm{", day" if cohort else ""}, n, {named}
-FROM agg ORDER BY ALL
+{_across_units(metrics, exprs, lambda m: (m.numerator, m.denominator), keys)}
 """  # noqa: S608
+
+
+def rollup_moments_sql(metrics: Sequence[Metric]) -> str:
+    """``moments_sql`` from ``unit_rollup`` plus the tail past its watermark (every metric needs a ``rollup``
+    pair): no join over the stored responses, few rows per unit. Parameter ``$1``: the experiment id.
+    Each row also carries ``rollup_current``, the watermark's guard read in the same snapshot."""
+    exprs = _expressions(metrics, _rollup_pair)
+    per_unit = ", ".join(f"({e})::DOUBLE AS e{j}" for j, e in enumerate(exprs))
+    return f"""
+WITH {tail_sql("$1")},
+t AS (SELECT phase, arm, unit_id, {ROLLUP_SUMS}
+      FROM (SELECT * FROM unit_rollup WHERE deployment_id = $1 UNION ALL BY NAME SELECT * FROM rollup_tail)
+      WHERE arm IN ('champion', 'challenger') GROUP BY ALL),
+u AS (SELECT phase, arm = 'challenger' AS challenger, {per_unit} FROM t),
+{_across_units(metrics, exprs, _rollup_pair, "phase, challenger", f", {current_sql()} AS rollup_current")}
+"""  # noqa: S608
+
+
+def _rollup_pair(metric: Metric) -> tuple[str, str]:
+    if metric.rollup is None:
+        raise ValueError(f"metric {metric.name} has no rollup columns")
+    return metric.rollup
+
+
+def _expressions(metrics: Sequence[Metric], pair: Callable[[Metric], tuple[str, str]]) -> list[str]:
+    return list(dict.fromkeys(e for m in metrics for e in pair(m)))
+
+
+def _across_units(
+    metrics: Sequence[Metric], exprs: list[str], pair: Callable[[Metric], tuple[str, str]], keys: str, extra: str = ""
+) -> str:
+    """The tail of a moments query: from per-unit totals ``u`` (``e0``, ``e1``, ...) to the named sums."""
+    at = {e: j for j, e in enumerate(exprs)}
+    sums = ", ".join(f"sum(e{j}) AS s{j}, sum(e{j} * e{j}) AS ss{j}" for j in range(len(exprs)))
+    products = ", ".join(f"sum(e{at[pair(m)[0]]} * e{at[pair(m)[1]]}) AS md{k}" for k, m in enumerate(metrics))
+    named = ", ".join(
+        f"s{at[pair(m)[0]]} AS m{k}_s, ss{at[pair(m)[0]]} AS m{k}_ss, "
+        f"s{at[pair(m)[1]]} AS d{k}_s, ss{at[pair(m)[1]]} AS d{k}_ss, md{k}"
+        for k, m in enumerate(metrics)
+    )
+    day = ", day" if "day" in keys else ""
+    return f"""agg AS (SELECT {keys}, count(*) AS n, {sums}, {products} FROM u GROUP BY ALL)
+SELECT phase, CASE WHEN challenger THEN 'challenger' ELSE 'champion' END AS arm{day}, n, {named}{extra}
+FROM agg ORDER BY ALL"""  # noqa: S608
 
 
 def ratio_of(row: dict[str, Any], k: int) -> Ratio:
@@ -172,8 +229,15 @@ Moments = dict[str, dict[str, dict[str, Ratio]]]  # phase -> arm -> metric -> st
 
 
 def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) -> Moments:
-    """Sufficient statistics of every metric per phase and arm; unknown experiments raise."""
-    rows = db.query(moments_sql(metrics), [experiment])
+    """Sufficient statistics of every metric per phase and arm; unknown experiments raise.
+
+    From the rollups plus their tail when every metric has rollup columns and the file has the
+    rollups (a file read-only before the worker migrated it may not); else from the raw tables.
+    """
+    rolled = all(m.rollup for m in metrics) and bool(db.query(_HAS_ROLLUPS)[0]["present"])
+    rows = db.query(rollup_moments_sql(metrics), [experiment]) if rolled else []
+    if not all(row["rollup_current"] for row in rows) or not rows:  # the guard failed, or no rows: ask the raw tables
+        rows = db.query(moments_sql(metrics), [experiment])
     if not rows:
         raise UnknownExperimentError(f"no experiment {experiment!r}: no served responses carry that deployment id")
     out: Moments = {}
@@ -181,6 +245,11 @@ def metric_moments(db: Queryable, experiment: str, metrics: Sequence[Metric]) ->
         out.setdefault(row["phase"], {})[row["arm"]] = {m.name: ratio_of(row, k) for k, m in enumerate(metrics)}
     return out
 
+
+# a unit's totals are the sums of its rows (a refresh appends one per unit it touches)
+_ROLLUP_COLUMNS = "responses errors latency_ms completion_tokens confidence confidences ups downs rating_sum ratings"
+ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in [*_ROLLUP_COLUMNS.split(), "corrected"])
+_HAS_ROLLUPS = "SELECT count(*) > 0 AS present FROM duckdb_tables() WHERE table_name = 'rollup_watermark'"
 
 _AB_PHASE = re.compile(r"^ab-(\d{1,2})$")
 

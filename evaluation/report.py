@@ -1,10 +1,10 @@
 """An experiment's full report: every phase's metrics, guards and tests, the shadow analysis, the verdict.
 
-Everything moment-based comes from one grouped SQL scan per experiment (``metric_moments``) plus
-one cohort scan for the timeline and one CUPED scan per phase for every metric (``cuped`` repeats
-the primary metric's); quantiles are exact
-SQL order statistics; Mann-Whitney (on the primary metric), the bootstrap of the p95 latency lift
-and answer similarity work on bounded samples (see their modules).
+Everything moment-based comes from one grouped SQL scan per experiment (``metric_moments``, over
+the sink's per-unit rollup when it is current) plus one cohort scan for the timeline and one CUPED
+scan per phase for every metric (``cuped`` repeats the primary metric's); quantiles are exact SQL
+order statistics; Mann-Whitney (on the primary metric), the bootstrap of the p95 latency lift and
+answer similarity work on bounded samples (see their modules).
 Each number carries its inputs, method and alpha, and the report carries the settings, so anyone
 can recompute it.
 

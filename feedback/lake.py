@@ -10,9 +10,10 @@ An export takes the rows whose ``ingested_at`` is later than the table's high-wa
 from, so an export interrupted before the mark moved is redone over the same file names: the lake
 never holds a row twice. Redaction (``feedback.pii``) runs here, in batches, never on ingest.
 
-Retention removes whole days: their directories in both trees, their rows in DuckDB, and then
-compacts the DuckDB file so the deleted text does not linger in free blocks. The durable record is
-DuckDB and this lake; Kafka keeps events only for ``kafka.topics.retention_hours``.
+Retention removes whole days: their directories in both trees, their rows in DuckDB (rebuilding
+the report rollups, ``feedback.rollup``, in the same transaction), and then compacts the DuckDB
+file so the deleted text does not linger in free blocks. The durable record is DuckDB and this
+lake; Kafka keeps events only for ``kafka.topics.retention_hours``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from feedback.pii import redact, redact_batch
+from feedback.rollup import execute_in_transaction, rebuild_sql
 from feedback.store import DuckDBStore
 
 RAW, REDACTED = "raw", "redacted"
@@ -148,12 +150,14 @@ class Lake:
                 shutil.rmtree(day_dir)
                 if day not in result.days:
                     result.days.append(day)
+        deletes = []
         for table in TEXT_COLUMNS:
             where = f"{_DAY} < '{cutoff}'"
             count = self._store.query(f"SELECT count(*) AS n FROM {table} WHERE {where}")[0]["n"]  # noqa: S608
             if count:
-                self._store.execute(f"DELETE FROM {table} WHERE {where}")  # noqa: S608
+                deletes.append(f"DELETE FROM {table} WHERE {where}")  # noqa: S608
             result.rows[table] = int(count)
-        if any(result.rows.values()):
+        if deletes:  # the report rollups are rebuilt from what is left, in the deletes' transaction
+            execute_in_transaction(self._store, ";\n".join([*deletes, rebuild_sql()]), "retention")
             self._store.compact()
         return result

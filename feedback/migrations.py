@@ -115,4 +115,84 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        5,
+        """
+        -- per (deployment, phase, arm, unit): additive totals of the unit's served responses and of
+        -- their feedback, appended by the sink in each batch's transaction (feedback.rollup) and merged
+        -- into one row per unit from time to time; a report sums units instead of joining responses
+        CREATE TABLE unit_rollup (
+            deployment_id     VARCHAR NOT NULL,
+            phase             VARCHAR NOT NULL,
+            arm               VARCHAR NOT NULL,
+            unit_id           VARCHAR NOT NULL,
+            first_ts          TIMESTAMPTZ,
+            responses         BIGINT NOT NULL,
+            errors            BIGINT NOT NULL,
+            latency_ms        DOUBLE NOT NULL,
+            completion_tokens BIGINT NOT NULL,
+            confidence        DOUBLE NOT NULL,
+            confidences       BIGINT NOT NULL,
+            feedbacks         BIGINT NOT NULL,
+            ups               BIGINT NOT NULL,
+            downs             BIGINT NOT NULL,
+            rating_sum        BIGINT NOT NULL,
+            ratings           BIGINT NOT NULL,
+            corrected         BIGINT NOT NULL
+        );
+        -- feedback totals of interactions whose served response has not landed yet (feedback may come first)
+        CREATE TABLE feedback_pending (
+            interaction_id    VARCHAR PRIMARY KEY,
+            feedbacks         BIGINT NOT NULL,
+            ups               BIGINT NOT NULL,
+            downs             BIGINT NOT NULL,
+            rating_sum        BIGINT NOT NULL,
+            ratings           BIGINT NOT NULL,
+            corrections       BIGINT NOT NULL
+        );
+        -- rows of unit_rollup after its last merge (the next merge comes when it has doubled)
+        CREATE TABLE rollup_state (merged_rows BIGINT NOT NULL);
+        -- the rows already stored, rolled up once
+        CREATE TEMP TABLE rollup_totals AS
+        SELECT interaction_id, count(*) AS feedbacks, count(*) FILTER (WHERE thumb = 'up') AS ups,
+               count(*) FILTER (WHERE thumb = 'down') AS downs, coalesce(sum(rating), 0) AS rating_sum,
+               count(rating) AS ratings, count(correction) AS corrections
+        FROM feedback GROUP BY interaction_id;
+        INSERT INTO unit_rollup
+        SELECT i.deployment_id, i.phase, i.arm, i.unit_id, min(i.ts), count(*), count(i.error), sum(i.latency_ms),
+               sum(i.completion_tokens), coalesce(sum(i.confidence), 0), count(i.confidence),
+               coalesce(sum(f.feedbacks), 0), coalesce(sum(f.ups), 0), coalesce(sum(f.downs), 0),
+               coalesce(sum(f.rating_sum), 0), coalesce(sum(f.ratings), 0), count(*) FILTER (WHERE f.corrections > 0)
+        FROM interactions i LEFT JOIN rollup_totals f USING (interaction_id)
+        WHERE i.role = 'served'
+        GROUP BY ALL;
+        INSERT INTO feedback_pending
+        SELECT * FROM rollup_totals
+        WHERE interaction_id NOT IN (SELECT interaction_id FROM interactions WHERE role = 'served');
+        DROP TABLE rollup_totals;
+        INSERT INTO rollup_state SELECT count(*) FROM unit_rollup;
+        """,
+    ),
+    (
+        6,
+        """
+        -- the rollups leave the sink's transaction: a periodic job (feedback.rollup.refresh_rollup)
+        -- rolls up the rows ingested since its watermark, and reports add the rows past it
+        DROP TABLE rollup_state;
+        -- one row: every interactions and feedback row with ingested_at <= through is in the rollups;
+        -- the row counts at or before it guard that (a row ingested later with an earlier clock
+        -- reading changes them, and the next refresh rebuilds)
+        CREATE TABLE rollup_watermark (
+            through           TIMESTAMPTZ NOT NULL,
+            interactions_rows BIGINT NOT NULL,
+            feedback_rows     BIGINT NOT NULL,
+            merged_rows       BIGINT NOT NULL,  -- rows of unit_rollup after its last merge
+            refreshed_at      TIMESTAMPTZ
+        );
+        -- start from nothing rolled up: the job's first refresh reads every stored row
+        DELETE FROM unit_rollup;
+        DELETE FROM feedback_pending;
+        INSERT INTO rollup_watermark VALUES ('-infinity', 0, 0, 0, NULL);
+        """,
+    ),
 )

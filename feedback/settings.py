@@ -136,6 +136,7 @@ class WorkerSettings(_Section):
     fetch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # most bytes the sink fetches per partition, bytes
     lake_dir: Path = Path(".flywheel/lake")  # Parquet lake: raw/ (admins only) and redacted/ (analysts)
     lake_export_interval_s: float = Field(5.0, gt=0)  # export new rows to the lake this often, seconds
+    rollup_interval_s: float = Field(5.0, gt=0)  # roll up new rows for reports this often (bounds their tail), seconds
     retention_days: int = Field(180, ge=1)  # whole days older than this are purged from lake and DuckDB, days
     query_timeout_s: float = Field(10.0, gt=0)  # analyst query: wall-clock limit, seconds
     query_memory_limit: str = "512MB"  # analyst query: DuckDB memory_limit of the query process

@@ -18,6 +18,7 @@ from feedback.lease import KafkaLease
 from feedback.model.runtime import model_name
 from feedback.model.source import prepare_model
 from feedback.registry import AdapterRegistry, follow_deployment
+from feedback.rollup import refresh_rollup
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
@@ -116,6 +117,16 @@ def run_refresh(refresher: Refresher, key: str) -> None:
         log.info("scheduled refresh %s not started: %s", key, exc)
 
 
+def run_rollup_forever(store: DuckDBStore, settings: Settings, stop: threading.Event) -> None:
+    """Roll up new rows for reports now and then every ``worker.rollup_interval_s`` (``feedback.rollup``)."""
+    while not stop.is_set():
+        try:
+            refresh_rollup(store)
+        except FlywheelError as exc:  # reports stay exact meanwhile: they add the rows past the watermark
+            log.warning("rollup refresh failed: %s", exc)
+        stop.wait(settings.worker.rollup_interval_s)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the worker app; its lifespan opens DuckDB and starts the sink thread."""
 
@@ -148,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         threads = [
             threading.Thread(target=run_sink_forever, args=(sink, resolved, stop), name="sink", daemon=True),
             threading.Thread(target=run_lake_forever, args=(lake, resolved, stop), name="lake", daemon=True),
+            threading.Thread(target=run_rollup_forever, args=(store, resolved, stop), name="rollup", daemon=True),
         ]
         if resolved.scheduler.enabled:
             threads.append(threading.Thread(target=lease.run, name="refresh-lease", daemon=True))
