@@ -110,7 +110,11 @@ class Refresher:
         publish: Callable[[DeploymentState], DeploymentState],
         echo: IO[str] | None = sys.stderr,
     ) -> None:
-        """``deployment`` returns the current state; ``publish`` writes a new one and returns it once applied."""
+        """``deployment`` returns the current state; ``publish`` writes a new one and returns it once applied.
+
+        Registry states follow a published deployment through the worker's deployments follower
+        (:func:`feedback.registry.follow_deployment`), which has applied it when ``publish`` returns.
+        """
         self.settings = settings
         self.store = store
         self.registry = AdapterRegistry(settings.model.registry_dir)
@@ -193,7 +197,7 @@ class Refresher:
         state = self._deployment()
         if state.challenger is not None:
             return None
-        waiting = [r for r in self.registry.versions() if r.get("state") == "candidate" and r.get("gate_passed")]
+        waiting = self._waiting()
         if not waiting:
             return None
         newest, older = waiting[-1], waiting[:-1]
@@ -204,7 +208,6 @@ class Refresher:
             return None
         version = join_version(newest["base"], newest["version"])
         self._publish(set_challenger(state, version, by=BY, sample_rate=self.settings.refresh.shadow_sample_rate))
-        self._set_state_if_known(newest["version"], "shadow")
         return str(newest["version"])
 
     def _claim(self, key: str, forced_by: str | None) -> RefreshRun:
@@ -341,8 +344,8 @@ class Refresher:
             self.registry.set_state(version, "superseded")
             return "superseded", f"the champion changed to {state.champion!r} while this candidate trained"
         if state.challenger is not None and state.mode == "ab":
-            for record in self.registry.versions():
-                if record["version"] != version and record.get("state") == "candidate" and record.get("gate_passed"):
+            for record in self._waiting():
+                if record["version"] != version:
                     self.registry.set_state(record["version"], "superseded")
             return (
                 "waiting",
@@ -355,19 +358,11 @@ class Refresher:
             )
         except (DeploymentError, FlywheelError) as exc:
             return "waiting", f"the candidate passed the gate but could not be deployed: {exc}"
-        previous = split_version(state.challenger)[1] if state.challenger else None
-        if previous is not None and previous != version:
-            self._set_state_if_known(previous, "superseded")
-        self._set_state_if_known(version, "shadow")
         return "deployed", f"{model_version} is the shadow challenger (deployment {applied.deployment_id})"
 
-    def _set_state_if_known(self, version: str, state: str) -> None:
-        """Set a state the deployments follower may already have set (then nothing changes)."""
-        try:
-            if self.registry.lineage(version).get("state") != state:
-                self.registry.set_state(version, state, by=BY)
-        except RegistryError as exc:
-            log.warning("registry state of %s not changed: %s", version, exc)
+    def _waiting(self) -> list[dict[str, Any]]:
+        """Candidates that passed their gate and were not deployed, oldest first."""
+        return [r for r in self.registry.versions() if r.get("state") == "candidate" and r.get("gate_passed")]
 
     def _since(self) -> datetime | None:
         outcomes = [
