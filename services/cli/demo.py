@@ -56,6 +56,7 @@ from services.cli.loop_eval import (
     train_ablation,
 )
 from services.cli.ports import free_port
+from services.cli.refresh import follow_refresh
 from services.cli.report import print_table
 
 READY_TIMEOUT_S = 900.0  # the first run converts the model (tens of seconds on 2 cores)
@@ -215,18 +216,14 @@ def _simulate(
 def _refresh(worker_url: str, admin_token: str) -> dict[str, Any]:
     headers = {"X-Admin-Token": admin_token}
     started = _call("POST", f"{worker_url}/v1/admin/refresh", headers, {})
-    deadline, stage = time.monotonic() + REFRESH_TIMEOUT_S, None
-    while time.monotonic() < deadline:
-        record = _call("GET", f"{worker_url}/v1/refreshes/{started['key']}", headers)
-        running = record.get("running")
-        if running is None and record.get("outcome"):
-            outcome: dict[str, Any] = record["outcome"]
-            return outcome
-        if running and running["stage"] != stage:
-            stage = running["stage"]
-            print(f"demo: refresh {started['run']}: {stage} ...", flush=True)
-        time.sleep(2)
-    raise SystemExit(f"demo: the refresh did not end within {REFRESH_TIMEOUT_S:.0f} s")
+
+    def on_stage(stage: str) -> None:
+        print(f"demo: refresh {started['run']}: {stage} ...", flush=True)
+
+    outcome = follow_refresh(worker_url, headers, started["key"], on_stage, REFRESH_TIMEOUT_S)
+    if outcome is None:
+        raise SystemExit(f"demo: the refresh did not end within {REFRESH_TIMEOUT_S:.0f} s")
+    return outcome
 
 
 def _print_refresh(outcome: dict[str, Any]) -> None:

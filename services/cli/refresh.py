@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -52,12 +53,21 @@ def refresh(
     if dry_run:
         _finish(started)
     typer.secho(f"refresh {started['run']} started", err=True)
-    _finish(_follow(base, headers, started["key"]))
+    outcome = follow_refresh(base, headers, started["key"], lambda stage: typer.secho(f"  {stage} ...", err=True))
+    assert outcome is not None  # no timeout: it returns only with an outcome
+    _finish(outcome)
 
 
-def _follow(base: str, headers: dict[str, str], key: str) -> dict[str, Any]:
+def follow_refresh(
+    base: str, headers: dict[str, str], key: str, on_stage: Callable[[str], None], timeout_s: float | None = None
+) -> dict[str, Any] | None:
+    """Ask the worker at ``base`` about the refresh ``key`` until it ends; its outcome, or None after ``timeout_s``.
+
+    ``on_stage`` is called with each new step the refresh enters.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     stage = None
-    while True:
+    while deadline is None or time.monotonic() < deadline:
         record = _call("GET", f"{base}/v1/refreshes/{key}", headers)
         running = record.get("running")
         if running is None and record.get("outcome"):
@@ -65,8 +75,9 @@ def _follow(base: str, headers: dict[str, str], key: str) -> dict[str, Any]:
             return outcome
         if running is not None and running["stage"] != stage:
             stage = running["stage"]
-            typer.secho(f"  {stage} ...", err=True)
+            on_stage(stage)
         time.sleep(_POLL_S)
+    return None
 
 
 def _finish(outcome: dict[str, Any]) -> None:
