@@ -11,10 +11,19 @@ champion's adapter) on one freshly loaded copy of the base model, in three steps
    (``ModelRuntime.score(..., add_eos=True)``). With ``d_i = loss_champion_i - loss_candidate_i``
    the loss must fall: a one-sided paired t-test (``t = mean(d) / (sd(d) / sqrt(n))``, ``n - 1``
    degrees of freedom) and/or a one-sided Wilcoxon signed-rank test (scipy; zero differences
-   dropped) below ``alpha``. The task metric on greedy answers (``max_new_tokens``) must not fall
-   by more than ``task_margin``: catalogue correctness (:func:`feedback.catalogue.correct`) when
+   dropped) below ``alpha``. The task metric on greedy answers (``max_new_tokens``) must not be
+   significantly worse: the candidate is refused when its mean falls by more than ``task_margin``
+   *and* a one-sided paired test of the fall rejects "no fall" at ``alpha`` (exact McNemar, a
+   binomial test on the examples only one of the two got right, for 0/1 metrics; Wilcoxon
+   signed-rank otherwise). A raw comparison would refuse on noise: on ten examples one answer
+   is ten points. The metric is catalogue correctness (:func:`feedback.catalogue.correct`) when
    every prompt is a catalogue question, else ROUGE-L F1 or normalized exact match against the
    reference.
+   Prompt control (``prompt_control``): each held-out prompt is also scored with the next
+   example's answer (a fixed rotation of the hashed order). Per example, the loss must fall more
+   on its own answer than on the other one: ``paired_loss_test`` of the two falls. An adapter
+   that learned only the answers' form (one trained on shuffled answers, say) lowers both alike,
+   and is refused although its held-out loss fell.
 3. Non-inferiority on the frozen golden set: mean golden loss of the candidate at most
    ``(1 + golden_margin)`` times the champion's.
 
@@ -30,7 +39,7 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +64,8 @@ REASONS = {
     "config_mismatch": "the adapter does not fit the base model",
     "too_few_examples": "too few held-out examples to test",
     "no_improvement": "the held-out loss did not fall significantly",
-    "task_metric_worse": "the held-out task metric fell beyond the margin",
+    "prompt_independent": "the held-out loss fell no more on the right answers than on other prompts' answers",
+    "task_metric_worse": "the held-out task metric fell beyond the margin, significantly",
     "golden_inferior": "the golden-set loss rose beyond the margin",
 }
 
@@ -102,6 +112,19 @@ class PairedLossTest:
 
 
 @dataclass(frozen=True)
+class TaskTest:
+    """One-sided paired test that the candidate's task metric is below the champion's."""
+
+    n: int
+    method: str  # "mcnemar" (every value 0 or 1) or "wilcoxon"
+    champion_mean: float
+    candidate_mean: float
+    statistic: float = 0.0  # mcnemar: examples only the champion got right; wilcoxon: the signed-rank statistic
+    discordant: int = 0  # examples where the two differ
+    p_value: float = 1.0
+
+
+@dataclass(frozen=True)
 class SplitScores:
     """Per-example numbers of one split for champion and candidate, in example order."""
 
@@ -113,6 +136,9 @@ class SplitScores:
     candidate_task: list[float] = field(default_factory=list)
     champion_answers: list[str] = field(default_factory=list)
     candidate_answers: list[str] = field(default_factory=list)
+    # losses of each prompt with the next example's answer (prompt control); empty when not scored
+    champion_control_loss: list[float] = field(default_factory=list)
+    candidate_control_loss: list[float] = field(default_factory=list)
 
     @staticmethod
     def mean(values: Sequence[float]) -> float:
@@ -132,6 +158,8 @@ class GateVerdict:
     heldout: SplitScores | None = None
     golden: SplitScores | None = None
     loss_test: PairedLossTest | None = None
+    task_test: TaskTest | None = None
+    control_test: PairedLossTest | None = None  # own-answer fall against other-answer fall
 
     @property
     def codes(self) -> list[str]:
@@ -162,6 +190,25 @@ def paired_loss_test(champion: Sequence[float], candidate: Sequence[float], alph
             result = stats.wilcoxon(diffs, alternative="greater", zero_method="wilcox")
         w_stat, w_p = float(result.statistic), float(result.pvalue)
     return PairedLossTest(n, mean, sd, t, float(stats.t.sf(t, n - 1)), w_stat, w_p, alpha)
+
+
+def task_fall_test(champion: Sequence[float], candidate: Sequence[float]) -> TaskTest:
+    """One-sided paired test of ``champion - candidate > 0`` on per-example task values."""
+    diffs = [a - b for a, b in zip(champion, candidate, strict=True)]
+    n, mean = len(diffs), SplitScores.mean
+    binary = all(v in (0.0, 1.0) for v in (*champion, *candidate))
+    nonzero = [d for d in diffs if d != 0]
+    base = TaskTest(n, "mcnemar" if binary else "wilcoxon", mean(champion), mean(candidate), discordant=len(nonzero))
+    if not nonzero:
+        return base
+    if binary:
+        lost = sum(d > 0 for d in nonzero)
+        p = stats.binomtest(lost, len(nonzero), 0.5, alternative="greater").pvalue
+        return replace(base, statistic=float(lost), p_value=float(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # as in paired_loss_test: ties switch scipy's method
+        result = stats.wilcoxon(diffs, alternative="greater", zero_method="wilcox")
+    return replace(base, statistic=float(result.statistic), p_value=float(result.pvalue))
 
 
 def check_adapter(adapter_dir: Path, base: torch.nn.Module) -> list[Reason]:
@@ -223,7 +270,8 @@ def evaluate_candidate(
     sample = sorted(heldout, key=lambda e: hashlib.sha256(e.id.encode()).hexdigest())[: settings.heldout_cap]
     if len(sample) < 2:
         return _with(verdict, reasons=[Reason("too_few_examples", f"{len(sample)} held-out examples; at least 2")])
-    held = models.scores(sample, _task_metric(sample, settings.task_metric), settings.max_new_tokens)
+    metric = _task_metric(sample, settings.task_metric)
+    held = models.scores(sample, metric, settings.max_new_tokens, control=settings.prompt_control)
     gold = models.scores(golden if golden is not None else load_golden(settings), None, 0)
     return decide(held, gold, settings, _with(verdict))
 
@@ -243,13 +291,30 @@ def decide(heldout: SplitScores, golden: SplitScores, settings: GateSettings, ve
                 + (f" ({test.error})" if test.error else ""),
             )
         )
-    task_a, task_b = mean(heldout.champion_task), mean(heldout.candidate_task)
-    if task_b < task_a - settings.task_margin:
+    control = None
+    if heldout.champion_control_loss:
+        own = [a - b for a, b in zip(heldout.champion_loss, heldout.candidate_loss, strict=True)]
+        other = [a - b for a, b in zip(heldout.champion_control_loss, heldout.candidate_control_loss, strict=True)]
+        control = paired_loss_test(own, other, settings.alpha)
+        if test.significant(settings.test) and not control.significant(settings.test):
+            reasons.append(
+                Reason(
+                    "prompt_independent",
+                    f"held-out loss fell {mean(own):.5f} on the examples' own answers and {mean(other):.5f} on "
+                    f"other prompts' answers over {control.n} examples: one-sided paired t "
+                    f"p = {control.t_p_value:.4g}, Wilcoxon p = {control.wilcoxon_p_value:.4g}, alpha "
+                    f"{settings.alpha}; the adapter learned the answers' form, not what the prompt asks"
+                    + (f" ({control.error})" if control.error else ""),
+                )
+            )
+    task = task_fall_test(heldout.champion_task, heldout.candidate_task) if heldout.metric else None
+    if task and task.candidate_mean < task.champion_mean - settings.task_margin and task.p_value < settings.alpha:
         reasons.append(
             Reason(
                 "task_metric_worse",
-                f"held-out {heldout.metric} {task_a:.5f} (champion) vs {task_b:.5f} (candidate), "
-                f"margin {settings.task_margin}",
+                f"held-out {heldout.metric} {task.champion_mean:.5f} (champion) vs {task.candidate_mean:.5f} "
+                f"(candidate) over {task.n} examples, margin {settings.task_margin}: one-sided {task.method} "
+                f"p = {task.p_value:.4g}, alpha {settings.alpha}",
             )
         )
     gold_a, gold_b = mean(golden.champion_loss), mean(golden.candidate_loss)
@@ -264,7 +329,16 @@ def decide(heldout: SplitScores, golden: SplitScores, settings: GateSettings, ve
                 f"+{settings.golden_margin * 100:.2f}%",
             )
         )
-    return _with(verdict, passed=not reasons, reasons=reasons, heldout=heldout, golden=golden, loss_test=test)
+    return _with(
+        verdict,
+        passed=not reasons,
+        reasons=reasons,
+        heldout=heldout,
+        golden=golden,
+        loss_test=test,
+        task_test=task,
+        control_test=control,
+    )
 
 
 def load_golden(settings: GateSettings) -> list[GateExample]:
@@ -279,20 +353,24 @@ class _Models:
         self._runtime, self._champion_adapter = runtime, champion_adapter
         self._peft: Any = adapters.model
 
-    def scores(self, examples: Sequence[GateExample], metric: str | None, max_new_tokens: int) -> SplitScores:
-        """Losses (and task values when ``metric`` is set) of both models on ``examples``."""
+    def scores(
+        self, examples: Sequence[GateExample], metric: str | None, max_new_tokens: int, *, control: bool = False
+    ) -> SplitScores:
+        """Losses (and task values when ``metric`` is set; control losses when ``control``) of both models."""
         results = {}
+        others = [e.completion for e in examples[1:]] + [examples[0].completion] if control else []
         for name in (CHAMPION, CANDIDATE):
             with self._active(name):
-                losses = [self._loss(e) for e in examples]
+                losses = [self._loss(e.messages, e.completion) for e in examples]
+                controls = [self._loss(e.messages, other) for e, other in zip(examples, others, strict=False)]
                 answers = self._answers(examples, max_new_tokens) if metric else []
             tasks = [_task_value(metric, e, a) for e, a in zip(examples, answers, strict=True)] if metric else []
-            results[name] = (losses, tasks, answers)
-        (loss_a, task_a, ans_a), (loss_b, task_b, ans_b) = results[CHAMPION], results[CANDIDATE]
-        return SplitScores([e.id for e in examples], loss_a, loss_b, metric, task_a, task_b, ans_a, ans_b)
+            results[name] = (losses, tasks, answers, controls)
+        (loss_a, task_a, ans_a, ctl_a), (loss_b, task_b, ans_b, ctl_b) = results[CHAMPION], results[CANDIDATE]
+        return SplitScores([e.id for e in examples], loss_a, loss_b, metric, task_a, task_b, ans_a, ans_b, ctl_a, ctl_b)
 
-    def _loss(self, example: GateExample) -> float:
-        logprobs = self._runtime.score(example.messages, example.completion, add_eos=True)
+    def _loss(self, messages: Sequence[Mapping[str, str]], completion: str) -> float:
+        logprobs = self._runtime.score(messages, completion, add_eos=True)
         return -sum(logprobs) / len(logprobs)
 
     def _answers(self, examples: Sequence[GateExample], max_new_tokens: int) -> list[str]:

@@ -59,11 +59,13 @@ def interaction(n: int, *, interaction_id: str | None = None) -> InteractionEven
 
 
 def catalogue_answers(
-    champion: str, count: int, *, seed: int = 5, products: int = 60, offset: int = 0
+    champion: str, count: int, *, seed: int = 5, products: int = 60, offset: int = 0, listed: int = 3
 ) -> list[Located]:
     """``count`` catalogue questions answered by ``champion`` with the reference answer, confidently,
-    five minutes ago, as the sink stores them (``offset`` keeps ids and Kafka offsets apart)."""
-    asked = catalogue.make_questions(catalogue.build_catalogue(seed, products), seed, count, id_prefix=f"q{offset}")
+    five minutes ago, as the sink stores them (``offset`` keeps ids and Kafka offsets apart; ``listed``
+    catalogue entries in each prompt)."""
+    shop = catalogue.build_catalogue(seed, products)
+    asked = catalogue.make_questions(shop, seed, count, id_prefix=f"q{offset}", listed=listed)
     located = []
     for n, question in enumerate(asked):
         event = InteractionEvent(

@@ -448,6 +448,8 @@ def gate_summary(verdict: GateVerdict) -> dict[str, Any]:
         "heldout": means(verdict.heldout),
         "golden": means(verdict.golden),
         "loss_test": None if verdict.loss_test is None else asdict(verdict.loss_test),
+        "control_test": None if verdict.control_test is None else asdict(verdict.control_test),
+        "task_test": None if verdict.task_test is None else asdict(verdict.task_test),
     }
 
 

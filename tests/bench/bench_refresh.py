@@ -1,8 +1,9 @@
 """A whole refresh, select → deploy, on a real broker and DuckDB file, beside a bare peft loop on its data.
 
-The store holds ``BENCH_REFRESH_SAMPLES`` (default 1,000) served catalogue answers of about 230
-tokens each (prompt with three catalogue entries, and a two-sentence answer), all confident, so
-the refresh curates about that many examples. The refresh runs as the worker runs it (selection
+The store holds ``BENCH_REFRESH_SAMPLES`` (default 1,000) served catalogue answers of about 138
+tokens each as the chat template renders them (a prompt with one catalogue entry, and a
+two-sentence answer; the target asks for at least 100), all confident, so the refresh curates
+about that many examples. The refresh runs as the worker runs it (selection
 on the DuckDB file, curation, training in a subprocess at lower priority with
 ``BENCH_REFRESH_THREADS`` torch threads, default 2, the gate, registration, and publication of the
 shadow challenger on the deployments topic, read back). Then a bare peft loop (the textbook
@@ -13,8 +14,10 @@ training file in this process with the same thread count; tokens/s of the two ar
 Forgetting: then ``BENCH_REFRESH_DAYS`` (default 5) simulated daily refreshes of
 ``BENCH_REFRESH_DAY_SAMPLES`` (default 200) new answers each (another catalogue each day), each
 promoted before the next, so every refresh continues the previous champion's adapter with replay.
-The golden-set loss of the last champion against the original one is printed (target: at most
-+2%); the gate measures both on the same frozen golden set.
+The loss of the last champion against the original one (the base model) is printed on two frozen
+golden sets (target: at most +2%): the gate's catalogue set, which the training task improves, and
+``evaluation/golden/general.jsonl``, 40 general questions with hand-written reference answers that
+no refresh trains on, which is where forgetting would show.
 
 One run each: a refresh of this size is minutes long, and its steps are printed with their seconds.
 ``python tests/bench/bench_refresh.py forgetting`` runs only the second part.
@@ -37,11 +40,13 @@ from bench_pipeline import fresh_topics, local_broker
 from bench_training import bare_loop
 from pipeline_events import catalogue_answers
 
+from evaluation.gate import GOLDEN_PATH, evaluate_candidate
 from feedback.deployments import promote
 from feedback.events import utc_now
+from feedback.examples import read_examples
 from feedback.model.runtime import model_name
 from feedback.model.source import DEFAULT_MODEL, prepare_model
-from feedback.settings import ModelSettings, Settings
+from feedback.settings import GateSettings, ModelSettings, Settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
 from services.worker.app import Deployments
@@ -52,6 +57,8 @@ DAYS = int(os.environ.get("BENCH_REFRESH_DAYS", "5"))
 DAY_SAMPLES = int(os.environ.get("BENCH_REFRESH_DAY_SAMPLES", "200"))
 THREADS = int(os.environ.get("BENCH_REFRESH_THREADS", "2"))
 TARGET_S = 600.0
+LISTED = 1  # catalogue entries per prompt: about 138 tokens an example
+GENERAL_GOLDEN = GOLDEN_PATH.with_name("general.jsonl")
 
 
 @contextmanager
@@ -89,20 +96,34 @@ def forgetting() -> None:
     with refreshing() as (_, refresher, deployments):
         for day in range(DAYS):
             champion = deployments.current().champion
-            answers = catalogue_answers(champion, DAY_SAMPLES, seed=100 + day, offset=day * DAY_SAMPLES)
+            answers = catalogue_answers(champion, DAY_SAMPLES, seed=100 + day, offset=day * DAY_SAMPLES, listed=LISTED)
             refresher.store.write_batch(answers)
             outcome = refresher.run(f"2026-01-{day + 1:02d}")
             print(f"day {day + 1}: {outcome['status']}: {outcome['message'][:100]}; seconds {outcome['seconds']}")
             if outcome["status"] != "deployed":
                 break
-            losses = outcome["gate"]["golden"]
+            losses, last_version = outcome["gate"]["golden"], str(outcome["version"])
             golden.append((losses["champion_loss"], losses["candidate_loss"]))
             deployments.publish(promote(deployments.current(), by="bench"))
-    if not golden:
-        raise SystemExit("no refresh was deployed; nothing to compare")
-    original, last = golden[0][0], golden[-1][1]
-    print(f"{'days':>5} {'original golden loss':>21} {'last champion':>14} {'change':>8} {'target':>7}")
-    print(f"{len(golden):>5} {original:>21.4f} {last:>14.4f} {(last / original - 1) * 100:>+7.2f}% {'+2.00%':>7}")
+        if not golden:
+            raise SystemExit("no refresh was deployed; nothing to compare")
+        general = _general_losses(refresher.settings, refresher.registry.fetch(last_version))
+    print(f"{'golden set':>11} {'days':>5} {'original loss':>14} {'last champion':>14} {'change':>8} {'target':>7}")
+    for name, (original, last) in (("catalogue", (golden[0][0], golden[-1][1])), ("general", general)):
+        change = (last / original - 1) * 100
+        print(f"{name:>11} {len(golden):>5} {original:>14.4f} {last:>14.4f} {change:>+7.2f}% {'+2.00%':>7}")
+
+
+def _general_losses(settings: Settings, adapter: Path) -> tuple[float, float]:
+    """Mean loss of the base model and of ``adapter`` on the general golden set, scored by the gate."""
+    general = read_examples(GENERAL_GOLDEN)
+    model_dir = prepare_model(settings.model.source, settings.model.cache_dir)
+    quick = GateSettings(max_new_tokens=1, prompt_control=False, heldout_cap=2)  # only the golden losses are read
+    verdict = evaluate_candidate(model_dir, adapter, general[:2], golden=general, settings=quick)
+    if verdict.golden is None:
+        raise SystemExit(f"the gate could not score the general golden set: {verdict.reasons}")
+    mean = verdict.golden.mean
+    return mean(verdict.golden.champion_loss), mean(verdict.golden.candidate_loss)
 
 
 def main() -> None:
@@ -112,7 +133,9 @@ def main() -> None:
         forgetting()
         return
     with refreshing(selection={"daily_cap": SAMPLES, "replay_share": 0.0}) as (root, refresher, _):
-        refresher.store.write_batch(catalogue_answers(model_name(model_dir), SAMPLES, seed=3, products=120))
+        refresher.store.write_batch(
+            catalogue_answers(model_name(model_dir), SAMPLES, seed=3, products=120, listed=LISTED)
+        )
         started = time.perf_counter()
         outcome = refresher.run(utc_now().date().isoformat())
         wall = time.perf_counter() - started

@@ -21,7 +21,16 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from evaluation import constants
-from evaluation.gate import GOLDEN_PATH, GateVerdict, evaluate_candidate, load_golden, paired_loss_test
+from evaluation.gate import (
+    GOLDEN_PATH,
+    GateVerdict,
+    SplitScores,
+    decide,
+    evaluate_candidate,
+    load_golden,
+    paired_loss_test,
+    task_fall_test,
+)
 from feedback.catalogue import Question, build_catalogue, make_questions
 from feedback.model.runtime import ModelRuntime
 from feedback.settings import GateSettings
@@ -37,7 +46,7 @@ def train_questions() -> list[Question]:
 
 @pytest.fixture(scope="module")
 def heldout() -> list[Question]:
-    return make_questions(build_catalogue(7), 7, 8, id_prefix="held")
+    return make_questions(build_catalogue(7), 7, 16, id_prefix="held")  # 8 were too few for the prompt control
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +122,47 @@ def test_paired_loss_test_returns_an_error_on_degenerate_input() -> None:
     assert (one.error, one.n) == (constants.TOO_FEW_UNITS, 1)
 
 
+def test_task_fall_test_pins_scipy_values() -> None:
+    right4 = [1.0] * 4 + [0.0] * 6
+    # 0.4 -> 0.2: two answers lost, none gained; exact one-sided binomial P(X >= 2 | 2, 1/2)
+    two_lost = task_fall_test(right4, [1.0] * 2 + [0.0] * 8)
+    assert (two_lost.method, two_lost.n, two_lost.discordant, two_lost.statistic) == ("mcnemar", 10, 2, 2.0)
+    assert (two_lost.champion_mean, two_lost.candidate_mean, two_lost.p_value) == (0.4, 0.2, 0.25)
+    # three lost, one gained: P(X >= 3 | 4, 1/2) = 5/16
+    assert task_fall_test(right4, [1.0, 0.0, 0.0, 0.0, 1.0] + [0.0] * 5).p_value == pytest.approx(0.3125, abs=1e-12)
+    # eight lost, none gained: 1/256
+    assert task_fall_test([1.0] * 8 + [0.0] * 2, [0.0] * 10).p_value == pytest.approx(0.00390625, abs=1e-12)
+    # ROUGE-L-like values: Wilcoxon exact, W+ = 20 of 21, p = 2/64
+    rouge = task_fall_test([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.8, 0.6, 0.4, 0.2, 0.0, 0.45])
+    assert (rouge.method, rouge.statistic) == ("wilcoxon", 20.0)
+    assert rouge.p_value == pytest.approx(0.03125, abs=1e-12)
+    same = task_fall_test([1.0, 0.0], [1.0, 0.0])
+    assert (same.discordant, same.p_value) == (0, 1.0)
+
+
+def test_the_gate_refuses_a_task_metric_fall_only_when_it_is_significant() -> None:
+    settings = GateSettings()
+    champion_loss = [2.0 + n / 10 for n in range(10)]
+    candidate_loss = [1.5 + n / 9 for n in range(10)]  # falls on every example
+    golden = SplitScores(["g"], [1.0], [1.0])
+
+    def verdict(champion_task: list[float], candidate_task: list[float]) -> GateVerdict:
+        ids = [str(n) for n in range(10)]
+        held = SplitScores(ids, champion_loss, candidate_loss, "catalogue", champion_task, candidate_task)
+        return decide(held, golden, settings, GateVerdict(False, [], "candidate", None, {}))
+
+    noise = verdict([1.0] * 4 + [0.0] * 6, [1.0] * 2 + [0.0] * 8)
+    assert (noise.passed, noise.codes) == (True, [])
+    assert noise.task_test is not None
+    assert noise.task_test.p_value == 0.25
+    fall = verdict([1.0] * 8 + [0.0] * 2, [0.0] * 10)
+    assert fall.codes == ["task_metric_worse"]
+    assert fall.reasons[0].message == (
+        "held-out catalogue 0.80000 (champion) vs 0.00000 (candidate) over 10 examples, margin 0.0: "
+        "one-sided mcnemar p = 0.003906, alpha 0.05"
+    )
+
+
 def test_gate_settings_name_the_field_out_of_range() -> None:
     with pytest.raises(ValidationError, match="alpha"):
         GateSettings(alpha=1.5)
@@ -140,6 +190,11 @@ def test_a_trained_adapter_passes(model_dir: Path, good: Path, heldout: list[Que
     assert mean(verdict.heldout.candidate_loss) < mean(verdict.heldout.champion_loss)
     assert verdict.loss_test.t_p_value < 0.05
     assert verdict.loss_test.wilcoxon_p_value < 0.05
+    # it learned what the prompts ask: the loss fell more on each prompt's own answer than on another's
+    assert verdict.control_test is not None
+    assert verdict.control_test.mean_diff > 0
+    assert verdict.control_test.t_p_value < 0.05
+    assert verdict.control_test.wilcoxon_p_value < 0.05
     assert mean(verdict.heldout.candidate_task) >= mean(verdict.heldout.champion_task)
     assert mean(verdict.golden.candidate_loss) <= mean(verdict.golden.champion_loss) * 1.02
     assert json.loads(json.dumps(verdict.to_dict()))["settings"]["alpha"] == 0.05
@@ -209,8 +264,12 @@ def test_an_adapter_trained_on_shuffled_answers_is_refused(
     answers = [q.answer for q in train_questions]
     shuffled = _train_for_test(model_dir, train_questions, answers[1:] + answers[:1], tmp_path / "shuffled")
     verdict = gate(model_dir, shuffled, heldout, golden)
-    assert not verdict.passed
-    assert "task_metric_worse" in verdict.codes
+    # its held-out loss fell (it learned the answers' form), but no more on the right answers than on others
+    assert verdict.loss_test is not None
+    assert verdict.loss_test.significant("both")
+    assert verdict.codes == ["prompt_independent"]
+    assert verdict.reasons[0].message.startswith("held-out loss fell ")
+    assert verdict.reasons[0].message.endswith("the adapter learned the answers' form, not what the prompt asks")
 
 
 def test_too_few_heldout_examples_are_refused(
