@@ -66,6 +66,7 @@ class PurgeResult:
     """What retention removed."""
 
     days: list[str] = field(default_factory=list)  # the day partitions removed from the lake
+    cutoffs: dict[str, str] = field(default_factory=dict)  # per table: days before this one were purged
     rows: dict[str, int] = field(default_factory=dict)  # rows deleted from DuckDB per table
 
 
@@ -139,19 +140,23 @@ class Lake:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def purge(self, keep_days: int, today: date | None = None) -> PurgeResult:
-        """Remove every whole day older than ``keep_days`` from the lake and DuckDB, then compact."""
+    def purge(self, keep_days: int, today: date | None = None, *, audit_keep_days: int | None = None) -> PurgeResult:
+        """Remove every whole day older than its table's retention from the lake and DuckDB, then compact.
+
+        ``keep_days`` applies to interactions and feedback; the audit trail keeps ``audit_keep_days``
+        (default: ``keep_days`` as well).
+        """
         today = today or datetime.now(UTC).date()
-        cutoff = date.fromordinal(today.toordinal() - keep_days).isoformat()
-        result = PurgeResult()
+        keep = dict.fromkeys(TEXT_COLUMNS, keep_days) | {"audit": audit_keep_days or keep_days}
+        result = PurgeResult(cutoffs={t: date.fromordinal(today.toordinal() - d).isoformat() for t, d in keep.items()})
         for day_dir in sorted(self.root.glob("*/*/day=*")):
-            day = day_dir.name.removeprefix("day=")
-            if day < cutoff:
+            day, table = day_dir.name.removeprefix("day="), day_dir.parent.name
+            if day < result.cutoffs.get(table, ""):
                 shutil.rmtree(day_dir)
                 if day not in result.days:
                     result.days.append(day)
         deletes = []
-        for table in TEXT_COLUMNS:
+        for table, cutoff in result.cutoffs.items():
             where = f"{_DAY} < '{cutoff}'"
             count = self._store.query(f"SELECT count(*) AS n FROM {table} WHERE {where}")[0]["n"]  # noqa: S608
             if count:

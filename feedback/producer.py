@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from kafka import KafkaProducer
 from prometheus_client import Counter, Gauge
 
 from feedback.events import AnyEvent
-from feedback.settings import KafkaSettings
+from feedback.settings import KafkaSettings, Settings
 from feedback.wal import WalRecord, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -238,3 +239,20 @@ class EventProducer:
         while not self._stop.wait(self._fsync_interval_s or 0.05):
             self._wal.sync()
             self._watch_size()
+
+
+def open_producer(settings: Settings, wal_dir: Path) -> EventProducer:
+    """A write-ahead log in ``wal_dir`` (bounds and fsync from ``gateway.wal``) and the producer that drains it."""
+    wal_settings = settings.gateway.wal
+    wal = WriteAheadLog(
+        wal_dir,
+        max_bytes=wal_settings.max_bytes,
+        segment_bytes=wal_settings.segment_bytes,
+        fsync_each=wal_settings.fsync_interval_ms == 0,
+    )
+    return EventProducer(
+        wal,
+        kafka_sender_factory(settings.kafka),
+        fsync_interval_s=wal_settings.fsync_interval_ms / 1000,
+        warn_fraction=wal_settings.warn_fraction,
+    )

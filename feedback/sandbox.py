@@ -5,10 +5,11 @@ Layers, each of which alone would refuse the usual attacks:
 1. The SQL must be exactly one SELECT statement (``WITH ... SELECT``, ``FROM t`` included):
    INSERT, CREATE, COPY, ATTACH, INSTALL, LOAD, SET, PRAGMA, EXPORT... are refused before running.
 2. It runs in a fresh child process on an in-memory DuckDB instance that knows only views over the
-   lake's Parquet files: ``interactions``, ``feedback``, ``audit`` (PII-redacted), and for admins
-   also ``interactions_raw``, ``feedback_raw``, ``audit_raw``. File access is limited to the
-   redacted tree (the whole lake for admins) by ``allowed_directories`` with external access
-   disabled, so ``read_csv('/etc/passwd')``, ``read_parquet('http://...')`` or the raw tree are
+   lake's Parquet files: ``interactions`` and ``feedback`` (PII-redacted), and for admins also
+   ``audit``, ``interactions_raw``, ``feedback_raw`` and ``audit_raw`` (the audit trail is for
+   admins only). File access is limited to the redacted interactions and feedback trees (the whole
+   lake for admins) by ``allowed_directories`` with external access disabled, so
+   ``read_csv('/etc/passwd')``, ``read_parquet('http://...')``, the raw tree or the audit files are
    permission errors; extensions cannot be installed or loaded; the configuration is locked.
 3. The process has a memory limit (DuckDB's ``memory_limit``, no spilling to disk), returns at
    most ``max_rows`` rows, and is killed at the timeout.
@@ -31,6 +32,7 @@ import pyarrow as pa
 from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
 
 TABLES = {"interactions": "event_id", "feedback": "feedback_id", "audit": "event_id"}
+ADMIN_ONLY = ("audit",)  # tables analysts never see, redacted or not
 
 
 @dataclass(frozen=True)
@@ -98,17 +100,25 @@ def _child(conn: Connection, sql: str, lake: str, admin: bool, limits: QueryLimi
     except duckdb.PermissionException as exc:
         conn.send(("refused", f"access outside the lake is not allowed: {exc}"))
     except duckdb.CatalogException as exc:
-        conn.send(("refused" if "_raw" in str(exc) and not admin else "failed", _catalog_message(exc, admin)))
+        conn.send(("refused" if _admin_view(exc) and not admin else "failed", _catalog_message(exc, admin)))
     except duckdb.Error as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
+def _admin_view(exc: duckdb.Error) -> bool:
+    """Whether a missing table is one that only admins see (a raw view or the audit trail)."""
+    return "_raw" in str(exc) or any(f"Table with name {table} " in str(exc) for table in ADMIN_ONLY)
+
+
 def _catalog_message(exc: duckdb.Error, admin: bool) -> str:
     if "_raw" in str(exc) and not admin:
         return "raw-text views (*_raw) need the admin token; analysts see the redacted views"
-    return f"{exc} (views: {', '.join(TABLES)}{', and *_raw for admins' if admin else ''})"
+    if _admin_view(exc) and not admin:
+        return "the audit trail (audit, audit_raw) is for admins only; it needs the admin token"
+    views = TABLES if admin else [t for t in TABLES if t not in ADMIN_ONLY]
+    return f"{exc} (views: {', '.join(views)}{', and *_raw for admins' if admin else ''})"
 
 
 def _execute(sql: str, lake: Path, admin: bool, limits: QueryLimits) -> tuple[pa.Table, bool]:
@@ -139,10 +149,12 @@ def sandbox_connection(lake: Path, admin: bool, memory_limit: str) -> duckdb.Duc
         },
     )
     visible = {"": lake / "redacted"} | ({"_raw": lake / "raw"} if admin else {})
-    con.execute("SET allowed_directories = ?", [[f"{root}/" for root in visible.values()]])
+    tables = {t: key for t, key in TABLES.items() if admin or t not in ADMIN_ONLY}
+    readable = [f"{root}/" for root in visible.values()] if admin else [f"{lake / 'redacted' / t}/" for t in tables]
+    con.execute("SET allowed_directories = ?", [readable])
     con.execute("SET enable_external_access = false")
     for suffix, root in visible.items():
-        for table, key in TABLES.items():
+        for table, key in tables.items():
             if any((root / table).glob("day=*/*.parquet")):
                 files = f"{root / table}/day=*/*.parquet"
                 con.execute(  # names are this module's constants and the lake's own path

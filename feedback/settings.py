@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -172,6 +172,27 @@ class SecuritySettings(_Section):
     environment: Literal["development", "production"] = "development"  # production refuses dev secrets
     signing_key: str = "dev-signing-key-not-secret"  # HMAC key signing interaction ids
     admin_token: str = "dev-admin-token"  # noqa: S105 - development default, refused in production; interim static token for admin endpoints
+
+
+MIN_AUDIT_RETENTION_DAYS = 180  # compliance minimum; less needs audit.force_retention
+
+
+class AuditSettings(_Section):
+    """The audit trail (``feedback.audit``): kept in DuckDB and the lake, queried by admins."""
+
+    force_retention: bool = False  # allow audit.retention_days below 180 (the compliance minimum)
+    retention_days: int = Field(180, ge=1)  # whole days of audit rows kept by the purge, days (180 or more)
+    query_max_rows: int = Field(1000, ge=1)  # most rows one GET /v1/audit returns
+    wal_dir: Path | None = None  # the worker's log of its own audit events; None: audit-wal/ beside the DuckDB file
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_floor(cls, days: int, info: ValidationInfo) -> int:
+        if days < MIN_AUDIT_RETENTION_DAYS and not info.data.get("force_retention", False):
+            raise ValueError(
+                f"must be at least {MIN_AUDIT_RETENTION_DAYS} days unless audit.force_retention is true (got {days})"
+            )
+        return days
 
 
 class CustomMetric(BaseModel):
@@ -338,6 +359,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     selection: SelectionSettings = SelectionSettings()
     security: SecuritySettings = SecuritySettings()
+    audit: AuditSettings = AuditSettings()
     experiment: ExperimentSettings = ExperimentSettings()
     training: TrainingSettings = TrainingSettings()
     curation: CurationSettings = CurationSettings()

@@ -13,7 +13,8 @@ from datetime import timedelta
 
 from feedback import catalogue
 from feedback.events import AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, utc_now
-from feedback.store import Located
+from feedback.settings import KafkaSettings
+from feedback.store import DuckDBStore, Located
 
 PROMPT = (
     "I am planning a three-day trip to Lisbon in late October with my partner. We like walking, "
@@ -114,3 +115,16 @@ def run_in_thread(target: Callable[[], None], name: str) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def sink_audit_until(kafka: KafkaSettings, store: DuckDBStore, expected: int) -> None:
+    """Run the worker's sink on ``kafka`` into ``store`` until ``expected`` audit rows are stored."""
+    from services.worker.sink import Sink  # not at the top: benchmarks import this module without services
+
+    sink = Sink(kafka, store, batch_max=500, poll_timeout_ms=100)
+    thread = run_in_thread(sink.run, "audit-sink")
+    try:
+        wait_until(lambda: sink.stats.audit >= expected, what=f"{expected} audit rows in DuckDB")
+    finally:
+        sink.stop()
+        thread.join(timeout=60)

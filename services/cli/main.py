@@ -9,6 +9,7 @@ flywheel worker                  run the DuckDB sink and the worker API
 flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
 flywheel query "SQL"             analyst SQL over the lake, sandboxed
 flywheel refresh [--now|--dry-run] [--force]   the daily refresh now, a dry run, or the ledger
+flywheel audit [--actor --action --resource --outcome --since --until]   the audit trail (admins)
 flywheel config show
 """
 
@@ -26,6 +27,7 @@ from feedback.settings import Settings, load_settings
 from services.cli import broker, deploy, models
 from services.cli import query as query_cli
 from services.cli import sink as sink_cli
+from services.cli.audit import audit
 from services.cli.ports import port_in_use
 from services.cli.refresh import refresh
 from services.cli.report import report
@@ -41,6 +43,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 app.command()(report)
 app.command()(refresh)
+app.command()(audit)
 app.add_typer(deploy.app, name="deploy")
 app.add_typer(models.app, name="models")
 

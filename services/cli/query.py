@@ -75,7 +75,9 @@ def register(main: typer.Typer, settings_or_exit: Any, fail: Any) -> None:
 
     @main.command("query")
     def query(
-        sql: Annotated[str, typer.Argument(help="One SELECT over interactions, feedback, audit (and *_raw).")],
+        sql: Annotated[
+            str, typer.Argument(help="One SELECT over interactions, feedback (audit and *_raw for admins).")
+        ],
         fmt: Annotated[Format, typer.Option("--format", help="table, csv, json (lines) or parquet.")] = Format.table,
         output: Annotated[Path | None, typer.Option(help="Write here instead of stdout (needed for parquet).")] = None,
         admin_token: Annotated[

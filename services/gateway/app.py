@@ -15,13 +15,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from feedback.audit import AuditTrail
 from feedback.deployments import DeploymentState, DeploymentWatcher
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
-from feedback.producer import EventProducer, kafka_sender_factory
+from feedback.producer import open_producer
 from feedback.registry import AdapterRegistry
 from feedback.settings import Settings, get_settings
-from feedback.wal import WriteAheadLog
+from services.gateway.audit import install_audit
 from services.gateway.backend import InferenceBackend, TransformersBackend
 from services.gateway.body_limit import BodyLimit
 from services.gateway.deploying import DeploymentControl
@@ -43,23 +44,6 @@ def load_backend(settings: Settings, source: str | None = None) -> TransformersB
     model_dir = prepare_model(source or model.source, model.cache_dir)
     runtime = ModelRuntime.load(model_dir, device=model.device, dtype=model.dtype, threads=model.threads)
     return TransformersBackend(runtime, settings.gateway, AdapterRegistry(model.registry_dir))
-
-
-def open_producer(settings: Settings) -> EventProducer:
-    """The write-ahead log and the producer that drains it into Kafka."""
-    wal_settings = settings.gateway.wal
-    wal = WriteAheadLog(
-        wal_settings.dir,
-        max_bytes=wal_settings.max_bytes,
-        segment_bytes=wal_settings.segment_bytes,
-        fsync_each=wal_settings.fsync_interval_ms == 0,
-    )
-    return EventProducer(
-        wal,
-        kafka_sender_factory(settings.kafka),
-        fsync_interval_s=wal_settings.fsync_interval_ms / 1000,
-        warn_fraction=wal_settings.warn_fraction,
-    )
 
 
 def create_app(
@@ -86,8 +70,9 @@ def create_app(
         pool = BackendPool([main, *extra_backends], open_base or functools.partial(load_backend, resolved))
         metrics = GatewayMetrics()
         await pool.start(metrics)
-        producer = open_producer(resolved)
+        producer = open_producer(resolved, resolved.gateway.wal.dir)
         producer.start()
+        app.state.audit = AuditTrail(producer, resolved.kafka.topics.audit)
         chat_service = ChatService(pool, champion or _base_name(main), producer, resolved, metrics)
         watcher = DeploymentWatcher(resolved.kafka, chat_service.deployment, _applier(chat_service))
         watcher.start()
@@ -108,6 +93,7 @@ def create_app(
     app = FastAPI(title="flywheel gateway", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=lambda: (settings or get_settings()).gateway.max_body_bytes)
     install_error_handlers(app)
+    install_audit(app)
     for module in (chat, feedback, admin, health):
         app.include_router(module.router)
     return app

@@ -78,6 +78,7 @@ class Exchange:
     ttft_ms: float | None = None
     answered_by: str = ""  # the model version whose answer the user got
     fallback: str | None = None  # why the A/B challenger did not answer, when the champion did
+    served_error: str | None = None  # why the served answer failed (the user got an error or half a stream)
 
     def generation_request(self, model_version: str, role: Role) -> GenerationRequest:
         """What a backend needs to answer this exchange with ``model_version``."""
@@ -364,6 +365,7 @@ class ChatService:
     def _record_served(
         self, exchange: Exchange, generation: Generation | None, error: str | None, partial: str = ""
     ) -> None:
+        exchange.served_error = error
         if exchange.fallback is not None:
             error = exchange.fallback if error is None else f"{exchange.fallback}; then {error}"
         self._record(exchange, exchange.route.arm, "served", exchange.answered_by, generation, error, partial)

@@ -11,17 +11,22 @@ from dataclasses import asdict
 
 from fastapi import FastAPI
 
+from feedback.audit import AuditTrail
 from feedback.deployments import DeploymentError, DeploymentState, DeploymentWatcher, initial_state, publish_state
 from feedback.errors import FlywheelError, KafkaUnavailableError
-from feedback.lake import Lake
+from feedback.lake import Lake, PurgeResult
 from feedback.lease import KafkaLease
 from feedback.model.runtime import model_name
 from feedback.model.source import prepare_model
+from feedback.producer import open_producer
 from feedback.registry import AdapterRegistry, follow_deployment
 from feedback.rollup import refresh_rollup
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
+from services.worker.audit import install_audit
+from services.worker.audit import router as audit_router
+from services.worker.audit_events import deployment_published, purged, record, refresh_decided, refresh_started
 from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
 from services.worker.refresh_api import router as refresh_router
 from services.worker.refresh_schedule import RefreshSchedule
@@ -48,26 +53,35 @@ def run_sink_forever(sink: Sink, settings: Settings, stop: threading.Event) -> N
         stop.wait(_RETRY_SECONDS)
 
 
-def run_lake_forever(lake: Lake, settings: Settings, stop: threading.Event) -> None:
-    """Export new rows every ``worker.lake_export_interval_s``; apply retention every hour."""
+def run_lake_forever(lake: Lake, settings: Settings, stop: threading.Event, trail: AuditTrail | None = None) -> None:
+    """Export new rows every ``worker.lake_export_interval_s``; apply retention every hour (audited)."""
     last_purge = float("-inf")
     while not stop.wait(settings.worker.lake_export_interval_s):
         try:
             lake.export()
             if time.monotonic() - last_purge > _PURGE_EVERY_SECONDS:
                 last_purge = time.monotonic()
-                purged = lake.purge(settings.worker.retention_days)
-                if purged.days or any(purged.rows.values()):
-                    log.info("retention purged days %s, rows %s", purged.days, purged.rows)
+                purge(lake, settings, trail)
         except (FlywheelError, OSError) as exc:  # the next round retries; rows wait in DuckDB
             log.warning("lake export failed: %s", exc)
+
+
+def purge(lake: Lake, settings: Settings, trail: AuditTrail | None) -> PurgeResult:
+    """Apply retention (``worker.retention_days``; ``audit.retention_days`` for the audit trail) and audit the run."""
+    keep, audit_keep = settings.worker.retention_days, settings.audit.retention_days
+    result = lake.purge(keep, audit_keep_days=audit_keep)
+    if result.days or any(result.rows.values()):
+        log.info("retention purged days %s, rows %s", result.days, result.rows)
+    record(trail, purged(result, keep, audit_keep))
+    return result
 
 
 class Deployments:
     """The deployment state as this worker follows it, and the way it publishes a new one."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, trail: AuditTrail | None = None) -> None:
         self._settings = settings
+        self._trail = trail
         self._base: str | None = None
         # revision 0 is a placeholder until a record is read: :meth:`current` names the real base then
         self.watcher = DeploymentWatcher(
@@ -94,7 +108,9 @@ class Deployments:
             DeploymentError: another change with the same revision won, or it was not seen in time.
             KafkaUnavailableError: the broker did not take it.
         """
+        before = self.current()
         publish_state(self._settings.kafka, state)
+        record(self._trail, deployment_published(before, state))
         if not self.watcher.wait_for(state.revision, self._settings.refresh.publish_timeout_s):
             raise DeploymentError(f"deployment revision {state.revision} was not read back in time")
         if self.watcher.state.deployment_id != state.deployment_id:
@@ -109,11 +125,12 @@ class Deployments:
             callback(state)
 
 
-def run_refresh(refresher: Refresher, key: str) -> None:
-    """The scheduled refresh of ``key``; a date that already ran or a busy worker is logged, not raised."""
+def run_refresh(refresher: Refresher, key: str, trail: AuditTrail | None = None) -> None:
+    """The scheduled refresh of ``key`` (its start audited); a date that already ran or a busy worker is logged."""
     try:
-        refresher.run(key)
+        refresher.run(key, claimed=lambda run: record(trail, refresh_started(run.run)))
     except (RefreshBusy, RefreshRefused) as exc:
+        record(trail, refresh_started(key, refused=str(exc)))
         log.info("scheduled refresh %s not started: %s", key, exc)
 
 
@@ -137,6 +154,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resolved.duckdb.path, memory_limit=resolved.duckdb.memory_limit, threads=resolved.duckdb.threads
         )
         worker = resolved.worker
+        producer = open_producer(resolved, resolved.audit.wal_dir or resolved.duckdb.path.parent / "audit-wal")
+        producer.start()
+        trail = AuditTrail(producer, resolved.kafka.topics.audit)
         sink = Sink(
             resolved.kafka,
             store,
@@ -147,24 +167,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         stop = threading.Event()
         lake = Lake(store, worker.lake_dir)
-        deployments = Deployments(resolved)
-        refresher = Refresher(resolved, store, deployment=deployments.current, publish=deployments.publish)
+        deployments = Deployments(resolved, trail)
+        refresher = Refresher(
+            resolved,
+            store,
+            deployment=deployments.current,
+            publish=deployments.publish,
+            finished=lambda outcome: record(trail, refresh_decided(outcome)),
+        )
         lease = KafkaLease(
             resolved.kafka,
             name=resolved.kafka.client_id,
             session_timeout_ms=resolved.scheduler.lease_session_timeout_ms,
         )
         deployments.on_change.append(_waiting_deployer(refresher, deployments, lease.held))
-        schedule = RefreshSchedule(resolved.scheduler, lease.held, lambda key: run_refresh(refresher, key))
+        schedule = RefreshSchedule(resolved.scheduler, lease.held, lambda key: run_refresh(refresher, key, trail))
         threads = [
             threading.Thread(target=run_sink_forever, args=(sink, resolved, stop), name="sink", daemon=True),
-            threading.Thread(target=run_lake_forever, args=(lake, resolved, stop), name="lake", daemon=True),
+            threading.Thread(target=run_lake_forever, args=(lake, resolved, stop, trail), name="lake", daemon=True),
             threading.Thread(target=run_rollup_forever, args=(store, resolved, stop), name="rollup", daemon=True),
         ]
         if resolved.scheduler.enabled:
             threads.append(threading.Thread(target=lease.run, name="refresh-lease", daemon=True))
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
-        app.state.refresher, app.state.deployments = refresher, deployments
+        app.state.refresher, app.state.deployments, app.state.audit = refresher, deployments, trail
         for thread in threads:
             thread.start()
         deployments.watcher.start()
@@ -183,9 +209,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 thread.join(timeout=30)
             log.info("sink stopped: %s", asdict(sink.stats))
             store.close()
+            producer.close(timeout_s=resolved.gateway.drain_timeout_s)
 
     app = FastAPI(title="flywheel worker", lifespan=lifespan)
+    install_audit(app)
     app.include_router(router)
+    app.include_router(audit_router)
     app.include_router(reports_router)
     app.include_router(refresh_router)
     return app

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -42,3 +43,16 @@ class AnalyticsResult(BaseModel):
     columns: list[str]
     rows: list[dict[str, Any]]
     truncated: bool
+
+
+class AuditRecord(BaseModel):
+    """One row of ``GET /v1/audit``: who did what, when, to what, with what outcome and why."""
+
+    event_id: str
+    ts: datetime
+    actor: str
+    action: str
+    resource: str | None
+    outcome: Literal["allowed", "denied", "error"]
+    reason: str | None
+    details: dict[str, Any]

@@ -109,11 +109,13 @@ class Refresher:
         deployment: Callable[[], DeploymentState],
         publish: Callable[[DeploymentState], DeploymentState],
         echo: IO[str] | None = sys.stderr,
+        finished: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         """``deployment`` returns the current state; ``publish`` writes a new one and returns it once applied.
 
         Registry states follow a published deployment through the worker's deployments follower
         (:func:`feedback.registry.follow_deployment`), which has applied it when ``publish`` returns.
+        ``finished`` is told every outcome (the worker audits it as the decision engine's).
         """
         self.settings = settings
         self.store = store
@@ -121,6 +123,7 @@ class Refresher:
         self._deployment = deployment
         self._publish = publish
         self._echo = echo
+        self._finished = finished
         self._busy = threading.Lock()
         self.current: RefreshRun | None = None  # the latest run this worker started
 
@@ -128,8 +131,12 @@ class Refresher:
         """Today's refresh key: the date in the scheduler's time zone."""
         return datetime.now(ZoneInfo(self.settings.scheduler.timezone)).date().isoformat()
 
-    def run(self, key: str, *, forced_by: str | None = None) -> dict[str, Any]:
+    def run(
+        self, key: str, *, forced_by: str | None = None, claimed: Callable[[RefreshRun], object] | None = None
+    ) -> dict[str, Any]:
         """Claim ``key`` and run the refresh here; returns its outcome (also stored in the ledger).
+
+        ``claimed`` is told the run once it is claimed (the scheduler audits its start).
 
         Raises:
             RefreshBusy: a refresh is already running in this worker.
@@ -137,6 +144,8 @@ class Refresher:
         """
         run = self._claim(key, forced_by)
         try:
+            if claimed is not None:
+                claimed(run)
             return self._run(run)
         finally:
             self._busy.release()
@@ -236,6 +245,8 @@ class Refresher:
             outcome |= {"status": "failed", "message": f"unexpected error: {type(exc).__name__}: {exc}"}
         run.stage, run.outcome = "finished", outcome
         self.registry.finish_refresh(run.key, outcome)
+        if self._finished is not None:
+            self._finished(outcome)
         log.info("refresh %s: %s (%s)", run.run, outcome["status"], outcome["message"])
         return outcome
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from feedback.audit import note_of
 from services.worker.auth import is_admin
 from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
 
@@ -30,6 +31,8 @@ def start_refresh(
     """Start today's refresh (202 with its run id; follow it at ``GET /v1/refreshes/{date}``) or dry-run it (200)."""
     if not is_admin(request.app.state.settings, x_admin_token):
         raise HTTPException(401, "starting a refresh needs the X-Admin-Token header")
+    note = note_of(request)
+    note.actor, note.details["dry_run"], note.details["force"] = "admin", body.dry_run, body.force
     refresher: Refresher = request.app.state.refresher
     try:
         if body.dry_run:
@@ -37,6 +40,7 @@ def start_refresh(
         run = refresher.start(refresher.today(), forced_by="admin" if body.force else None)
     except (RefreshBusy, RefreshRefused) as exc:
         raise HTTPException(409, str(exc)) from exc
+    note.resource = run.run
     return JSONResponse({"key": run.key, "run": run.run, "stage": run.stage, "forced_by": run.forced_by}, 202)
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 
 from evaluation.summary import arm_summary
+from feedback.audit import note_of
 from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
 from feedback.sandbox import QueryLimits, run_query
 from services.worker.auth import is_admin
@@ -65,6 +66,10 @@ def analytics_query(
     """Analyst SQL over the lake, in the sandbox; raw-text views need the ``X-Admin-Token`` header."""
     settings = request.app.state.settings
     admin = is_admin(settings, x_admin_token)
+    note = note_of(request)
+    note.details |= {"sql": body.sql, "admin": admin}
+    if admin:
+        note.actor = "admin"
     worker = settings.worker
     limits = QueryLimits(worker.query_timeout_s, worker.query_memory_limit, body.max_rows or worker.query_max_rows)
     try:
@@ -76,4 +81,5 @@ def analytics_query(
     except QueryFailed as exc:
         raise HTTPException(400, f"query failed: {exc}") from exc
     rows = jsonable_encoder(result.table.to_pylist())
+    note.details |= {"rows": len(rows), "truncated": result.truncated}
     return AnalyticsResult(columns=result.table.column_names, rows=rows, truncated=result.truncated)

@@ -108,3 +108,21 @@ def test_retention_purges_whole_days_and_compaction_wipes_their_text(store: Duck
     assert store.query("SELECT count(*) AS n FROM interactions WHERE completion LIKE '%heron%'") == [{"n": 10}]
     store.write_batch([Located(chat(99, NEW_DAY, "after"), "interactions", 0, 99)])  # the store still writes
     assert store.committed_offsets() == {("interactions", 0): 100}
+
+
+def test_the_audit_trail_keeps_its_own_retention(store: DuckDBStore, tmp_path: Path) -> None:
+    lake = Lake(store, tmp_path / "lake")
+    store.write_batch([Located(chat(1, OLD_DAY, "old"), "interactions", 0, 0)])
+    store.write_batch([Located(AuditEvent(actor="admin", action="x", ts=OLD_DAY), "audit", 0, 0)])
+    lake.export()
+
+    result = lake.purge(keep_days=100, today=date(2026, 7, 1), audit_keep_days=180)
+    assert result.cutoffs == {"interactions": "2026-03-23", "feedback": "2026-03-23", "audit": "2026-01-02"}
+    assert result.rows == {"interactions": 1, "feedback": 0, "audit": 0}
+    assert sorted(p.parent.name for p in (tmp_path / "lake").glob("*/*/day=2026-01-10")) == ["audit", "audit"]
+    assert store.query("SELECT action FROM audit") == [{"action": "x"}]
+
+    result = lake.purge(keep_days=100, today=date(2026, 7, 10), audit_keep_days=180)  # audit cutoff 2026-01-11
+    assert (result.days, result.rows["audit"]) == (["2026-01-10"], 1)
+    assert not list((tmp_path / "lake").glob("*/*/day=2026-01-10"))
+    assert store.query("SELECT count(*) AS n FROM audit") == [{"n": 0}]

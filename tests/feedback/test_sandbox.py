@@ -8,7 +8,7 @@ import pytest
 from pipeline_events import feedback, interaction
 
 from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
-from feedback.events import ChatMessage
+from feedback.events import AuditEvent, ChatMessage
 from feedback.lake import Lake
 from feedback.sandbox import QueryLimits, run_query
 from feedback.store import DuckDBStore, Located
@@ -99,3 +99,22 @@ def test_errors_and_limits_are_named(lake: Path) -> None:
         run_query("SELECT count(*) FROM range(1000000000000) a", lake, limits=QueryLimits(timeout_s=1))
     with pytest.raises(QueryFailed, match="Out of Memory"):
         run_query("SELECT list(i) FROM range(50000000) t(i)", lake, limits=QueryLimits(memory_limit="32MB"))
+
+
+def test_the_audit_trail_is_for_admins_only(tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path / "db.duckdb")
+    event = AuditEvent(actor="admin", action="deployment.promote", resource="d-1")
+    store.write_batch([Located(event, "audit", 0, 0), Located(feedback(1), "feedback", 0, 0)])
+    Lake(store, tmp_path / "lake").export()
+    store.close()
+    lake = tmp_path / "lake"
+    with pytest.raises(QueryRefused) as info:
+        run_query("SELECT * FROM audit", lake)
+    assert str(info.value) == "the audit trail (audit, audit_raw) is for admins only; it needs the admin token"
+    with pytest.raises(QueryRefused, match=r"raw-text views \(\*_raw\) need the admin token"):
+        run_query("SELECT * FROM audit_raw", lake)
+    with pytest.raises(QueryRefused, match="access outside the lake is not allowed"):
+        run_query(f"SELECT * FROM read_parquet('{lake}/redacted/audit/*/*.parquet')", lake)  # noqa: S608 - the attack under test
+    assert run_query("SELECT count(*) AS n FROM feedback", lake).table.to_pylist() == [{"n": 1}]
+    admin = run_query("SELECT action, resource FROM audit", lake, admin=True)
+    assert admin.table.to_pylist() == [{"action": "deployment.promote", "resource": "d-1"}]

@@ -76,3 +76,19 @@ def test_production_refuses_development_secrets(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FLYWHEEL_SECURITY__SIGNING_KEY", "s3cret-key")
     monkeypatch.setenv("FLYWHEEL_SECURITY__ADMIN_TOKEN", "s3cret-token")
     assert load_settings().security.environment == "production"
+
+
+def test_audit_retention_below_180_days_is_refused_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().audit.retention_days == 180
+    monkeypatch.setenv("FLYWHEEL_AUDIT__RETENTION_DAYS", "179")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert (
+        "audit.retention_days: Value error, must be at least 180 days unless audit.force_retention is true (got 179)"
+        in str(info.value)
+    )
+    monkeypatch.setenv("FLYWHEEL_AUDIT__FORCE_RETENTION", "true")
+    assert load_settings().audit.retention_days == 179
+    monkeypatch.setenv("FLYWHEEL_AUDIT__RETENTION_DAYS", "0")
+    with pytest.raises(ConfigError, match=r"audit\.retention_days: Input should be greater than or equal to 1"):
+        load_settings()

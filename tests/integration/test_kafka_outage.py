@@ -70,7 +70,7 @@ def test_gateway_serves_without_kafka_and_delivers_later(
         health = httpx.get(f"{url}/healthz").json()
     assert health["status"] == "degraded"
     assert health["kafka_connected"] is False
-    assert health["pending_events"] == 1
+    assert health["pending_events"] == 2  # the interaction and the request's audit event
     assert health["kafka_error"].startswith("KafkaTimeoutError")
 
     with broker_on(local):

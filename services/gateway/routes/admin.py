@@ -1,6 +1,7 @@
 """``/v1/admin/deployments``: set a challenger, change mode or ramp step, promote, roll back.
 
 Every route needs ``Authorization: Bearer <security.admin_token>`` (401 without, 403 when wrong).
+Each change's audit event carries the deployment before and after it.
 """
 
 from __future__ import annotations
@@ -10,18 +11,31 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from feedback import deployments
+from feedback.audit import deployment_snapshot, note_of
 from feedback.deployments import DeploymentState
 from services.gateway.auth import require_admin
+from services.gateway.deploying import Change, DeploymentControl
 from services.gateway.deps import ControlDep, SettingsDep
 from services.gateway.protocol import DeploymentView, SetChallenger, SetMode
 
 
 def _admin(request: Request, settings: SettingsDep) -> str:
-    return require_admin(request.headers.get("authorization"), settings)
+    principal = require_admin(request.headers.get("authorization"), settings)
+    note_of(request).actor = principal
+    return principal
 
 
 AdminDep = Annotated[str, Depends(_admin)]
 router = APIRouter(prefix="/v1/admin/deployments", tags=["admin"])
+
+
+async def _change(request: Request, control: DeploymentControl, change: Change) -> DeploymentView:
+    """Apply ``change`` and put the deployment before and after it on the request's audit note."""
+    before, note = control.state, note_of(request)
+    note.resource, note.details["before"] = before.deployment_id, deployment_snapshot(before)
+    after = await control.change(change)  # a refused change is recorded with its state before
+    note.resource, note.details["after"] = after.deployment_id, deployment_snapshot(after)
+    return view(after)
 
 
 def view(state: DeploymentState) -> DeploymentView:
@@ -43,34 +57,34 @@ async def current(admin: AdminDep, control: ControlDep) -> DeploymentView:
 
 
 @router.post("/challenger")
-async def set_challenger(body: SetChallenger, admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def set_challenger(body: SetChallenger, request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
     """Deploy a new challenger (a new deployment id)."""
-    return view(
-        await control.change(
-            lambda s: deployments.set_challenger(
-                s, body.model_version, by=admin, mode=body.mode, sample_rate=body.shadow_sample_rate
-            )
-        )
+    return await _change(
+        request,
+        control,
+        lambda s: deployments.set_challenger(
+            s, body.model_version, by=admin, mode=body.mode, sample_rate=body.shadow_sample_rate
+        ),
     )
 
 
 @router.post("/mode")
-async def set_mode(body: SetMode, admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def set_mode(body: SetMode, request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
     """Switch between shadow and A/B, or move up the ramp."""
-    return view(
-        await control.change(
-            lambda s: deployments.set_mode(s, body.mode, by=admin, step=body.step, sample_rate=body.shadow_sample_rate)
-        )
+    return await _change(
+        request,
+        control,
+        lambda s: deployments.set_mode(s, body.mode, by=admin, step=body.step, sample_rate=body.shadow_sample_rate),
     )
 
 
 @router.post("/promote")
-async def promote(admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def promote(request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
     """Make the challenger the champion."""
-    return view(await control.change(lambda s: deployments.promote(s, by=admin)))
+    return await _change(request, control, lambda s: deployments.promote(s, by=admin))
 
 
 @router.post("/rollback")
-async def roll_back(admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def roll_back(request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
     """Remove the challenger."""
-    return view(await control.change(lambda s: deployments.roll_back(s, by=admin)))
+    return await _change(request, control, lambda s: deployments.roll_back(s, by=admin))

@@ -10,8 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
+from feedback.audit import note_of
 from feedback.events import Arm
 from feedback.model.runtime import Generation
+from services.gateway.audit import describe_exchange
 from services.gateway.auth import require_admin
 from services.gateway.deps import ChatDep, SettingsDep
 from services.gateway.errors import error_body, invalid_request
@@ -46,10 +48,11 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer with the routed arm; the signed interaction id is in the body (or every chunk) and a header."""
     if arm is not None:
-        require_admin(request.headers.get("authorization"), settings)
+        note_of(request).actor = require_admin(request.headers.get("authorization"), settings)
     if body.stream_options is not None and not body.stream:
         raise invalid_request("stream_options: only allowed when stream is true", "stream_options")
     exchange = chat.open(body, request.headers, arm)
+    describe_exchange(note_of(request), exchange)
     headers = {INTERACTION_HEADER: exchange.signed_id}
     if body.stream:
         _, pieces = await chat.stream(exchange)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
-from services.gateway.deps import FeedbackDep
+from feedback.audit import note_of
+from services.gateway.audit import describe_feedback
+from services.gateway.deps import FeedbackDep, SettingsDep
 from services.gateway.protocol import FeedbackAccepted, FeedbackRequest
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
 
 @router.post("/feedback", status_code=status.HTTP_202_ACCEPTED)
-async def submit_feedback(body: FeedbackRequest, request: Request, feedback: FeedbackDep) -> FeedbackAccepted:
+async def submit_feedback(
+    body: FeedbackRequest, request: Request, feedback: FeedbackDep, settings: SettingsDep
+) -> FeedbackAccepted:
     """Record feedback on an interaction this gateway served."""
+    describe_feedback(note_of(request), body, settings.security.signing_key)
     return feedback.submit(body, request.headers)

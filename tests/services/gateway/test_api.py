@@ -41,7 +41,10 @@ def make_settings(tmp_path: Path, **wal: Any) -> Settings:
 
 
 def logged_events(client: TestClient) -> list[InteractionEvent | FeedbackEvent]:
-    return [decode_event(record.value) for record in client.app.state.producer.backlog()]  # type: ignore[attr-defined]
+    """Interaction and feedback events in the write-ahead log (audit events: test_gateway_audit.py)."""
+    records = client.app.state.producer.backlog()  # type: ignore[attr-defined]
+    events = [decode_event(record.value) for record in records]
+    return [e for e in events if isinstance(e, InteractionEvent | FeedbackEvent)]
 
 
 CHAT = {"model": "flywheel", "messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 8}
@@ -204,7 +207,7 @@ def test_health_flags_unreachable_kafka_but_serving_works(client: TestClient) ->
     health = client.get("/healthz").json()
     assert health["status"] == "degraded"
     assert health["kafka_connected"] is False
-    assert health["pending_events"] == 1
+    assert health["pending_events"] == 2  # the interaction and the request's audit event
     assert health["model"] == "fake-model@1"
 
 

@@ -71,7 +71,7 @@ def test_client_going_away_mid_stream_is_logged(tmp_path: Path, serve_app: Serve
         deadline = time.monotonic() + 10
         while not app.state.producer.backlog() and time.monotonic() < deadline:
             time.sleep(0.05)
-        events = [e for e in (r.value for r in app.state.producer.backlog())]
+        events = [r.value for r in app.state.producer.backlog() if r.topic == "interactions"]
     assert len(events) == 1
     event = InteractionEvent.model_validate_json(events[0])
     assert (event.completion, event.finish_reason) == ("Par", "error")
