@@ -31,6 +31,7 @@ ACTIONS: dict[tuple[str, str], str] = {
 }
 EXEMPT = ("/healthz", "/v1/sink/status", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
+DEFAULT_LIMIT = 100  # rows GET /v1/audit returns without a limit (at most audit.query_max_rows)
 FILTERS = ("actor", "action", "resource", "outcome")  # columns GET /v1/audit filters on, by equality
 _SELECT = "SELECT event_id, ts, actor, action, resource, outcome, reason, details::VARCHAR AS details FROM audit"
 
@@ -61,10 +62,11 @@ def audit_trail(
     outcome: Outcome | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> list[AuditRecord]:
     """Audit events, newest first; ``action`` ending in ``*`` matches a prefix (``deployment.*``)."""
     most = request.app.state.settings.audit.query_max_rows
+    limit = limit or min(DEFAULT_LIMIT, most)
     if limit > most:
         raise HTTPException(400, f"limit: at most {most} rows per request (audit.query_max_rows)")
     since, until = _utc(since), _utc(until)

@@ -101,7 +101,7 @@ def test_admins_query_the_audit_trail_with_filters(seeded: KafkaSettings, tmp_pa
         wait_until(seen(url, 5, until=until), what="the seeded audit events")
         everything = audit(url, until=until).json()
         by_filter = {
-            name: [row["resource"] for row in audit(url, until=until, **params).json()]
+            name: [row["resource"] for row in audit(url, **({"until": until} | params)).json()]
             for name, params in {
                 "actor": {"actor": "decision-engine"},
                 "action": {"action": "deployment.promote"},
