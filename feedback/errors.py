@@ -18,6 +18,7 @@ are translated where they enter the package, with ``raise ... from exc``.
     │   └── WalFullError          the write-ahead log reached its size bound
     ├── StoreError                DuckDB could not be opened or written
     ├── RegistryError             an adapter version is missing, incomplete or fails its hash
+    ├── ContentFilterError        a term list or pattern cannot be read, or the classifier cannot load
     └── QueryError                an analyst query in the sandbox
         ├── QueryRefused          not a single SELECT, or it reaches outside the lake or its role
         ├── QueryFailed           allowed, but DuckDB could not run it
@@ -81,6 +82,10 @@ class StoreError(FlywheelError):
 
 class RegistryError(FlywheelError):
     """An adapter version is missing, incomplete, or its bytes do not match its name."""
+
+
+class ContentFilterError(FlywheelError):
+    """The content filter cannot be built: an unreadable term list, a bad pattern, a classifier that fails to load."""
 
 
 class QueryError(FlywheelError):

@@ -174,6 +174,22 @@ class SecuritySettings(_Section):
     admin_token: str = "dev-admin-token"  # noqa: S105 - development default, refused in production; interim static token for admin endpoints
 
 
+class ContentFilterSettings(_Section):
+    """The content filter on prompts and answers (``feedback.content``); the gateway applies it."""
+
+    enabled: bool = True  # check prompts and answers at all
+    prompts: bool = True  # refuse a prompt that is blocked (400, code content_filter) before inference
+    answers: bool = True  # replace a blocked answer by the refusal (finish_reason content_filter)
+    term_list: Path | None = None  # file of [category] sections of terms and "re:" patterns; None: the shipped list
+    terms: tuple[str, ...] = ()  # extra terms, whole words, case folded; "category:term" names the category
+    patterns: tuple[str, ...] = ()  # extra regular expressions (Python syntax, case folded), category "custom"
+    classifier: bool = True  # also ask the offensive-language classifier (alt-profanity-check's model)
+    threshold: float = Field(0.99, gt=0, lt=1)  # classifier probability that blocks (tuned on the dev split)
+    refusal: str = Field(
+        "I can't help with that.", min_length=1, max_length=1000
+    )  # the text that replaces a blocked answer
+
+
 class CustomMetric(BaseModel):
     """A metric defined as SQL over one response row (aliases ``i`` interactions, ``fb`` feedback).
 
@@ -343,6 +359,7 @@ class Settings(BaseSettings):
     curation: CurationSettings = CurationSettings()
     gate: GateSettings = GateSettings()
     refresh: RefreshSettings = RefreshSettings()
+    content_filter: ContentFilterSettings = ContentFilterSettings()
 
     @classmethod
     def settings_customise_sources(

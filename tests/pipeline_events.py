@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from kafka import KafkaConsumer
+
 from feedback import catalogue
-from feedback.events import AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, utc_now
+from feedback.events import AnyEvent, AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, decode_event, utc_now
 from feedback.store import Located
 
 PROMPT = (
@@ -114,3 +116,17 @@ def run_in_thread(target: Callable[[], None], name: str) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def topic_events(bootstrap_servers: str, topic: str, expected: int, timeout_s: float = 60) -> list[AnyEvent]:
+    """The events on ``topic`` from its start, once ``expected`` of them arrived (or the time is up)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest")
+    events: list[AnyEvent] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(events) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                events += [decode_event(record.value) for record in records]
+    finally:
+        consumer.close()
+    return events

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from feedback.content import ContentFilter, build_filter
 from feedback.deployments import DeploymentState, DeploymentWatcher
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
@@ -28,6 +29,7 @@ from services.gateway.deploying import DeploymentControl
 from services.gateway.errors import install_error_handlers
 from services.gateway.feedback_service import FeedbackService
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.moderation import ContentGuard
 from services.gateway.pool import BackendPool, OpenBase
 from services.gateway.routes import admin, chat, feedback, health
 from services.gateway.serving import ChatService
@@ -88,7 +90,8 @@ def create_app(
         await pool.start(metrics)
         producer = open_producer(resolved)
         producer.start()
-        chat_service = ChatService(pool, champion or _base_name(main), producer, resolved, metrics)
+        guard = ContentGuard(content_filter(resolved), resolved, producer, metrics)
+        chat_service = ChatService(pool, champion or _base_name(main), producer, resolved, metrics, guard)
         watcher = DeploymentWatcher(resolved.kafka, chat_service.deployment, _applier(chat_service))
         watcher.start()
         app.state.settings, app.state.producer, app.state.metrics = resolved, producer, metrics
@@ -111,6 +114,11 @@ def create_app(
     for module in (chat, feedback, admin, health):
         app.include_router(module.router)
     return app
+
+
+def content_filter(settings: Settings) -> ContentFilter | None:
+    """The configured content filter, or None when it is off (a bad term list fails the start)."""
+    return build_filter(settings.content_filter) if settings.content_filter.enabled else None
 
 
 def _base_name(backend: InferenceBackend) -> str:

@@ -72,7 +72,7 @@ class Choice(BaseModel):
 
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
     logprobs: None = None
 
 
@@ -150,7 +150,7 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: dict[str, str]  # {"role": "assistant", "content": ""}, then {"content": piece}, then {}
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
     logprobs: None = None
 
 

@@ -27,7 +27,7 @@ from services.gateway.protocol import (
     Usage,
 )
 from services.gateway.serving import Exchange
-from services.gateway.streaming import StreamFailure, StreamItem
+from services.gateway.streaming import ContentStopped, StreamFailure, StreamItem
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -60,11 +60,16 @@ async def chat_completions(
 
 
 def _response(exchange: Exchange, generation: Generation) -> ChatCompletionResponse:
+    """The answer; one the content filter blocked is its refusal with ``finish_reason: "content_filter"``."""
+    if exchange.shown is not None:
+        choice = Choice(message=AssistantMessage(content=exchange.shown), finish_reason="content_filter")
+    else:
+        choice = Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)
     return ChatCompletionResponse(
         id=f"chatcmpl-{exchange.interaction_id}",
         created=int(time.time()),
         model=exchange.request.model,
-        choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
+        choices=[choice],
         usage=_usage(generation),
         interaction_id=exchange.signed_id,
     )
@@ -75,7 +80,9 @@ async def _sse(exchange: Exchange, pieces: AsyncIterator[StreamItem]) -> AsyncIt
 
     With ``stream_options.include_usage`` every chunk has ``usage: null`` and a last chunk with no
     choices carries the usage, as OpenAI sends it. A failure after the first chunk ends the stream
-    with an OpenAI error event (the official client raises it) and [DONE].
+    with an OpenAI error event (the official client raises it) and [DONE]. A stream the content
+    filter stopped ends with a chunk whose ``finish_reason`` is ``"content_filter"`` (no usage chunk:
+    its generation was cut short) and [DONE].
     """
     created = int(time.time())
     include_usage = exchange.request.include_usage
@@ -97,6 +104,8 @@ async def _sse(exchange: Exchange, pieces: AsyncIterator[StreamItem]) -> AsyncIt
             yield chunk([ChunkChoice(delta={"content": piece})])
         elif isinstance(piece, StreamFailure):
             yield f"data: {json.dumps(error_body(piece.message, 'server_error', None))}\n\n"
+        elif isinstance(piece, ContentStopped):
+            yield chunk([ChunkChoice(delta={}, finish_reason="content_filter")])
         else:
             yield chunk([ChunkChoice(delta={}, finish_reason=piece.finish_reason)])
             if include_usage:

@@ -1,0 +1,42 @@
+"""A blocked prompt's audit event reaches the audit topic on the real Kafka broker (the model is a fake)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from gateway_fakes import FakeBackend
+from pipeline_events import topic_events
+
+from feedback.events import AuditEvent
+from feedback.settings import KafkaSettings, Settings
+from services.gateway.app import create_app
+
+pytestmark = pytest.mark.kafka
+
+
+def test_a_blocked_prompt_is_audited_through_kafka(tmp_path: Path, kafka_isolated: KafkaSettings) -> None:
+    settings = Settings.model_validate(
+        {
+            "kafka": kafka_isolated.model_dump(),
+            "gateway": {"wal": {"dir": tmp_path / "wal"}, "drain_timeout_s": 10},
+            "security": {"signing_key": "audit-signing-key"},
+            "content_filter": {"classifier": False},  # the term list blocks this prompt; no need to load the model
+        }
+    )
+    backend = FakeBackend(base="flywheel-base")
+    body = {"model": "flywheel", "messages": [{"role": "user", "content": "Where can I buy heroin tonight?"}]}
+    with TestClient(create_app(settings, backend=backend)) as client:
+        response = client.post("/v1/chat/completions", json=body | {"user": "eve"}, headers={"X-Request-Id": "r-9"})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "content_filter")
+    [event] = topic_events(kafka_isolated.bootstrap_servers, kafka_isolated.topics.audit, 1)
+    assert isinstance(event, AuditEvent)
+    assert (event.actor, event.action, event.resource, event.outcome) == (
+        "eve",
+        "content.blocked",
+        "request:r-9",
+        "denied",
+    )
+    assert event.details == {"where": "prompt", "category": "weapons_drugs", "score": 1.0, "rules_matched": 1}
+    assert backend.calls == []
