@@ -2,13 +2,13 @@
 
 Each piece extends the text; text goes out up to its last word boundary once checked. At every
 word boundary the term list checks the sentence being written (its patterns never reach across a
-sentence end); when a sentence ends, the whole filter (the classifier too) checks the whole text so
-far; when the generation ends, it checks the whole text again. The word still being written is held
-back until a boundary follows it, so a blocked term is never sent in part, and a term that starts a
-longer word ("kill" of "killdeer") is not judged before the word ends. The decision is as strict as
-the one on the whole answer, or stricter: a stream stops at the first checked text that is blocked.
-A check costs about a millisecond per sentence for the term list and several for the classifier,
-so the classifier runs once per sentence rather than once per word.
+sentence end); when a sentence ends, the other filters (the classifier) check the whole text so
+far as well; when the generation ends, the whole filter checks the whole text. The word still being
+written is held back until a boundary follows it, so a blocked term is never sent in part, and a
+term that starts a longer word ("kill" of "killdeer") is not judged before the word ends. The
+decision is as strict as the one on the whole answer, or stricter: a stream stops at the first
+checked text that is blocked. The classifier costs several milliseconds a call whatever the
+length, so it runs once per sentence rather than once per word.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ from feedback.content.terms import TermFilter
 from feedback.content.verdict import CLEAN, CombinedFilter, ContentFilter, ContentVerdict
 
 _BOUNDARY = re.compile(r"\W(?=\w*\Z)")  # the last non-word character
-_SENTENCE_END = re.compile(r"[.!?\n]")
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")  # not the point of "$34.99"
 
 
-def term_part(content_filter: ContentFilter) -> ContentFilter | None:
-    """The term lists of a filter (cheap enough for every word), or None when it has none."""
+def split_filter(content_filter: ContentFilter) -> tuple[ContentFilter | None, ContentFilter | None]:
+    """A filter's term lists (cheap enough for every word) and its other filters; None where there is none."""
     if isinstance(content_filter, TermFilter):
-        return content_filter
-    if isinstance(content_filter, CombinedFilter):
-        parts = [part for f in content_filter.filters if (part := term_part(f)) is not None]
-        return CombinedFilter(parts) if parts else None
-    return None
+        return content_filter, None
+    if not isinstance(content_filter, CombinedFilter):
+        return None, content_filter
+    terms = [f for f in content_filter.filters if isinstance(f, TermFilter)]
+    others = [f for f in content_filter.filters if not isinstance(f, TermFilter)]
+    return (CombinedFilter(terms) if terms else None), (CombinedFilter(others) if others else None)
 
 
 class StreamCheck:
@@ -37,7 +38,7 @@ class StreamCheck:
 
     def __init__(self, content_filter: ContentFilter) -> None:
         self._filter = content_filter
-        self._words = term_part(content_filter)
+        self._terms, self._others = split_filter(content_filter)
         self._text = ""
         self._released = 0
         self._sentence = 0  # where the sentence being written starts
@@ -49,11 +50,13 @@ class StreamCheck:
         if boundary is None:
             return "", CLEAN
         end = boundary.end()
-        if _SENTENCE_END.search(self._text, self._released, end):
-            return self._release(end, self._filter.check(self._text[:end]), sentence_ended=True)
-        if self._words is None:
+        sentence_ended = _SENTENCE_END.search(self._text, self._released, end) is not None
+        if self._terms is None and not sentence_ended:
             return "", CLEAN  # nothing cheap to check with: wait for the sentence to end
-        return self._release(end, self._words.check(self._text[self._sentence : end]), sentence_ended=False)
+        verdict = self._terms.check(self._text[self._sentence : end]) if self._terms is not None else CLEAN
+        if sentence_ended and not verdict.blocked and self._others is not None:
+            verdict = self._others.check(self._text[:end])
+        return self._release(end, verdict, sentence_ended=sentence_ended)
 
     def finish(self) -> tuple[str, ContentVerdict]:
         """The generation ended: check the whole text; return the rest that may go out and the verdict."""

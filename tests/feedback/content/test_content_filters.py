@@ -112,7 +112,7 @@ def test_a_stream_runs_the_whole_filter_at_each_sentence_end_and_the_terms_at_ea
     sent, verdict = stream(check, ["Hello the", "re, my ", "friend. How ", "are you", "?"])
     assert (sent, verdict.blocked) == (["Hello ", "there, my ", "friend. How ", "are ", "you?", ""], False)
     whole = "Hello there, my friend. How are you?"
-    assert model.seen == ["Hello there, my friend. How ", whole, whole]  # two sentence ends, then the end
+    assert model.seen == ["Hello there, my friend. How ", whole]  # one sentence end, then the end
     sent, verdict = stream(StreamCheck(CombinedFilter([terms, model])), ["Rat poison is ", "bad. Yes"])
     assert (sent, verdict.category) == (["Rat poison is "], "model")  # the model sees it at the sentence end
     only_model = StreamCheck(model)  # no term list: text waits for each sentence end
