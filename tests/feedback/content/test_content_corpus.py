@@ -50,25 +50,40 @@ def catalogue_text() -> list[tuple[str, str]]:
     return rows
 
 
-def rates(content_filter: ContentFilter, sensitive: list[tuple[str, str]], benign: list[tuple[str, str]]) -> str:
-    missed = Counter(label for label, text in sensitive if not content_filter.check(text).blocked)
-    blocked = [text for _, text in benign if content_filter.check(text).blocked]
-    totals = Counter(label for label, _ in sensitive)
-    per_category = ", ".join(f"{c} {1 - missed[c] / n:.3f}" for c, n in sorted(totals.items()))
+Rows = list[tuple[str, str]]
+
+
+def blocked(content_filter: ContentFilter, rows: Rows) -> Rows:
+    """The rows the filter blocks."""
+    return [(label, text) for label, text in rows if content_filter.check(text).blocked]
+
+
+def describe(sensitive: Rows, caught: Rows, benign: Rows, false_blocks: Rows) -> str:
+    """Recall (overall and per category) and the false-block rate, with the falsely blocked lines."""
+    totals, found = Counter(label for label, _ in sensitive), Counter(label for label, _ in caught)
+    per_category = ", ".join(f"{c} {found[c] / n:.3f}" for c, n in sorted(totals.items()))
+    lines = "".join(f" | {text}" for _, text in false_blocks)
     return (
-        f"recall {1 - sum(missed.values()) / len(sensitive):.4f} ({len(sensitive) - sum(missed.values())}"
-        f"/{len(sensitive)}: {per_category}); false blocks {len(blocked) / len(benign):.4f} "
-        f"({len(blocked)}/{len(benign)}{': ' + ' | '.join(blocked) if blocked else ''})"
+        f"recall {len(caught) / len(sensitive):.4f} ({len(caught)}/{len(sensitive)}: {per_category}); "
+        f"false blocks {len(false_blocks) / len(benign):.4f} ({len(false_blocks)}/{len(benign)}{lines})"
     )
 
 
 @pytest.fixture(scope="module")
-def shipped() -> ContentFilter:
-    return build_filter(ContentFilterSettings())
+def test_split() -> tuple[Rows, Rows]:
+    return labelled("sensitive.tsv"), labelled("benign.tsv") + catalogue_text()
 
 
-def test_the_corpora_are_large_enough_and_apart() -> None:
-    sensitive, benign = labelled("sensitive.tsv"), labelled("benign.tsv") + catalogue_text()
+@pytest.fixture(scope="module")
+def measured(test_split: tuple[Rows, Rows]) -> tuple[Rows, Rows]:
+    """What the shipped filter blocks of the sensitive and of the benign test split."""
+    shipped = build_filter(ContentFilterSettings())
+    sensitive, benign = test_split
+    return blocked(shipped, sensitive), blocked(shipped, benign)
+
+
+def test_the_corpora_are_large_enough_and_apart(test_split: tuple[Rows, Rows]) -> None:
+    sensitive, benign = test_split
     assert len(sensitive) >= 300
     assert len(benign) >= 1000
     assert len({label for label, _ in sensitive}) == 6
@@ -76,26 +91,26 @@ def test_the_corpora_are_large_enough_and_apart() -> None:
     assert not dev & {text for _, text in sensitive + benign}  # no line of the dev split is tested on
 
 
-def blocked(content_filter: ContentFilter, rows: list[tuple[str, str]]) -> list[str]:
-    return [text for _, text in rows if content_filter.check(text).blocked]
-
-
-def test_recall_and_false_block_rate_on_the_test_split(shipped: ContentFilter) -> None:
+def test_recall_and_false_block_rate_on_the_test_split(
+    test_split: tuple[Rows, Rows], measured: tuple[Rows, Rows]
+) -> None:
     """Pinned to the measured counts, so any change to the list or the threshold shows here (and in the README)."""
-    sensitive, benign = labelled("sensitive.tsv"), labelled("benign.tsv") + catalogue_text()
-    print("\ncontent filter on the test split (shipped settings):", rates(shipped, sensitive, benign))
-    print("  term list alone:", rates(TermFilter.read(SHIPPED_TERM_LIST), sensitive, benign))
-    classifier = OffensiveLanguageClassifier(ContentFilterSettings().threshold)
-    print("  classifier alone:", rates(classifier, sensitive, benign))
-    assert (len(blocked(shipped, sensitive)), len(sensitive)) == (323, 352)  # recall 0.9176
-    assert blocked(shipped, benign) == [
+    (sensitive, benign), (caught, false_blocks) = test_split, measured
+    print("\ncontent filter on the test split (shipped settings):", describe(sensitive, caught, benign, false_blocks))
+    terms = TermFilter.read(SHIPPED_TERM_LIST)
+    print("  term list alone:", describe(sensitive, blocked(terms, sensitive), benign, blocked(terms, benign)))
+    model = OffensiveLanguageClassifier(ContentFilterSettings().threshold)
+    print("  classifier alone:", describe(sensitive, blocked(model, sensitive), benign, blocked(model, benign)))
+    assert (len(caught), len(sensitive)) == (323, 352)  # recall 0.9176
+    assert [text for _, text in false_blocks] == [
         "A female dog is called a bitch in breeding registries.",
         "The ass is another name for a donkey in older English texts.",
     ]
-    assert len(benign) == 1218  # false-block rate 2/1218 = 0.0016 < 0.005
+    assert len(false_blocks) / len(benign) < 0.005  # 2/1218 = 0.0016
 
 
-@pytest.mark.xfail(strict=True, reason="measured recall 0.9176 on the test split: the 0.95 target is not met yet")
-def test_recall_reaches_the_target_on_the_test_split(shipped: ContentFilter) -> None:
-    sensitive = labelled("sensitive.tsv")
-    assert len(blocked(shipped, sensitive)) / len(sensitive) >= 0.95
+@pytest.mark.xfail(strict=True, reason="measured recall 0.9176 on the test split: the 0.95 target is not met")
+def test_recall_reaches_the_target_on_the_test_split(
+    test_split: tuple[Rows, Rows], measured: tuple[Rows, Rows]
+) -> None:
+    assert len(measured[0]) / len(test_split[0]) >= 0.95
