@@ -45,7 +45,9 @@ def build_filter(settings: ContentFilterSettings) -> ContentFilter:
             classifier cannot load.
     """
     terms = TermFilter.read(settings.term_list or SHIPPED_TERM_LIST)
-    terms += TermFilter.from_lists(settings.terms, settings.patterns, source="content_filter.patterns")
+    terms += TermFilter.from_lists(
+        settings.terms, settings.patterns, source="content_filter.patterns", named_categories=True
+    )
     if not settings.classifier:
         return terms
     return CombinedFilter([terms, OffensiveLanguageClassifier(settings.threshold)])

@@ -72,9 +72,13 @@ class TermFilter:
         *,
         category: str = CUSTOM_CATEGORY,
         source: str = "patterns",
+        named_categories: bool = False,
     ) -> TermFilter:
-        """Terms first, then patterns; a term written ``category:term`` gets that category."""
-        rules = [term_rule(*_split_category(term, category)) for term in terms]
+        """Terms first, then patterns; with ``named_categories`` a term written ``category:term`` gets that category."""
+        rules = [
+            term_rule(*_split_category(term, category)) if named_categories else term_rule(term, category)
+            for term in terms
+        ]
         rules += [pattern_rule(pattern, category, source) for pattern in patterns]
         return cls(rules)
 

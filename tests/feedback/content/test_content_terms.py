@@ -20,10 +20,11 @@ def test_terms_match_whole_words_case_folded() -> None:
 
 
 def test_every_matching_rule_is_named_in_rule_order_and_the_first_names_the_category() -> None:
-    terms = TermFilter.from_lists(["threat:kill you", "profanity:damn"], [r"\bdie\b"])
+    terms = TermFilter.from_lists(["threat:kill you", "profanity:damn"], [r"\bdie\b"], named_categories=True)
     verdict = terms.check("Damn, I will kill you, die!")
     assert verdict == ContentVerdict(True, "threat", 1.0, ("term:kill you", "term:damn", r"pattern:\bdie\b"))
     assert terms.check("die").category == "custom"
+    assert TermFilter.from_lists(["threat:kill you"], []).check("threat:kill you").category == "custom"  # a plain term
 
 
 def test_typographic_apostrophes_read_as_plain_ones() -> None:
