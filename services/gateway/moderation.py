@@ -57,7 +57,7 @@ class ContentGuard:
         producer: EventProducer,
         metrics: GatewayMetrics,
     ) -> None:
-        self._filter = content_filter
+        self.content_filter = content_filter
         self._settings = settings.content_filter
         self._audit_topic = settings.kafka.topics.audit
         self._producer = producer
@@ -70,19 +70,19 @@ class ContentGuard:
 
     def check_prompt(self, messages: Sequence[ChatMessage], actor: str, request_id: str) -> None:
         """Raise the 400 when any message of the prompt is blocked (after counting and auditing it)."""
-        if self._filter is None or not self._settings.prompts:
+        if self.content_filter is None or not self._settings.prompts:
             return
         for message in messages:
-            verdict = self._filter.check(message.content)
+            verdict = self.content_filter.check(message.content)
             if verdict.blocked:
                 self.record_block("prompt", verdict, actor, f"request:{request_id}")
                 raise prompt_blocked(verdict.category)
 
     def check_answer(self, text: str, actor: str, interaction_id: str) -> ContentVerdict | None:
         """The verdict on a served answer when it is blocked (counted and audited), else None."""
-        if self._filter is None or not self._settings.answers:
+        if self.content_filter is None or not self._settings.answers:
             return None
-        verdict = self._filter.check(text)
+        verdict = self.content_filter.check(text)
         if not verdict.blocked:
             return None
         self.record_block("answer", verdict, actor, f"interaction:{interaction_id}")
@@ -90,16 +90,16 @@ class ContentGuard:
 
     def stream_check(self) -> StreamCheck | None:
         """A check for one streamed answer, or None when answers are not filtered."""
-        if self._filter is None or not self._settings.answers:
+        if self.content_filter is None or not self._settings.answers:
             return None
-        return StreamCheck(self._filter)
+        return StreamCheck(self.content_filter)
 
     def shadow_blocked(self, text: str) -> bool:
         """Whether a shadow answer would have been blocked; False when the check itself fails."""
-        if self._filter is None or not self._settings.answers:
+        if self.content_filter is None or not self._settings.answers:
             return False
         try:
-            return self._filter.check(text).blocked
+            return self.content_filter.check(text).blocked
         except Exception:  # the shadow path never fails: the answer is recorded unfiltered
             log.exception("content filter failed on a shadow answer")
             return False

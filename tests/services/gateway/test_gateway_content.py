@@ -13,6 +13,7 @@ from gateway_fakes import FakeBackend
 from test_api import CHAT, SIGNING_KEY, logged_events, make_settings
 
 from feedback import deployments
+from feedback.content import ContentFilter, ContentVerdict
 from feedback.events import AuditEvent, InteractionEvent
 from feedback.settings import Settings
 from feedback.signing import verify_id
@@ -178,21 +179,53 @@ def test_with_the_filter_off_nothing_is_checked(tmp_path: Path, backend: FakeBac
         assert audits(unfiltered) == []
 
 
-def test_a_shadow_answer_that_would_be_blocked_is_recorded_as_such_and_users_see_the_champion(
-    tmp_path: Path, backend: FakeBackend
-) -> None:
-    challenger = FakeBackend(base="challenger-model", text="Shut the fuck up.")
+def with_shadow(
+    tmp_path: Path, backend: FakeBackend, challenger_text: str, content_filter: ContentFilter | None = None
+) -> tuple[str, dict[str, InteractionEvent], list[AuditEvent]]:
+    """One request with a shadow challenger answering ``challenger_text``: the answer, events by role, audits."""
+    challenger = FakeBackend(base="challenger-model", text=challenger_text)
     app = create_app(filtered_settings(tmp_path), backend=backend, extra_backends=[challenger])
     with TestClient(app) as client:
         chat = client.app.state.chat  # type: ignore[attr-defined]
+        if content_filter is not None:
+            chat.guard.content_filter = content_filter
         state = deployments.set_challenger(chat.deployment, "challenger-model+v2", by="test", sample_rate=1.0)
         client.portal.call(chat.apply, state)  # type: ignore[union-attr]
         answer = client.post("/v1/chat/completions", json=CHAT)
-        assert answer.json()["choices"][0]["message"]["content"] == "Paris."
+        assert answer.status_code == 200
         deadline = time.monotonic() + 10
         while len(interactions(client)) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        by_role = {e.role: e for e in interactions(client)}
+        return (
+            answer.json()["choices"][0]["message"]["content"],
+            {e.role: e for e in interactions(client)},
+            audits(client),
+        )
+
+
+def test_a_shadow_answer_that_would_be_blocked_is_recorded_as_such_and_users_see_the_champion(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    answer, by_role, audited = with_shadow(tmp_path, backend, "Shut the fuck up.")
+    assert answer == "Paris."
     assert (by_role["served"].completion, by_role["served"].finish_reason) == ("Paris.", "stop")
     assert (by_role["shadow"].completion, by_role["shadow"].finish_reason) == (REFUSAL, "content_filter")
-    assert audits(client) == []  # nobody was refused anything
+    assert audited == []  # nobody was refused anything
+
+
+class FailsOnLyon:
+    """A filter that breaks on the challenger's answer and passes everything else (a pure unit-test stand-in)."""
+
+    def check(self, text: str) -> ContentVerdict:
+        if "Lyon" in text:
+            raise RuntimeError("filter broke")
+        return ContentVerdict(False)
+
+
+def test_a_failing_shadow_check_records_the_answer_unfiltered_and_never_fails_the_request(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    answer, by_role, _ = with_shadow(tmp_path, backend, "Lyon.", FailsOnLyon())
+    assert answer == "Paris."
+    shadow = by_role["shadow"]
+    assert (shadow.completion, shadow.finish_reason, shadow.error) == ("Lyon.", "stop", None)
