@@ -251,6 +251,9 @@ class TrainingSettings(_Section):
     threads: int = Field(1, ge=1, le=256)
     niceness: int = Field(10, ge=0, le=19)  # the training process lowers its priority by this (os.nice)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    # auto: bf16 autocast where the device computes bf16 natively (CUDA, AMX / AVX-512 BF16 CPUs), else fp32;
+    # LoRA weights and optimizer state stay fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     restarts: int = Field(2, ge=0, le=10)  # a crashed training process is restarted from its checkpoint this often
 
 
