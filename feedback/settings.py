@@ -38,6 +38,7 @@ class TopicSettings(_Section):
     feedback: str = "feedback"  # user feedback events
     audit: str = "audit"  # who did what, when
     deployments: str = "deployments"  # compacted: the current deployment state
+    keys: str = "keys"  # compacted: API key records (salted hashes), keyed by key id
     scheduler: str = "scheduler"  # one partition; its owner holds the refresh lease
     dead_letter: str = "dead-letter"  # events the sink refused, with the reason
     partitions: int = Field(3, ge=1, le=1024)  # partitions of the data topics
