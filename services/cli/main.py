@@ -9,6 +9,7 @@ flywheel worker                  run the DuckDB sink and the worker API
 flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
 flywheel query "SQL"             analyst SQL over the lake, sandboxed
 flywheel refresh [--now|--dry-run] [--force]   the daily refresh now, a dry run, or the ledger
+flywheel keys create|list|revoke API keys and their roles
 flywheel config show
 """
 
@@ -23,7 +24,7 @@ import uvicorn
 
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
-from services.cli import broker, deploy, models
+from services.cli import broker, deploy, keys, models
 from services.cli import query as query_cli
 from services.cli import sink as sink_cli
 from services.cli.ports import port_in_use
@@ -188,6 +189,7 @@ def config_show() -> None:
 
 sink_cli.register(app, settings_or_exit, fail)
 query_cli.register(app, settings_or_exit, fail)
+keys.register(app, settings_or_exit, fail)
 
 if __name__ == "__main__":
     app()
