@@ -182,8 +182,7 @@ def config_show() -> None:
     """Print the effective settings as JSON (secrets masked)."""
     settings = settings_or_exit()
     data = settings.model_dump(mode="json")
-    for secret in ("signing_key", "admin_token"):
-        data["security"][secret] = "***"
+    data["security"]["signing_key"] = "***"
     typer.echo(json.dumps(data, indent=2))
 
 
