@@ -27,6 +27,7 @@ from feedback.topics import ensure_topics
 app = typer.Typer(help="API keys and their roles.", no_args_is_help=True)
 
 KAFKA_UNREACHABLE = 3  # exit code when the broker does not answer
+NAME_MAX = 100  # longest key name (KeyRecord.name), characters
 
 
 def register(main: typer.Typer, settings_or_exit: Any, fail: Any) -> None:
@@ -46,6 +47,8 @@ def register(main: typer.Typer, settings_or_exit: Any, fail: Any) -> None:
         role: Annotated[Role, typer.Option(help="admin, developer, analyst or user.")],
     ) -> None:
         """Create a key; print it once (stdout) and its id (stderr)."""
+        if not 1 <= len(name) <= NAME_MAX:
+            raise fail(f"--name: between 1 and {NAME_MAX} characters (got {len(name)})", 2)
         settings = ready()
         text, record = new_key(name, role, created_by=f"cli:{getpass.getuser()}")
         try:

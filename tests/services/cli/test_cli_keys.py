@@ -60,6 +60,8 @@ def test_bad_role_and_unreachable_broker(kafka_isolated: KafkaSettings) -> None:
     bad_role = flywheel("keys", "create", "--name", "x", "--role", "root", env=kafka_env(kafka_isolated))
     assert bad_role.returncode == 2
     assert "'root' is not one of" in bad_role.stderr
+    too_long = flywheel("keys", "create", "--name", "x" * 101, "--role", "user", env=kafka_env(kafka_isolated))
+    assert (too_long.returncode, too_long.stderr.strip()) == (2, "--name: between 1 and 100 characters (got 101)")
     down = kafka_isolated.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
     unreachable = flywheel(
         "keys",
