@@ -358,11 +358,12 @@ class _Models:
     ) -> SplitScores:
         """Losses (and task values when ``metric`` is set; control losses when ``control``) of both models."""
         results = {}
-        others = [e.completion for e in examples[1:]] + [examples[0].completion] if control else []
+        others = [e.completion for e in (*examples[1:], examples[0])]  # the next example's answer
         for name in (CHAMPION, CANDIDATE):
             with self._active(name):
                 losses = self._losses([(e.messages, e.completion) for e in examples])
-                controls = self._losses([(e.messages, other) for e, other in zip(examples, others, strict=False)])
+                pairs = [(e.messages, other) for e, other in zip(examples, others, strict=True)]
+                controls = self._losses(pairs) if control else []
                 answers = self._answers(examples, max_new_tokens) if metric else []
             tasks = [_task_value(metric, e, a) for e, a in zip(examples, answers, strict=True)] if metric else []
             results[name] = (losses, tasks, answers, controls)

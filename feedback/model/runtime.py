@@ -218,11 +218,7 @@ class ModelRuntime:
 
         ``add_eos`` appends the end-of-turn token, as a completion that ended by itself has it.
         """
-        with self._lock:
-            completion = self._tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-            if add_eos:
-                completion = [*completion, self.scoring_eos_id]
-            return self._score_tokens(self._render(messages), completion)
+        return self.score_batch([(messages, completion_text)], add_eos=add_eos)[0]
 
     def score_batch(
         self, requests: Sequence[tuple[Messages, str]], *, add_eos: bool = True, batch_size: int = 16
@@ -238,6 +234,11 @@ class ModelRuntime:
                 for start in range(0, len(pairs), batch_size)
                 for scores in self._score_rows(pairs[start : start + batch_size])
             ]
+
+    def score_token_rows(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, ...]]:
+        """:meth:`score_tokens` of many (prompt ids, completion ids) pairs in one right-padded forward pass."""
+        with self._lock:
+            return self._score_rows([(list(prompt), list(completion)) for prompt, completion in pairs])
 
     def score_tokens(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> tuple[float, ...]:
         """Return the raw log-probability of each completion token (one teacher-forced pass)."""
