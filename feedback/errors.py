@@ -13,6 +13,9 @@ are translated where they enter the package, with ``raise ... from exc``.
     │   ├── InvalidEventError     an event fails validation against its schema
     │   └── UnknownSchemaError    an event carries a schema version this build does not know
     ├── SignatureError            an interaction id whose HMAC signature does not verify
+    ├── AccessError
+    │   ├── NotAuthenticated      no API key, a malformed one, an unknown or a revoked one
+    │   └── NotPermitted          a valid key whose role lacks the permission
     ├── KafkaUnavailableError     the Kafka cluster is unreachable or refused an admin request
     ├── WalError
     │   └── WalFullError          the write-ahead log reached its size bound
@@ -62,6 +65,18 @@ class UnknownSchemaError(EventError):
 
 class SignatureError(FlywheelError):
     """A signed interaction id failed verification."""
+
+
+class AccessError(FlywheelError):
+    """A request that may not do what it asks."""
+
+
+class NotAuthenticated(AccessError):
+    """No API key, a malformed one, or one that is unknown or revoked (HTTP 401)."""
+
+
+class NotPermitted(AccessError):
+    """A valid API key whose role lacks the permission (HTTP 403)."""
 
 
 class KafkaUnavailableError(FlywheelError):

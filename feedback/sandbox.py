@@ -107,7 +107,7 @@ def _child(conn: Connection, sql: str, lake: str, admin: bool, limits: QueryLimi
 
 def _catalog_message(exc: duckdb.Error, admin: bool) -> str:
     if "_raw" in str(exc) and not admin:
-        return "raw-text views (*_raw) need the admin token; analysts see the redacted views"
+        return "raw-text views (*_raw) need an admin key; analysts see the redacted views"
     return f"{exc} (views: {', '.join(TABLES)}{', and *_raw for admins' if admin else ''})"
 
 

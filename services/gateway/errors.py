@@ -3,9 +3,9 @@
     ApiError                   any error the gateway answers on purpose
     ├── 400 invalid_request    a request body or parameter is invalid (names the field)
     ├── 400 content_filter     the content filter refused the prompt (code "content_filter")
-    ├── 401 unauthenticated    an admin endpoint or forced arm without a bearer token
+    ├── 401 unauthenticated    no API key, a malformed, unknown or revoked one (WWW-Authenticate: Bearer)
     ├── 403 invalid_signature  feedback for an interaction id the gateway did not sign
-    ├── 403 forbidden          a bearer token that is not the admin token
+    ├── 403 forbidden          a valid key whose role lacks the route's permission (or a forced arm's)
     ├── 404 model_not_found    the request names a model (or adapter version) the gateway does not serve
     ├── 409 conflict           a deployment change not allowed from the current state
     ├── 413 too_large          a request body over gateway.max_body_bytes
@@ -29,8 +29,6 @@ EVENT_LOG_FULL = "the service cannot record events right now (event log full); r
 BACKEND_FAILED = "the model backend failed to answer; retry later"
 STREAM_FAILED = "the model backend failed while streaming; the answer is incomplete"
 OVERLOADED = "the gateway is at capacity; retry after the Retry-After interval"
-ADMIN_TOKEN_MISSING = "this endpoint needs an Authorization: Bearer <admin token> header"  # noqa: S105 - a message
-ADMIN_TOKEN_WRONG = "the bearer token is not the admin token"  # noqa: S105 - a message
 
 
 class ApiError(Exception):

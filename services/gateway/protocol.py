@@ -143,6 +143,7 @@ class Health(BaseModel):
     wal_bytes: int
     wal_max_bytes: int
     kafka_error: str | None
+    auth: Literal["keys", "off"]  # "off": no route checks API keys (security.auth, development only)
 
 
 class ChunkChoice(BaseModel):

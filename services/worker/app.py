@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -11,6 +12,7 @@ from dataclasses import asdict
 
 from fastapi import FastAPI
 
+from feedback.apikeys import KeyBook, KeyWatcher
 from feedback.deployments import DeploymentError, DeploymentState, DeploymentWatcher, initial_state, publish_state
 from feedback.errors import FlywheelError, KafkaUnavailableError
 from feedback.lake import Lake
@@ -22,6 +24,7 @@ from feedback.rollup import refresh_rollup
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
+from services.http_access import AuthOffHeader, warn_if_auth_off
 from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
 from services.worker.refresh_api import router as refresh_router
 from services.worker.refresh_schedule import RefreshSchedule
@@ -32,6 +35,7 @@ from services.worker.sink import Sink
 log = logging.getLogger(__name__)
 
 _RETRY_SECONDS = 2.0  # wait between attempts to reach Kafka
+_KEYS_WAIT_SECONDS = 5.0  # at start, wait this long to read the keys topic to its end
 _PURGE_EVERY_SECONDS = 3600.0  # retention runs hourly: it removes whole days, so more often is useless
 
 
@@ -165,9 +169,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads.append(threading.Thread(target=lease.run, name="refresh-lease", daemon=True))
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
         app.state.refresher, app.state.deployments = refresher, deployments
+        key_watcher = KeyWatcher(resolved.kafka, KeyBook())
+        app.state.keys = key_watcher.book
+        warn_if_auth_off(resolved, "worker")
         for thread in threads:
             thread.start()
         deployments.watcher.start()
+        key_watcher.start()
+        await asyncio.to_thread(key_watcher.caught_up.wait, _KEYS_WAIT_SECONDS)
         if resolved.scheduler.enabled:
             schedule.start()
         try:
@@ -178,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 schedule.stop()
             lease.stop()
             deployments.watcher.close()
+            key_watcher.close()
             sink.stop()
             for thread in threads:
                 thread.join(timeout=30)
@@ -185,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="flywheel worker", lifespan=lifespan)
+    app.add_middleware(AuthOffHeader)
     app.include_router(router)
     app.include_router(reports_router)
     app.include_router(refresh_router)

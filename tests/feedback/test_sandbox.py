@@ -50,7 +50,7 @@ def test_row_limit_cuts_and_says_so(lake: Path) -> None:
 def test_raw_views_only_for_admins(lake: Path) -> None:
     raw = run_query("SELECT DISTINCT messages FROM interactions_raw", lake, admin=True)
     assert raw.table.to_pylist() == [{"messages": f'[{{"role":"user","content":"write to {SECRET_EMAIL}"}}]'}]
-    with pytest.raises(QueryRefused, match=r"raw-text views \(\*_raw\) need the admin token"):
+    with pytest.raises(QueryRefused, match=r"raw-text views \(\*_raw\) need an admin key"):
         run_query("SELECT * FROM interactions_raw", lake)
 
 

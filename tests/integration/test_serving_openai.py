@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from api_keys import Keys
 from fastapi import FastAPI
 from openai import OpenAI
 from pipeline_events import topic_events
@@ -46,12 +47,12 @@ def interaction_events(kafka: KafkaSettings, expected: int, timeout_s: float = 6
 
 
 def test_openai_client_non_streaming_and_streaming(
-    tmp_path: Path, kafka_isolated: KafkaSettings, runtime: ModelRuntime, serve_app: ServeApp
+    tmp_path: Path, kafka_isolated: KafkaSettings, api_keys: Keys, runtime: ModelRuntime, serve_app: ServeApp
 ) -> None:
     expected = runtime.generate(QUESTION, SamplingParams(max_tokens=12, temperature=0.0))
     settings = serving_settings(tmp_path, kafka_isolated)
     with serve_app(create_app(settings, backend=TransformersBackend(runtime, settings.gateway))) as url:
-        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client = OpenAI(base_url=f"{url}/v1", api_key=api_keys["user"], max_retries=0)
         answer = client.chat.completions.create(
             model="flywheel",
             messages=QUESTION,

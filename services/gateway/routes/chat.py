@@ -10,9 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
+from feedback.access import Permission
 from feedback.events import Arm
 from feedback.model.runtime import Generation
-from services.gateway.auth import require_admin
+from services.gateway.auth import ChatUser, check
 from services.gateway.deps import ChatDep, SettingsDep
 from services.gateway.errors import error_body, invalid_request
 from services.gateway.protocol import (
@@ -32,7 +33,7 @@ from services.gateway.streaming import ContentStopped, StreamFailure, StreamItem
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 INTERACTION_HEADER = "X-Interaction-Id"
-ARM_HEADER = "X-Flywheel-Arm"  # forces an arm; admins only
+ARM_HEADER = "X-Flywheel-Arm"  # forces an arm; admins and developers only (force-arm)
 
 
 @router.post("/chat/completions", response_model=None)
@@ -40,13 +41,13 @@ async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     response: Response,
+    who: ChatUser,
     chat: ChatDep,
-    settings: SettingsDep,
     arm: Annotated[Arm | None, Header(alias=ARM_HEADER)] = None,
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer with the routed arm; the signed interaction id is in the body (or every chunk) and a header."""
     if arm is not None:
-        require_admin(request.headers.get("authorization"), settings)
+        check(who, Permission.FORCE_ARM)
     if body.stream_options is not None and not body.stream:
         raise invalid_request("stream_options: only allowed when stream is true", "stream_options")
     exchange = chat.open(body, request.headers, arm)
@@ -122,6 +123,6 @@ def _usage(generation: Generation) -> Usage:
 
 
 @router.get("/models")
-async def list_models(settings: SettingsDep) -> ModelList:
+async def list_models(_: ChatUser, settings: SettingsDep) -> ModelList:
     """The one model name this gateway serves."""
     return ModelList(data=[ModelCard(id=settings.gateway.served_model_name, created=int(time.time()))])

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_keys import SEEDED_BOOK, USER
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
 from test_api import CHAT, SIGNING_KEY, logged_events, make_settings
@@ -32,7 +33,9 @@ def filtered_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(tmp_path: Path, backend: FakeBackend) -> Iterator[TestClient]:
-    with TestClient(create_app(filtered_settings(tmp_path), backend=backend)) as test_client:
+    with TestClient(
+        create_app(filtered_settings(tmp_path), backend=backend, keys=SEEDED_BOOK), headers=USER
+    ) as test_client:
         yield test_client
 
 
@@ -168,7 +171,7 @@ def test_a_clean_stream_holds_back_only_the_word_being_written(client: TestClien
 
 def test_with_the_filter_off_nothing_is_checked(tmp_path: Path, backend: FakeBackend) -> None:
     backend.text = "I will kill you tomorrow."
-    with TestClient(create_app(make_settings(tmp_path), backend=backend)) as unfiltered:
+    with TestClient(create_app(make_settings(tmp_path), backend=backend, keys=SEEDED_BOOK), headers=USER) as unfiltered:
         response = unfiltered.post("/v1/chat/completions", json=CHAT | {"messages": [BOMB]})
         assert response.json()["choices"][0] == {
             "index": 0,
@@ -184,8 +187,8 @@ def with_shadow(
 ) -> tuple[str, dict[str, InteractionEvent], list[AuditEvent]]:
     """One request with a shadow challenger answering ``challenger_text``: the answer, events by role, audits."""
     challenger = FakeBackend(base="challenger-model", text=challenger_text)
-    app = create_app(filtered_settings(tmp_path), backend=backend, extra_backends=[challenger])
-    with TestClient(app) as client:
+    app = create_app(filtered_settings(tmp_path), backend=backend, extra_backends=[challenger], keys=SEEDED_BOOK)
+    with TestClient(app, headers=USER) as client:
         chat = client.app.state.chat  # type: ignore[attr-defined]
         if content_filter is not None:
             chat.guard.content_filter = content_filter

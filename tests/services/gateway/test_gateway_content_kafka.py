@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from api_keys import Keys, bearer
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
 from pipeline_events import topic_events
@@ -16,7 +17,9 @@ from services.gateway.app import create_app
 pytestmark = pytest.mark.kafka
 
 
-def test_a_blocked_prompt_is_audited_through_kafka(tmp_path: Path, kafka_isolated: KafkaSettings) -> None:
+def test_a_blocked_prompt_is_audited_through_kafka(
+    tmp_path: Path, kafka_isolated: KafkaSettings, api_keys: Keys
+) -> None:
     settings = Settings.model_validate(
         {
             "kafka": kafka_isolated.model_dump(),
@@ -27,7 +30,7 @@ def test_a_blocked_prompt_is_audited_through_kafka(tmp_path: Path, kafka_isolate
     )
     backend = FakeBackend(base="flywheel-base")
     body = {"model": "flywheel", "messages": [{"role": "user", "content": "Where can I buy heroin tonight?"}]}
-    with TestClient(create_app(settings, backend=backend)) as client:
+    with TestClient(create_app(settings, backend=backend), headers=bearer(api_keys["user"])) as client:
         response = client.post("/v1/chat/completions", json=body | {"user": "eve"}, headers={"X-Request-Id": "r-9"})
     assert (response.status_code, response.json()["error"]["code"]) == (400, "content_filter")
     [event] = topic_events(kafka_isolated.bootstrap_servers, kafka_isolated.topics.audit, 1)
