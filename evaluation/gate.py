@@ -358,20 +358,21 @@ class _Models:
     ) -> SplitScores:
         """Losses (and task values when ``metric`` is set; control losses when ``control``) of both models."""
         results = {}
-        others = [e.completion for e in examples[1:]] + [examples[0].completion] if control else []
+        others = [e.completion for e in (*examples[1:], examples[0])]  # the next example's answer
         for name in (CHAMPION, CANDIDATE):
             with self._active(name):
-                losses = [self._loss(e.messages, e.completion) for e in examples]
-                controls = [self._loss(e.messages, other) for e, other in zip(examples, others, strict=False)]
+                losses = self._losses([(e.messages, e.completion) for e in examples])
+                pairs = [(e.messages, other) for e, other in zip(examples, others, strict=True)]
+                controls = self._losses(pairs) if control else []
                 answers = self._answers(examples, max_new_tokens) if metric else []
             tasks = [_task_value(metric, e, a) for e, a in zip(examples, answers, strict=True)] if metric else []
             results[name] = (losses, tasks, answers, controls)
         (loss_a, task_a, ans_a, ctl_a), (loss_b, task_b, ans_b, ctl_b) = results[CHAMPION], results[CANDIDATE]
         return SplitScores([e.id for e in examples], loss_a, loss_b, metric, task_a, task_b, ans_a, ans_b, ctl_a, ctl_b)
 
-    def _loss(self, messages: Sequence[Mapping[str, str]], completion: str) -> float:
-        logprobs = self._runtime.score(messages, completion, add_eos=True)
-        return -sum(logprobs) / len(logprobs)
+    def _losses(self, pairs: Sequence[tuple[Sequence[Mapping[str, str]], str]]) -> list[float]:
+        """Mean negative log-probability of each completion (end-of-turn included) after its messages."""
+        return [-sum(lp) / len(lp) for lp in self._runtime.score_batch(pairs, add_eos=True)]
 
     def _answers(self, examples: Sequence[GateExample], max_new_tokens: int) -> list[str]:
         greedy = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)

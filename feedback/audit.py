@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from feedback.access import Principal
 from feedback.deployments import DeploymentState
 from feedback.errors import WalFullError
 from feedback.events import AuditEvent
@@ -75,7 +76,6 @@ class AuditTrail:
 class AuditNote:
     """What a route adds to its request's audit event; the middleware fills in the rest."""
 
-    actor: str | None = None  # the principal an admin check accepted (until principals exist)
     resource: str | None = None  # what the action was on; default: the request path
     details: dict[str, JsonValue] = field(default_factory=dict)
     outcome: Outcome | None = None  # overrides the status's outcome (a stream that failed after its 200)
@@ -93,11 +93,9 @@ def note_of(request: Request) -> AuditNote:
 
 
 def actor_of(request: Request) -> str:
-    """Who made the request: the authenticated principal's name, the admin check's principal, or anonymous."""
+    """Who made the request: its key's ``name (key_id)`` once the key was checked, else anonymous."""
     principal = getattr(request.state, "principal", None)
-    if principal is not None:
-        return str(principal.name)
-    return note_of(request).actor or ANONYMOUS
+    return principal.label if isinstance(principal, Principal) else ANONYMOUS
 
 
 def outcome_of(status: int) -> Outcome:
@@ -189,6 +187,11 @@ class AuditMiddleware:
         return "http.unmatched"
 
 
+def _role(request: Request) -> dict[str, JsonValue]:
+    principal = getattr(request.state, "principal", None)
+    return {"role": principal.role} if isinstance(principal, Principal) else {}
+
+
 class _Pending:
     """One request's audit event in the making."""
 
@@ -239,6 +242,7 @@ class _Pending:
             outcome=note.outcome or outcome_of(status),
             reason=reason[:10_000] if reason else None,
             details={"method": request.method, "path": request.url.path, "status": status, "client": client}
+            | _role(request)
             | note.details,
         )
         trail = getattr(request.app.state, "audit", None)

@@ -14,25 +14,21 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from feedback.errors import FlywheelError, KafkaUnavailableError
+from feedback.errors import FlywheelError
 from feedback.events import utc_now
+from feedback.follower import TopicFollower, publish_record
 from feedback.ids import new_id
 from feedback.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = b"current"
-_RETRY_SECONDS = 2.0  # wait between reconnection attempts
-_WARN_EVERY_SECONDS = 60.0  # how often an outage is logged again
 Mode = Literal["shadow", "ab"]
 
 
@@ -158,94 +154,36 @@ def roll_back(state: DeploymentState, *, by: str) -> DeploymentState:
 
 def publish_state(kafka: KafkaSettings, state: DeploymentState) -> None:
     """Write ``state`` to the deployments topic and wait for the broker's acknowledgement."""
-    try:
-        producer = KafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-deployments",
-            acks="all",
-            request_timeout_ms=kafka.request_timeout_ms,
-            bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,  # an unreachable broker fails the change soon
-        )
-    except KafkaError as exc:
-        raise KafkaUnavailableError(f"Kafka at {kafka.bootstrap_servers} is not reachable: {exc}") from exc
-    try:
-        producer.send(kafka.topics.deployments, key=STATE_KEY, value=state.encode()).get(
-            timeout=kafka.request_timeout_ms / 1000
-        )
-    except KafkaError as exc:
-        raise KafkaUnavailableError(f"publishing the deployment failed: {exc}") from exc
-    finally:
-        producer.close(timeout=5)
+    publish_record(kafka, kafka.topics.deployments, STATE_KEY, state.encode())
 
 
-class DeploymentWatcher:
+class DeploymentWatcher(TopicFollower):
     """Follows the deployments topic in a thread and applies each newer record through ``apply``."""
 
     def __init__(
         self, kafka: KafkaSettings, initial: DeploymentState, apply: Callable[[DeploymentState], None]
     ) -> None:
-        self._kafka = kafka
+        super().__init__(kafka, kafka.topics.deployments)
         self._apply = apply
         self._state = initial
         self._changed = threading.Condition()
-        self._stop = threading.Event()
-        self.caught_up = threading.Event()  # set once the topic was read to its end (or found unreachable)
-        self._thread = threading.Thread(target=self._run, name="deployments", daemon=True)
 
     @property
     def state(self) -> DeploymentState:
         """The latest state applied."""
         return self._state
 
-    def start(self) -> None:
-        """Start following the topic."""
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop following and wait for the thread."""
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def describe(self) -> str:
+        """The phase kept while the topic is unreachable."""
+        return self._state.phase
 
     def wait_for(self, revision: int, timeout_s: float) -> bool:
         """Wait until the state with this revision (or a later one) is applied."""
         with self._changed:
             return self._changed.wait_for(lambda: self._state.revision >= revision, timeout=timeout_s)
 
-    def _run(self) -> None:
-        warned_at = float("-inf")
-        while not self._stop.is_set():
-            try:
-                self._follow()
-            except KafkaError as exc:  # the broker went away; keep the last state and retry
-                if time.monotonic() - warned_at > _WARN_EVERY_SECONDS:
-                    log.warning("deployments topic unreachable, keeping %s: %s", self._state.phase, exc)
-                    warned_at = time.monotonic()
-                self.caught_up.set()  # serve with what we have rather than not at all
-                self._stop.wait(_RETRY_SECONDS)
-
-    def _follow(self) -> None:
-        consumer = KafkaConsumer(
-            bootstrap_servers=self._kafka.bootstrap_servers,
-            client_id=f"{self._kafka.client_id}-deployments-watch",
-            enable_auto_commit=False,
-            request_timeout_ms=max(self._kafka.request_timeout_ms, 11_000),
-            bootstrap_timeout_ms=self._kafka.bootstrap_timeout_ms,
-        )
-        try:
-            partition = TopicPartition(self._kafka.topics.deployments, 0)
-            consumer.assign([partition])
-            consumer.seek_to_beginning(partition)
-            end = consumer.end_offsets([partition])[partition]
-            while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
-                    for record in records:
-                        self._receive(record.key, record.value)
-                if consumer.position(partition) >= end:
-                    self.caught_up.set()
-        finally:
-            consumer.close()
-
-    def _receive(self, key: bytes | None, value: bytes | None) -> None:
+    def receive(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply a newer deployment record; ignore older revisions and unreadable records."""
         if key != STATE_KEY or value is None:
             return
         try:

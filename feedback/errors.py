@@ -13,11 +13,15 @@ are translated where they enter the package, with ``raise ... from exc``.
     │   ├── InvalidEventError     an event fails validation against its schema
     │   └── UnknownSchemaError    an event carries a schema version this build does not know
     ├── SignatureError            an interaction id whose HMAC signature does not verify
+    ├── AccessError
+    │   ├── NotAuthenticated      no API key, a malformed one, an unknown or a revoked one
+    │   └── NotPermitted          a valid key whose role lacks the permission
     ├── KafkaUnavailableError     the Kafka cluster is unreachable or refused an admin request
     ├── WalError
     │   └── WalFullError          the write-ahead log reached its size bound
     ├── StoreError                DuckDB could not be opened or written
     ├── RegistryError             an adapter version is missing, incomplete or fails its hash
+    ├── ContentFilterError        a term list or pattern cannot be read, or the classifier cannot load
     └── QueryError                an analyst query in the sandbox
         ├── QueryRefused          not a single SELECT, or it reaches outside the lake or its role
         ├── QueryFailed           allowed, but DuckDB could not run it
@@ -63,6 +67,18 @@ class SignatureError(FlywheelError):
     """A signed interaction id failed verification."""
 
 
+class AccessError(FlywheelError):
+    """A request that may not do what it asks."""
+
+
+class NotAuthenticated(AccessError):
+    """No API key, a malformed one, or one that is unknown or revoked (HTTP 401)."""
+
+
+class NotPermitted(AccessError):
+    """A valid API key whose role lacks the permission (HTTP 403)."""
+
+
 class KafkaUnavailableError(FlywheelError):
     """The Kafka cluster could not be reached or refused an administrative request."""
 
@@ -81,6 +97,10 @@ class StoreError(FlywheelError):
 
 class RegistryError(FlywheelError):
     """An adapter version is missing, incomplete, or its bytes do not match its name."""
+
+
+class ContentFilterError(FlywheelError):
+    """The content filter cannot be built: an unreadable term list, a bad pattern, a classifier that fails to load."""
 
 
 class QueryError(FlywheelError):

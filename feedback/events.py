@@ -22,6 +22,8 @@ KNOWN_SCHEMA_VERSIONS = frozenset({1})
 
 Arm = Literal["champion", "challenger"]
 Role = Literal["served", "shadow"]
+# content_filter: the served answer was replaced by the refusal (or its stream stopped); shadow: it would have been
+FinishReason = Literal["stop", "length", "error", "content_filter"]
 
 
 def utc_now() -> datetime:
@@ -72,7 +74,7 @@ class InteractionEvent(_Event):
     completion_tokens: int = Field(ge=0)
     latency_ms: float = Field(ge=0)
     ttft_ms: float | None = Field(default=None, ge=0)
-    finish_reason: Literal["stop", "length", "error"] | None
+    finish_reason: FinishReason | None
     confidence: float | None = Field(default=None, gt=0, le=1)
     error: str | None = None
     temperature: float | None = None

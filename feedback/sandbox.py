@@ -114,9 +114,9 @@ def _admin_view(exc: duckdb.Error) -> bool:
 
 def _catalog_message(exc: duckdb.Error, admin: bool) -> str:
     if "_raw" in str(exc) and not admin:
-        return "raw-text views (*_raw) need the admin token; analysts see the redacted views"
+        return "raw-text views (*_raw) need an admin key; analysts see the redacted views"
     if _admin_view(exc) and not admin:
-        return "the audit trail (audit, audit_raw) is for admins only; it needs the admin token"
+        return "the audit trail (audit, audit_raw) is for admins only; it needs an admin key"
     views = TABLES if admin else [t for t in TABLES if t not in ADMIN_ONLY]
     return f"{exc} (views: {', '.join(views)}{', and *_raw for admins' if admin else ''})"
 

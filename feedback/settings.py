@@ -38,6 +38,7 @@ class TopicSettings(_Section):
     feedback: str = "feedback"  # user feedback events
     audit: str = "audit"  # who did what, when
     deployments: str = "deployments"  # compacted: the current deployment state
+    keys: str = "keys"  # compacted: API key records (salted hashes), keyed by key id
     scheduler: str = "scheduler"  # one partition; its owner holds the refresh lease
     dead_letter: str = "dead-letter"  # events the sink refused, with the reason
     partitions: int = Field(3, ge=1, le=1024)  # partitions of the data topics
@@ -171,7 +172,30 @@ class SecuritySettings(_Section):
 
     environment: Literal["development", "production"] = "development"  # production refuses dev secrets
     signing_key: str = "dev-signing-key-not-secret"  # HMAC key signing interaction ids
-    admin_token: str = "dev-admin-token"  # noqa: S105 - development default, refused in production; interim static token for admin endpoints
+    # "keys": every route needs an API key of a role that may use it; "off": no checks (development only, loud)
+    auth: Literal["keys", "off"] = "keys"
+
+    @model_validator(mode="after")
+    def _auth_off_only_in_development(self) -> SecuritySettings:
+        if self.auth == "off" and self.environment != "development":
+            raise ValueError('auth = "off" is only accepted with environment = "development"')
+        return self
+
+
+class ContentFilterSettings(_Section):
+    """The content filter on prompts and answers (``feedback.content``); the gateway applies it."""
+
+    enabled: bool = True  # check prompts and answers at all
+    prompts: bool = True  # refuse a prompt that is blocked (400, code content_filter) before inference
+    answers: bool = True  # replace a blocked answer by the refusal (finish_reason content_filter)
+    term_list: Path | None = None  # file of [category] sections of terms and "re:" patterns; None: the shipped list
+    terms: tuple[str, ...] = ()  # extra terms, whole words, case folded; "category:term" names the category
+    patterns: tuple[str, ...] = ()  # extra regular expressions (Python syntax, case folded), category "custom"
+    classifier: bool = True  # also ask the offensive-language classifier (alt-profanity-check's model)
+    threshold: float = Field(0.99, gt=0, lt=1)  # classifier probability that blocks (tuned on the dev split)
+    refusal: str = Field(
+        "I can't help with that.", min_length=1, max_length=1000
+    )  # the text that replaces a blocked answer
 
 
 MIN_AUDIT_RETENTION_DAYS = 180  # compliance minimum; less needs audit.force_retention
@@ -272,6 +296,9 @@ class TrainingSettings(_Section):
     threads: int = Field(1, ge=1, le=256)
     niceness: int = Field(10, ge=0, le=19)  # the training process lowers its priority by this (os.nice)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    # auto: bf16 autocast where the device computes bf16 natively (CUDA, AMX / AVX-512 BF16 CPUs), else fp32;
+    # LoRA weights and optimizer state stay fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     restarts: int = Field(2, ge=0, le=10)  # a crashed training process is restarted from its checkpoint this often
 
 
@@ -365,6 +392,7 @@ class Settings(BaseSettings):
     curation: CurationSettings = CurationSettings()
     gate: GateSettings = GateSettings()
     refresh: RefreshSettings = RefreshSettings()
+    content_filter: ContentFilterSettings = ContentFilterSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -417,10 +445,8 @@ def _refuse_dev_secrets(settings: Settings) -> None:
     security = settings.security
     if security.environment != "production":
         return
-    defaults = SecuritySettings()
-    for name in ("signing_key", "admin_token"):
-        if getattr(security, name) == getattr(defaults, name):
-            raise ConfigError(f"security.{name}: must be set in production (the default is for development)")
+    if security.signing_key == SecuritySettings().signing_key:
+        raise ConfigError("security.signing_key: must be set in production (the default is for development)")
 
 
 @lru_cache(maxsize=1)

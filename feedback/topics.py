@@ -1,7 +1,8 @@
 """The project's Kafka topics, and creating them on a broker.
 
 ``interactions``, ``feedback`` and ``audit`` carry data and are partitioned by interaction id;
-``deployments`` is compacted (the latest record per key is the state every gateway applies);
+``deployments`` and ``keys`` are compacted (the latest record per key is the state every gateway
+applies: the deployment, and each API key's record);
 ``scheduler`` has one partition, whose ownership is the refresh lease; ``dead-letter`` keeps what
 the sink refused, longer than the data topics.
 """
@@ -40,6 +41,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(t.feedback, t.partitions, t.replication_factor, data),
         TopicSpec(t.audit, t.partitions, t.replication_factor, data),
         TopicSpec(t.deployments, 1, t.replication_factor, {"cleanup.policy": "compact"}),
+        TopicSpec(t.keys, 1, t.replication_factor, {"cleanup.policy": "compact"}),
         TopicSpec(t.scheduler, 1, t.replication_factor, data),
         TopicSpec(
             t.dead_letter,

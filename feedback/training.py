@@ -18,6 +18,10 @@ identical, and a run resumed from a checkpoint ends with the same bytes as one n
 That holds on CPU (tested); CUDA kernels may sum in a varying order, so on a GPU two runs can
 differ in the last bits.
 
+Precision: the forward and backward passes run under bf16 autocast where the hardware computes
+bf16 natively (CUDA, or a CPU with AMX or AVX-512 BF16; ``precision = "auto"``), else in fp32.
+The LoRA weights, their gradients and the optimizer state stay fp32 either way.
+
 A new adapter takes rank, alpha, dropout and target modules from the settings; a continued
 champion adapter keeps its own (its shapes are fixed), and the settings' optimizer, schedule,
 batching and seed apply to both.
@@ -47,7 +51,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hint
 from feedback.examples import tokenize_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.settings import TrainingSettings
-from feedback.train_data import Batch, check_lengths, collate, completion_loss, read_dataset
+from feedback.train_data import check_lengths, collate, completion_loss, read_dataset
 from feedback.train_state import TrainingError as TrainingError  # re-exported: the error of this module's API
 from feedback.train_state import TrainState, latest_checkpoint, restore, write_checkpoint
 
@@ -107,6 +111,7 @@ class TrainingResult:
     threads: int  # torch intra-op threads of the training process
     niceness: int  # the training process's niceness
     seconds: float  # wall time of this process's part of the run
+    precision: str = "fp32"  # "bf16" (autocast) or "fp32"
 
     def to_json(self) -> str:
         """The result as JSON (paths as strings)."""
@@ -129,6 +134,7 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     started = time.monotonic()
     settings = job.settings
     device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
     raw_examples = read_dataset(job.dataset)  # before the model loads, so bad data fails fast
     runtime = ModelRuntime.load(job.model_dir, device=device)
     examples = tokenize_examples(runtime, raw_examples)
@@ -152,7 +158,9 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     with bar:
         while state.step < total:
             batch = collate([examples[i] for i in batch_indices(state.step, len(examples), settings)], padding)
-            loss = _optimizer_step(model, params, optimizer, scheduler, batch, settings.max_grad_norm)
+            with autocast(device, precision):
+                loss_sum, n_tokens = completion_loss(model, batch)
+            loss = _optimizer_step(params, optimizer, scheduler, loss_sum / n_tokens, settings.max_grad_norm)
             state.advance(loss, batch.tokens, batch.completion_tokens)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -173,6 +181,7 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
         threads=torch.get_num_threads(),
         niceness=os.nice(0),
         seconds=time.monotonic() - started,
+        precision=precision,
     )
     _write_atomically(job.output_dir / RESULT_FILE, result.to_json())
     return result
@@ -183,6 +192,20 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` becomes ``bf16`` where ``device`` computes bf16 natively (CUDA; AMX or AVX-512 BF16 CPUs)."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def autocast(device: str, precision: str) -> torch.autocast:
+    """The autocast context of a training or scoring pass (a disabled one for fp32)."""
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def total_steps(n_examples: int, settings: TrainingSettings) -> int:
@@ -201,15 +224,12 @@ def batch_indices(step: int, n_examples: int, settings: TrainingSettings) -> lis
 
 
 def _optimizer_step(
-    model: Any,
     params: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batch: Batch,
+    loss: torch.Tensor,
     max_grad_norm: float,
 ) -> float:
-    loss_sum, n_tokens = completion_loss(model, batch)
-    loss = loss_sum / n_tokens
     loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()

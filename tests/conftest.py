@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from api_keys import Keys, publish_keys
 from fastapi import FastAPI
 
 from feedback.model.runtime import ModelRuntime
@@ -77,6 +78,12 @@ def kafka_isolated(kafka: KafkaSettings, unique_topics: TopicSettings) -> KafkaS
     )
     ensure_topics(isolated)
     return isolated
+
+
+@pytest.fixture
+def api_keys(kafka_isolated: KafkaSettings) -> Keys:
+    """A key per role (``api_keys["admin"]``, ...) on this test's own keys topic."""
+    return publish_keys(kafka_isolated)
 
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from kafka import KafkaConsumer
+
 from feedback import catalogue
-from feedback.events import AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, utc_now
+from feedback.events import AnyEvent, AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, decode_event, utc_now
 from feedback.settings import KafkaSettings
 from feedback.store import DuckDBStore, Located
 
@@ -128,3 +130,17 @@ def sink_audit_until(kafka: KafkaSettings, store: DuckDBStore, expected: int) ->
     finally:
         sink.stop()
         thread.join(timeout=60)
+
+
+def topic_events(bootstrap_servers: str, topic: str, expected: int, timeout_s: float = 60) -> list[AnyEvent]:
+    """The events on ``topic`` from its start, once ``expected`` of them arrived (or the time is up)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest")
+    events: list[AnyEvent] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(events) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                events += [decode_event(record.value) for record in records]
+    finally:
+        consumer.close()
+    return events

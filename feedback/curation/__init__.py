@@ -10,6 +10,7 @@ order, each reported in a :class:`StageReport` (examples in and out, why they we
    when ``min_tokens <= n <= max_tokens`` (both bounds inclusive).
 3. ``content``: drop examples whose prompt or answer matches a blocked term (whole words, case
    folded) or pattern (a regular expression, case folded); the first matching rule is the reason.
+   The matching is the gateway's content filter's own (:class:`feedback.content.TermFilter`).
    It runs before deduplication so that a blocked example never stands for the cluster it heads.
 4. ``near_duplicates``: word shingles of prompt and answer; a later example whose Jaccard
    similarity to a kept one is at least ``dedup_threshold`` goes, so the first of each cluster in

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import replace
 
+from feedback.content.terms import TermFilter
 from feedback.curation.report import CurationError
+from feedback.errors import ContentFilterError
 from feedback.examples import Example, tokenize_example
 from feedback.model.runtime import ModelRuntime
 from feedback.pii import find_pii, redact
@@ -47,35 +48,28 @@ def length_filter(
     return kept, counts
 
 
-Blocklist = tuple[tuple[str, re.Pattern[str]], ...]
-
-
-def compile_blocklist(settings: CurationSettings) -> Blocklist:
-    """The content filter's rules as ``(reason, regex)``: terms first, then patterns.
+def compile_blocklist(settings: CurationSettings) -> TermFilter:
+    """The content filter's rules (:class:`feedback.content.TermFilter`): terms first, then patterns.
 
     Raises:
         CurationError: a pattern is not a valid regular expression.
     """
-    rules = [(f"term:{t}", re.compile(rf"(?<!\w){re.escape(t)}(?!\w)", re.IGNORECASE)) for t in settings.blocked_terms]
-    for pattern in settings.blocked_patterns:
-        try:
-            rules.append((f"pattern:{pattern}", re.compile(pattern, re.IGNORECASE)))
-        except re.error as exc:
-            raise CurationError(
-                f"curation.blocked_patterns: {pattern!r} is not a valid regular expression: {exc}"
-            ) from exc
-    return tuple(rules)
+    try:
+        return TermFilter.from_lists(
+            settings.blocked_terms, settings.blocked_patterns, category="blocked", source="curation.blocked_patterns"
+        )
+    except ContentFilterError as exc:
+        raise CurationError(str(exc)) from exc
 
 
-def content_filter(examples: list[Example], blocklist: Blocklist) -> tuple[list[Example], Counter[str]]:
+def content_filter(examples: list[Example], blocklist: TermFilter) -> tuple[list[Example], Counter[str]]:
     """Drop examples whose prompt or answer matches a rule; counts the first matching rule of each."""
     counts: Counter[str] = Counter()
     kept = []
     for example in examples:
-        text = example.text
-        reason = next((name for name, rule in blocklist if rule.search(text)), None)
-        if reason is None:
-            kept.append(example)
+        verdict = blocklist.check(example.text)
+        if verdict.blocked:
+            counts[verdict.matched[0]] += 1
         else:
-            counts[reason] += 1
+            kept.append(example)
     return kept, counts

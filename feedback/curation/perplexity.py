@@ -6,8 +6,6 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-import torch
-
 from feedback.curation.report import CurationError
 from feedback.examples import Example
 from feedback.model.runtime import ModelRuntime
@@ -56,8 +54,9 @@ def prompt_perplexities(
     order = sorted((i for i in range(len(rows)) if rows[i]), key=lambda i: len(rows[i]))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        for i, logprobs in zip(chunk, _score_after(runtime, prefix, [rows[i] for i in chunk]), strict=True):
-            result[i] = math.exp(-float(logprobs.mean()))
+        scored = runtime.score_token_rows([(prefix, rows[i]) for i in chunk])
+        for i, logprobs in zip(chunk, scored, strict=True):
+            result[i] = math.exp(-sum(logprobs) / len(logprobs))
     return result
 
 
@@ -67,23 +66,3 @@ def _user_turn_prefix(runtime: ModelRuntime) -> list[int]:
         raise CurationError(f"model {runtime.name!r}: its chat template does not place a user's words verbatim")
     head = rendered[: rendered.index(_SENTINEL)]
     return list(runtime.tokenizer(head, add_special_tokens=False)["input_ids"]) or [runtime.scoring_eos_id]
-
-
-def _score_after(runtime: ModelRuntime, prefix: list[int], texts: list[list[int]]) -> list[torch.Tensor]:
-    """Log-probability of each text's tokens after ``prefix``: one right-padded forward pass."""
-    width = len(prefix) + max(len(ids) for ids in texts)
-    input_ids = torch.full((len(texts), width), runtime.scoring_eos_id, dtype=torch.long)
-    mask = torch.zeros((len(texts), width), dtype=torch.long)
-    for row, ids in enumerate(texts):
-        input_ids[row, : len(prefix) + len(ids)] = torch.tensor([*prefix, *ids])
-        mask[row, : len(prefix) + len(ids)] = 1
-    device = runtime.model.device
-    with runtime.lock, torch.inference_mode():
-        logits = runtime.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        out = []
-        for row, ids in enumerate(texts):
-            # position i predicts token i + 1: the text is predicted from the prefix's last position on
-            predicting = logits[row, len(prefix) - 1 : len(prefix) - 1 + len(ids)].float()
-            targets = torch.tensor(ids, device=logits.device)[:, None]
-            out.append(torch.log_softmax(predicting, dim=-1).gather(1, targets)[:, 0].cpu())
-    return out

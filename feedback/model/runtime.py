@@ -218,11 +218,27 @@ class ModelRuntime:
 
         ``add_eos`` appends the end-of-turn token, as a completion that ended by itself has it.
         """
+        return self.score_batch([(messages, completion_text)], add_eos=add_eos)[0]
+
+    def score_batch(
+        self, requests: Sequence[tuple[Messages, str]], *, add_eos: bool = True, batch_size: int = 16
+    ) -> list[tuple[float, ...]]:
+        """:meth:`score` of many (messages, completion) pairs, ``batch_size`` sequences a forward pass."""
         with self._lock:
-            completion = self._tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-            if add_eos:
-                completion = [*completion, self.scoring_eos_id]
-            return self._score_tokens(self._render(messages), completion)
+            pairs = []
+            for messages, text in requests:
+                completion = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+                pairs.append((self._render(messages), [*completion, self.scoring_eos_id] if add_eos else completion))
+            return [
+                scores
+                for start in range(0, len(pairs), batch_size)
+                for scores in self._score_rows(pairs[start : start + batch_size])
+            ]
+
+    def score_token_rows(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, ...]]:
+        """:meth:`score_tokens` of many (prompt ids, completion ids) pairs in one right-padded forward pass."""
+        with self._lock:
+            return self._score_rows([(list(prompt), list(completion)) for prompt, completion in pairs])
 
     def score_tokens(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> tuple[float, ...]:
         """Return the raw log-probability of each completion token (one teacher-forced pass)."""
@@ -238,19 +254,38 @@ class ModelRuntime:
     def _score_tokens(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> tuple[float, ...]:
         if not completion_ids:
             return ()
-        if not prompt_ids:
+        return self._score_rows([(list(prompt_ids), list(completion_ids))])[0]
+
+    def _score_rows(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, ...]]:
+        """Log-probabilities of each pair's completion after its prompt, the pairs right-padded into one pass.
+
+        Causal attention never lets a real token see the padding after it, so each row's numbers are
+        those of a pass of its own, up to the order of float sums.
+        """
+        if any(not prompt for prompt, _ in pairs):
             raise ValueError("prompt_ids must hold at least one token")
-        ids = torch.tensor([[*prompt_ids, *completion_ids]], device=self._model.device)
+        width = max(len(prompt) + len(completion) for prompt, completion in pairs)
+        ids = torch.full((len(pairs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (prompt, completion) in enumerate(pairs):
+            ids[row, : len(prompt) + len(completion)] = torch.tensor([*prompt, *completion])
+            mask[row, : len(prompt) + len(completion)] = 1
         extra: dict[str, Any] = {}
         if self._keeps_logits:
-            extra["logits_to_keep"] = len(completion_ids) + 1
+            # Position i predicts token i + 1: the earliest completion is predicted from its prompt's last position.
+            extra["logits_to_keep"] = width - min(len(prompt) for prompt, _ in pairs) + 1
+        device = self._model.device
         with torch.inference_mode():
-            logits = self._model(input_ids=ids, **extra).logits[0]
-        # Position i predicts token i + 1: the completion is predicted by the positions before it.
-        predicting = logits[-len(completion_ids) - 1 : -1]
-        targets = torch.tensor(completion_ids, device=logits.device)[:, None]
-        logprobs = torch.log_softmax(predicting.float(), dim=-1).gather(1, targets)
-        return tuple(float(x) for x in logprobs[:, 0].tolist())
+            logits = self._model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra).logits
+        first = width - logits.shape[1]  # the position of logits[:, 0]
+        scores = []
+        for row, (prompt, completion) in enumerate(pairs):
+            start = len(prompt) - 1 - first
+            predicting = logits[row, start : start + len(completion)]
+            targets = torch.tensor(completion, dtype=torch.long, device=logits.device)[:, None]
+            logprobs = torch.log_softmax(predicting.float(), dim=-1).gather(1, targets)
+            scores.append(tuple(float(x) for x in logprobs[:, 0].tolist()))
+        return scores
 
     def _generate_rows(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         input_ids, attention_mask = self._left_pad(prompts)

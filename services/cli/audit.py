@@ -1,7 +1,7 @@
 """``flywheel audit``: the audit trail, newest first, as a table (or JSON lines).
 
-The worker owns the DuckDB file, so this asks its ``GET /v1/audit`` with the admin token
-(``security.admin_token``). Exit codes: 0 ok, 1 the worker refused the request (its message),
+The worker owns the DuckDB file, so this asks its ``GET /v1/audit`` with an admin's API key
+(``--key`` or ``FLYWHEEL_API_KEY``). Exit codes: 0 ok, 1 the worker refused the request (its message),
 2 bad settings, 3 the worker is unreachable.
 """
 
@@ -18,6 +18,7 @@ import typer
 from feedback.audit import error_message
 from feedback.errors import ConfigError
 from feedback.settings import load_settings
+from services.cli.credentials import KeyOption, bearer
 from services.cli.query import render_table
 
 COLUMNS = ("ts", "actor", "action", "resource", "outcome", "reason", "details")
@@ -33,6 +34,7 @@ def audit(
     limit: Annotated[int, typer.Option(min=1, help="Most rows (at most audit.query_max_rows).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row.")] = False,
     url: Annotated[str | None, typer.Option("--url", help="The worker's URL (default: worker settings).")] = None,
+    key: KeyOption = None,
 ) -> None:
     """Print the audit trail (admins only): who did what, when, to what, and why."""
     try:
@@ -44,9 +46,7 @@ def audit(
     wanted |= {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
     params = {key: value for key, value in wanted.items() if value is not None}
     try:
-        response = httpx.get(
-            f"{base}/v1/audit", params=params, headers={"X-Admin-Token": settings.security.admin_token}, timeout=60
-        )
+        response = httpx.get(f"{base}/v1/audit", params=params, headers=bearer(key), timeout=60)
     except httpx.HTTPError as exc:
         _exit(f"the worker at {base} did not answer: {exc}", 3)
     if response.status_code != 200:

@@ -36,17 +36,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from rich.console import Console
 
 from feedback import catalogue
+from feedback.apikeys import new_key, publish_key
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
 from feedback.settings import KafkaSettings, Settings, TrainingSettings
 from feedback.topics import ensure_topics
 from services.cli import broker
+from services.cli.credentials import bearer
 from services.cli.loop_eval import (
     answer_accuracy,
     dataset_correctness,
@@ -99,19 +101,20 @@ def run_demo(settings: Settings, *, short: bool) -> int:
     with ExitStack() as stack:
         stack.enter_context(_local_kafka(settings))
         ensure_topics(kafka)
+        admin, user = _demo_key(kafka, "admin"), _demo_key(kafka, "user")
         env = os.environ | _environment(workdir, kafka, experts, training, sizes)
         worker_url = stack.enter_context(_service("worker", workdir, env))
         gateway_url = stack.enter_context(_service("gateway", workdir, env))
         model = settings.gateway.served_model_name
-        headers = {"Authorization": f"Bearer {settings.security.admin_token}"}
+        headers = bearer(admin)
 
         _phase(started, f"{sizes.users} simulated users ask {sizes.questions} catalogue questions")
         asked = catalogue.make_questions(catalogue.build_catalogue(TRAFFIC_SEED), TRAFFIC_SEED, sizes.questions)
-        sent = _simulate(gateway_url, model, asked, sizes, experts, seed=TRAFFIC_SEED)
-        _wait_until_landed(worker_url, sent)
+        sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=TRAFFIC_SEED)
+        _wait_until_landed(worker_url, headers, sent)
 
         _phase(started, "the refresh: select, curate, train, gate, register, deploy")
-        outcome = _refresh(worker_url, settings.security.admin_token)
+        outcome = _refresh(worker_url, headers)
         _print_refresh(outcome)
         if outcome.get("status") != "deployed":
             print(f"demo: the refresh ended {outcome.get('status')}: {outcome.get('message')}", file=sys.stderr)
@@ -128,8 +131,9 @@ def run_demo(settings: Settings, *, short: bool) -> int:
         asked = catalogue.make_questions(
             catalogue.build_catalogue(AB_SEED), AB_SEED, sizes.ab_questions, id_prefix="ab"
         )
-        _wait_until_landed(worker_url, _simulate(gateway_url, model, asked, sizes, experts, seed=AB_SEED))
-        report = _call("GET", f"{worker_url}/v1/reports/{deployment['deployment_id']}", {})
+        ab_sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=AB_SEED)
+        _wait_until_landed(worker_url, headers, ab_sent)
+        report = _call("GET", f"{worker_url}/v1/reports/{deployment['deployment_id']}", headers)
         print_table(report, Console(width=120))
         print(
             f"\ndemo: the loop completed in {time.monotonic() - started:.0f} s; store, registry and ledger in {workdir}"
@@ -138,7 +142,7 @@ def run_demo(settings: Settings, *, short: bool) -> int:
 
 
 def _own_topics(kafka: KafkaSettings, run: str) -> KafkaSettings:
-    names = ("interactions", "feedback", "audit", "deployments", "scheduler", "dead_letter")
+    names = ("interactions", "feedback", "audit", "deployments", "keys", "scheduler", "dead_letter")
     topics = kafka.topics.model_copy(update={name: f"demo-{run}-{name.replace('_', '-')}" for name in names})
     return kafka.model_copy(update={"topics": topics, "consumer_group": f"demo-{run}"})
 
@@ -175,8 +179,22 @@ def _phase(started: float, what: str) -> None:
     print(f"\n=== [{time.monotonic() - started:5.0f} s] {what}", flush=True)
 
 
+def _demo_key(kafka: KafkaSettings, role: Literal["admin", "user"]) -> str:
+    """A key of the demo's own (on its own keys topic), made before the services start."""
+    text, record = new_key(f"demo-{role}", role, created_by="demo")
+    publish_key(kafka, record)
+    return text
+
+
 def _simulate(
-    gateway_url: str, model: str, questions: list[catalogue.Question], sizes: Sizes, experts: list[str], *, seed: int
+    gateway_url: str,
+    headers: dict[str, str],
+    model: str,
+    questions: list[catalogue.Question],
+    sizes: Sizes,
+    experts: list[str],
+    *,
+    seed: int,
 ) -> dict[str, str | None]:
     """Each question from a user; the user's feedback depends only on the answer. Returns raw id -> feedback id."""
     rng = random.Random(seed)
@@ -187,7 +205,7 @@ def _simulate(
 
     def ask(item: tuple[catalogue.Question, str, bool]) -> tuple[str, str | None, bool]:
         question, user, gives_feedback = item
-        with httpx.Client(base_url=gateway_url, timeout=600) as client:
+        with httpx.Client(base_url=gateway_url, headers=headers, timeout=600) as client:
             body = {"model": model, "messages": list(question.messages), "max_tokens": sizes.max_tokens,
                     "temperature": 0, "user": user}  # fmt: skip
             reply = client.post("/v1/chat/completions", json=body)
@@ -213,8 +231,7 @@ def _simulate(
     return sent
 
 
-def _refresh(worker_url: str, admin_token: str) -> dict[str, Any]:
-    headers = {"X-Admin-Token": admin_token}
+def _refresh(worker_url: str, headers: dict[str, str]) -> dict[str, Any]:
     started = _call("POST", f"{worker_url}/v1/admin/refresh", headers, {})
 
     def on_stage(stage: str) -> None:
@@ -355,7 +372,7 @@ def _wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], log_path: Pa
     raise SystemExit(f"demo: {name} was not ready after {READY_TIMEOUT_S:.0f} s (log {log_path})")
 
 
-def _wait_until_landed(worker_url: str, sent: dict[str, str | None]) -> None:
+def _wait_until_landed(worker_url: str, headers: dict[str, str], sent: dict[str, str | None]) -> None:
     """Wait until every interaction, and the feedback on it, is in DuckDB."""
     deadline = time.monotonic() + LAND_TIMEOUT_S
     want = set(sent), {i for i, f in sent.items() if f}
@@ -364,7 +381,7 @@ def _wait_until_landed(worker_url: str, sent: dict[str, str | None]) -> None:
         rows: list[dict[str, Any]] = []
         for start in range(0, len(ids), 500):
             params: dict[str, list[str] | int] = {"interaction_id": ids[start : start + 500], "limit": 1000}
-            rows += httpx.get(f"{worker_url}/v1/interactions", params=params, timeout=30).json()
+            rows += httpx.get(f"{worker_url}/v1/interactions", params=params, headers=headers, timeout=30).json()
         landed = {r["interaction_id"] for r in rows}, {r["interaction_id"] for r in rows if r["feedback_id"]}
         if landed[0] >= want[0] and landed[1] >= want[1]:
             print(f"demo: all {len(want[0])} interactions and {len(want[1])} feedbacks are in DuckDB")

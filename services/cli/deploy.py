@@ -1,7 +1,8 @@
 """``flywheel deploy ...``: change the deployment through a gateway's admin endpoints.
 
 Every gateway replica applies the change from the deployments topic, so any one of them will do.
-The admin token comes from ``security.admin_token``; the gateway from ``--url`` or the gateway
+The API key comes from ``--key`` or ``FLYWHEEL_API_KEY`` (reading and a challenger in shadow:
+developer or admin; A/B steps, promote, rollback: admin); the gateway from ``--url`` or the gateway
 settings. A refused change prints the gateway's message and exits 1; an unreachable gateway exits 3.
 """
 
@@ -15,13 +16,16 @@ import typer
 
 from feedback.errors import ConfigError
 from feedback.settings import load_settings
+from services.cli.credentials import KeyOption, bearer
 
 app = typer.Typer(help="Deployments: challenger, mode and ramp step, promote, roll back.", no_args_is_help=True)
 
 UrlOption = Annotated[str | None, typer.Option("--url", help="gateway base URL (default: from gateway settings)")]
 
 
-def admin_request(method: str, path: str, url: str | None, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def admin_request(
+    method: str, path: str, url: str | None, key: str | None, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Call ``/v1/admin/deployments<path>`` on the gateway; return its JSON, or print why not and exit.
 
     Exit 2: a bad setting; 3: the gateway is unreachable; 1: it refused the change (its message).
@@ -32,7 +36,7 @@ def admin_request(method: str, path: str, url: str | None, body: dict[str, Any] 
         typer.secho(str(exc), err=True, fg="red")
         raise typer.Exit(2) from exc
     base = url or f"http://{settings.gateway.host}:{settings.gateway.port}"
-    headers = {"Authorization": f"Bearer {settings.security.admin_token}"}
+    headers = bearer(key)
     try:
         response = httpx.request(method, f"{base}/v1/admin/deployments{path}", json=body, headers=headers, timeout=60)
     except httpx.HTTPError as exc:
@@ -53,14 +57,14 @@ def admin_request(method: str, path: str, url: str | None, body: dict[str, Any] 
     return view
 
 
-def _call(method: str, path: str, url: str | None, body: dict[str, Any] | None = None) -> None:
-    typer.echo(json.dumps(admin_request(method, path, url, body), indent=2))
+def _call(method: str, path: str, url: str | None, key: str | None, body: dict[str, Any] | None = None) -> None:
+    typer.echo(json.dumps(admin_request(method, path, url, key, body), indent=2))
 
 
 @app.command()
-def show(url: UrlOption = None) -> None:
+def show(url: UrlOption = None, key: KeyOption = None) -> None:
     """Print the deployment the gateway applies."""
-    _call("GET", "", url)
+    _call("GET", "", url, key)
 
 
 @app.command()
@@ -75,9 +79,11 @@ def challenger(
     mode: Annotated[Literal["shadow", "ab"], typer.Option(help="enter in shadow or at the first A/B step")] = "shadow",
     sample_rate: Annotated[float, typer.Option(help="share of requests copied in shadow mode")] = 1.0,
     url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Deploy a new challenger."""
-    _call("POST", "/challenger", url, {"model_version": model_version, "mode": mode, "shadow_sample_rate": sample_rate})
+    body = {"model_version": model_version, "mode": mode, "shadow_sample_rate": sample_rate}
+    _call("POST", "/challenger", url, key, body)
 
 
 @app.command()
@@ -85,18 +91,19 @@ def mode(
     mode: Annotated[Literal["shadow", "ab"], typer.Argument(help="shadow or ab")],
     step: Annotated[int, typer.Option(help="A/B ramp step (index into gateway.ramp)")] = 0,
     url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Switch mode or move up the A/B ramp."""
-    _call("POST", "/mode", url, {"mode": mode, "step": step})
+    _call("POST", "/mode", url, key, {"mode": mode, "step": step})
 
 
 @app.command()
-def promote(url: UrlOption = None) -> None:
+def promote(url: UrlOption = None, key: KeyOption = None) -> None:
     """Make the challenger the champion."""
-    _call("POST", "/promote", url)
+    _call("POST", "/promote", url, key)
 
 
 @app.command()
-def rollback(url: UrlOption = None) -> None:
+def rollback(url: UrlOption = None, key: KeyOption = None) -> None:
     """Remove the challenger."""
-    _call("POST", "/rollback", url)
+    _call("POST", "/rollback", url, key)

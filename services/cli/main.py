@@ -10,6 +10,7 @@ flywheel sink status             consumer lag, rows, dead letters, write-ahead l
 flywheel query "SQL"             analyst SQL over the lake, sandboxed
 flywheel refresh [--now|--dry-run] [--force]   the daily refresh now, a dry run, or the ledger
 flywheel audit [--actor --action --resource --outcome --since --until]   the audit trail (admins)
+flywheel keys create|list|revoke API keys and their roles
 flywheel config show
 """
 
@@ -24,7 +25,7 @@ import uvicorn
 
 from feedback.errors import ConfigError, FlywheelError
 from feedback.settings import Settings, load_settings
-from services.cli import broker, deploy, models
+from services.cli import broker, deploy, keys, models
 from services.cli import query as query_cli
 from services.cli import sink as sink_cli
 from services.cli.audit import audit
@@ -184,13 +185,13 @@ def config_show() -> None:
     """Print the effective settings as JSON (secrets masked)."""
     settings = settings_or_exit()
     data = settings.model_dump(mode="json")
-    for secret in ("signing_key", "admin_token"):
-        data["security"][secret] = "***"
+    data["security"]["signing_key"] = "***"
     typer.echo(json.dumps(data, indent=2))
 
 
 sink_cli.register(app, settings_or_exit, fail)
 query_cli.register(app, settings_or_exit, fail)
+keys.register(app, settings_or_exit, fail)
 
 if __name__ == "__main__":
     app()

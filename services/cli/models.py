@@ -1,7 +1,8 @@
 """``flywheel models list|show|promote|rollback``: adapter versions in the registry, lineage and state.
 
 Reads ``model.registry_dir`` (or ``--registry``). ``promote`` and ``rollback`` act on the current
-challenger through a gateway's admin deployment endpoints (as ``flywheel deploy`` does), after
+challenger through a gateway's admin deployment endpoints (as ``flywheel deploy`` does, with an
+admin's API key from ``--key`` or ``FLYWHEEL_API_KEY``), after
 checking that the VERSION given is that challenger. Registry states follow the deployments topic
 (:func:`feedback.registry.follow_deployment`, applied by whoever follows the topic); these commands
 also apply the change to the registry themselves at once, so ``models list`` shows it right away,
@@ -26,6 +27,7 @@ from feedback.deployments import DeploymentState
 from feedback.errors import ConfigError, RegistryError
 from feedback.registry import AdapterRegistry, adapter_of, follow_deployment
 from feedback.settings import load_settings
+from services.cli.credentials import KeyOption
 from services.cli.deploy import UrlOption, admin_request
 
 app = typer.Typer(help="Adapter versions in the registry: lineage and state.", no_args_is_help=True)
@@ -85,22 +87,30 @@ def show(
 
 
 @app.command()
-def promote(version: ChallengerArgument = None, url: UrlOption = None, registry: RegistryOption = None) -> None:
+def promote(
+    version: ChallengerArgument = None, url: UrlOption = None, registry: RegistryOption = None, key: KeyOption = None
+) -> None:
     """Make the challenger the champion; the old champion retires."""
-    _change_challenger("promote", version, url, registry)
+    _change_challenger("promote", version, url, registry, key)
 
 
 @app.command()
-def rollback(version: ChallengerArgument = None, url: UrlOption = None, registry: RegistryOption = None) -> None:
+def rollback(
+    version: ChallengerArgument = None, url: UrlOption = None, registry: RegistryOption = None, key: KeyOption = None
+) -> None:
     """Remove the challenger (it is rejected); the champion serves alone."""
-    _change_challenger("rollback", version, url, registry)
+    _change_challenger("rollback", version, url, registry, key)
 
 
 def _change_challenger(
-    action: Literal["promote", "rollback"], version: str | None, url: str | None, registry_dir: Path | None
+    action: Literal["promote", "rollback"],
+    version: str | None,
+    url: str | None,
+    registry_dir: Path | None,
+    key: str | None,
 ) -> None:
     registry = _registry(registry_dir)  # a bad setting stops us before anything changes
-    before = _deployment(admin_request("GET", "", url))
+    before = _deployment(admin_request("GET", "", url, key))
     if before.challenger is None:
         verb = "promote" if action == "promote" else "roll back"
         typer.secho(f"there is no challenger to {verb}; nothing changed", err=True, fg="red")
@@ -110,7 +120,7 @@ def _change_challenger(
             f"{version!r} is not the current challenger ({before.challenger}); nothing changed", err=True, fg="red"
         )
         raise typer.Exit(1)
-    after = _deployment(admin_request("POST", f"/{action}", url))
+    after = _deployment(admin_request("POST", f"/{action}", url, key))
     if after.revision != before.revision + 1:
         # Another change came between our read and ours, so what we checked may not be what
         # changed; the deployments follower, which sees every revision in order, sets the states.

@@ -1,14 +1,14 @@
 """``flywheel query "SQL"``: analyst SQL over the lake, in the sandbox (feedback.sandbox).
 
-Output as a table (default), CSV, JSON lines or a Parquet file. Raw-text views need the admin
-token (``--admin-token`` or ``FLYWHEEL_ADMIN_TOKEN``). Exit codes: 0 ok, 1 the query failed,
-2 bad usage, 3 refused, 4 timed out.
+Output as a table (default), CSV, JSON lines or a Parquet file. It needs an API key whose role may
+run analytics (``--key`` or ``FLYWHEEL_API_KEY``; analyst, developer or admin), checked against the
+keys topic; the raw-text views need an admin's. Exit codes: 0 ok, 1 the query failed (or Kafka is
+unreachable, so the key cannot be checked), 2 bad usage, 3 refused (the key too), 4 timed out.
 """
 
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 import json
 from collections.abc import Callable
@@ -20,9 +20,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
+from feedback.access import AUTH_OFF, Permission, Principal
+from feedback.apikeys import read_keys
+from feedback.errors import (
+    AccessError,
+    KafkaUnavailableError,
+    NotAuthenticated,
+    QueryFailed,
+    QueryRefused,
+    QueryTimeout,
+)
 from feedback.sandbox import QueryLimits, run_query
 from feedback.settings import Settings
+from services.cli.credentials import KEY_ENV, KeyOption
 
 EXIT_CODES: dict[type[Exception], int] = {QueryRefused: 3, QueryTimeout: 4, QueryFailed: 1}
 
@@ -36,9 +46,13 @@ class Format(StrEnum):
     parquet = "parquet"
 
 
-def is_admin(token: str | None, settings: Settings) -> bool:
-    """Whether ``token`` is the configured admin token (compared in constant time)."""
-    return token is not None and hmac.compare_digest(token.encode(), settings.security.admin_token.encode())
+def analyst(key: str | None, settings: Settings) -> Principal:
+    """The principal of ``key`` if it may run analytics (AccessError, KafkaUnavailableError otherwise)."""
+    if settings.security.auth == "off":
+        return AUTH_OFF
+    if not key:
+        raise NotAuthenticated(f"flywheel query needs an API key: --key or {KEY_ENV}")
+    return read_keys(settings.kafka).authenticate(key).require(Permission.ANALYTICS)
 
 
 def render_table(table: pa.Table) -> str:
@@ -80,21 +94,23 @@ def register(main: typer.Typer, settings_or_exit: Any, fail: Any) -> None:
         ],
         fmt: Annotated[Format, typer.Option("--format", help="table, csv, json (lines) or parquet.")] = Format.table,
         output: Annotated[Path | None, typer.Option(help="Write here instead of stdout (needed for parquet).")] = None,
-        admin_token: Annotated[
-            str | None, typer.Option(envvar="FLYWHEEL_ADMIN_TOKEN", help="Unlocks the raw-text views.")
-        ] = None,
+        key: KeyOption = None,
         max_rows: Annotated[int | None, typer.Option(min=1, help="Row limit (default: worker.query_max_rows).")] = None,
     ) -> None:
         """Run analyst SQL in the sandbox over the lake (PII-redacted views; raw ones for admins)."""
         settings: Settings = settings_or_exit()
         if fmt is Format.parquet and output is None:
             raise fail("--format parquet needs --output FILE", 2)
-        if admin_token is not None and not is_admin(admin_token, settings):
-            raise fail("the admin token is not valid", 3)
+        try:
+            who = analyst(key, settings)
+        except AccessError as exc:
+            raise fail(str(exc), 3) from exc
+        except KafkaUnavailableError as exc:
+            raise fail(f"the API key cannot be checked: {exc}", 1) from exc
         worker = settings.worker
         limits = QueryLimits(worker.query_timeout_s, worker.query_memory_limit, max_rows or worker.query_max_rows)
         try:
-            result = run_query(sql, worker.lake_dir, admin=admin_token is not None, limits=limits)
+            result = run_query(sql, worker.lake_dir, admin=who.can(Permission.RAW_TEXT), limits=limits)
         except (QueryRefused, QueryTimeout, QueryFailed) as exc:
             raise fail(
                 f"query {type(exc).__name__.removeprefix('Query').lower()}: {exc}", EXIT_CODES[type(exc)]

@@ -1,7 +1,8 @@
 """``flywheel refresh``: run the daily refresh now, dry-run it, or show the ledger of past refreshes.
 
-The worker runs refreshes (it owns the DuckDB file), so this command asks it over HTTP with the
-admin token (``security.admin_token``). ``--now`` starts today's refresh and follows it step by step
+The worker runs refreshes (it owns the DuckDB file), so this command asks it over HTTP with an
+API key (``--key`` or ``FLYWHEEL_API_KEY``): starting one needs an admin's, the ledger a
+developer's or an admin's. ``--now`` starts today's refresh and follows it step by step
 until it ends, then prints its outcome; ``--force`` re-runs a date that already ran. ``--dry-run``
 prints what would be selected, curated and trained, and changes nothing. Without either it prints
 every refresh the ledger records.
@@ -23,6 +24,7 @@ import typer
 
 from feedback.errors import ConfigError
 from feedback.settings import load_settings
+from services.cli.credentials import KeyOption, bearer
 
 SUCCESS = ("deployed", "waiting", "superseded", "no-op", "dry-run")
 _POLL_S = 2.0  # how often a running refresh is asked for its step
@@ -33,6 +35,7 @@ def refresh(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be selected and trained.")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --now: run a date that already ran again.")] = False,
     url: Annotated[str | None, typer.Option("--url", help="The worker's URL (default: worker settings).")] = None,
+    key: KeyOption = None,
 ) -> None:
     """Run the daily refresh now (--now), dry-run it (--dry-run), or list past refreshes."""
     if now and dry_run:
@@ -44,7 +47,7 @@ def refresh(
     except ConfigError as exc:
         _exit(str(exc), 2)
     base = url or f"http://{settings.worker.host}:{settings.worker.port}"
-    headers = {"X-Admin-Token": settings.security.admin_token}
+    headers = bearer(key)
     if not (now or dry_run):
         typer.echo(json.dumps(_call("GET", f"{base}/v1/refreshes", headers), indent=2))
         return

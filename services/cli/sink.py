@@ -2,7 +2,8 @@
 
 The worker owns its DuckDB file, and no other process may open it while the worker runs, so the
 status is read through the worker's HTTP API (``GET /v1/sink/status``). The write-ahead log size
-is read from a local gateway's log directory without opening the log.
+is read from a local gateway's log directory without opening the log. It needs a developer's or
+an admin's API key (``--key`` or ``FLYWHEEL_API_KEY``); a refused key exits 1.
 """
 
 from __future__ import annotations
@@ -16,15 +17,22 @@ import typer
 
 from feedback.settings import Settings
 from feedback.wal import disk_usage
+from services.cli.credentials import KeyOption, bearer
 
 app = typer.Typer(help="The sink (Kafka to DuckDB).", no_args_is_help=True)
 
 WORKER_UNREACHABLE = 3  # exit code when the worker does not answer
 
 
-def fetch_status(worker_url: str) -> dict[str, Any]:
-    """The worker's sink status; raises httpx.HTTPError when it does not answer."""
-    response = httpx.get(f"{worker_url.rstrip('/')}/v1/sink/status", timeout=30)
+class Refused(Exception):
+    """The worker refused the request (the key is missing, invalid or of a role without ``operations``)."""
+
+
+def fetch_status(worker_url: str, key: str | None = None) -> dict[str, Any]:
+    """The worker's sink status; raises Refused on a 401/403, httpx.HTTPError when it does not answer."""
+    response = httpx.get(f"{worker_url.rstrip('/')}/v1/sink/status", headers=bearer(key), timeout=30)
+    if response.status_code in (401, 403):
+        raise Refused(f"refused ({response.status_code}): {response.json().get('detail')}")
     response.raise_for_status()
     status: dict[str, Any] = response.json()
     return status
@@ -59,13 +67,16 @@ def register(main: typer.Typer, settings_or_exit: Any, fail: Any) -> None:
             Path | None, typer.Option(help="A local gateway's log dir (default: gateway.wal.dir).")
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+        key: KeyOption = None,
     ) -> None:
         """Consumer lag per partition, rows ingested, dead letters, last commit, write-ahead log size."""
         settings: Settings = settings_or_exit()
         url = worker_url or f"http://{settings.worker.host}:{settings.worker.port}"
         directory = wal_dir or settings.gateway.wal.dir
         try:
-            data = fetch_status(url)
+            data = fetch_status(url, key)
+        except Refused as exc:
+            raise fail(str(exc), 1) from exc
         except httpx.HTTPError as exc:
             raise fail(
                 f"the worker at {url} did not answer ({exc}); is `flywheel worker` running?", WORKER_UNREACHABLE

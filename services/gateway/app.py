@@ -1,7 +1,7 @@
 """The gateway application: OpenAI-compatible chat, feedback, deployments admin, health and metrics.
 
-Long-lived objects (model backends, write-ahead log, event producer, deployment watcher, metrics)
-are built in the lifespan and kept on ``app.state``; routes reach them through
+Long-lived objects (model backends, write-ahead log, event producer, deployment and key watchers,
+metrics) are built in the lifespan and kept on ``app.state``; routes reach them through
 ``services.gateway.deps``.
 """
 
@@ -15,7 +15,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from feedback.apikeys import KeyBook, KeyWatcher
 from feedback.audit import AuditTrail
+from feedback.content import ContentFilter, build_filter
 from feedback.deployments import DeploymentState, DeploymentWatcher
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
@@ -29,13 +31,15 @@ from services.gateway.deploying import DeploymentControl
 from services.gateway.errors import install_error_handlers
 from services.gateway.feedback_service import FeedbackService
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.moderation import ContentGuard
 from services.gateway.pool import BackendPool, OpenBase
 from services.gateway.routes import admin, chat, feedback, health
 from services.gateway.serving import ChatService
+from services.http_access import AuthOffHeader, warn_if_auth_off
 
 log = logging.getLogger(__name__)
 
-STARTUP_WAIT_S = 5.0  # at start, wait this long to read the deployments topic to its end
+STARTUP_WAIT_S = 5.0  # at start, wait this long to read the deployments and keys topics to their end
 
 
 def load_backend(settings: Settings, source: str | None = None) -> TransformersBackend:
@@ -53,6 +57,7 @@ def create_app(
     champion: str | None = None,
     extra_backends: Sequence[InferenceBackend] = (),
     open_base: OpenBase | None = None,
+    keys: KeyBook | None = None,
 ) -> FastAPI:
     """Build the gateway.
 
@@ -60,7 +65,8 @@ def create_app(
     model version (default: the transformers backend's base model); ``extra_backends`` serve
     challengers on other base models. A deployment naming a base that none of them serves loads
     it with ``open_base`` (default: from that model source, with the configured model settings;
-    see :mod:`services.gateway.pool`).
+    see :mod:`services.gateway.pool`). ``keys`` starts the key book with these records (tests whose
+    Kafka is unreachable); the keys topic adds to it either way.
     """
 
     @asynccontextmanager
@@ -73,30 +79,43 @@ def create_app(
         producer = open_producer(resolved, resolved.gateway.wal.dir)
         producer.start()
         app.state.audit = AuditTrail(producer, resolved.kafka.topics.audit)
-        chat_service = ChatService(pool, champion or _base_name(main), producer, resolved, metrics)
+        guard = ContentGuard(content_filter(resolved), resolved, producer, metrics)
+        chat_service = ChatService(pool, champion or _base_name(main), producer, resolved, metrics, guard)
         watcher = DeploymentWatcher(resolved.kafka, chat_service.deployment, _applier(chat_service))
         watcher.start()
+        key_watcher = KeyWatcher(resolved.kafka, keys if keys is not None else KeyBook())
+        key_watcher.start()
+        warn_if_auth_off(resolved, "gateway")
         app.state.settings, app.state.producer, app.state.metrics = resolved, producer, metrics
+        app.state.keys, app.state.key_watcher = key_watcher.book, key_watcher
         app.state.chat, app.state.watcher = chat_service, watcher
         app.state.feedback = FeedbackService(producer, resolved, metrics)
         app.state.control = DeploymentControl(watcher, chat_service, resolved)
         await asyncio.to_thread(watcher.caught_up.wait, STARTUP_WAIT_S)
+        await asyncio.to_thread(key_watcher.caught_up.wait, STARTUP_WAIT_S)
         log.info("gateway ready: %s, Kafka %s", chat_service.deployment.phase, resolved.kafka.bootstrap_servers)
         try:
             yield
         finally:
             await asyncio.to_thread(watcher.close)
+            await asyncio.to_thread(key_watcher.close)
             await chat_service.shadow.close()
             await pool.close()
             producer.close(timeout_s=resolved.gateway.drain_timeout_s)
 
     app = FastAPI(title="flywheel gateway", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=lambda: (settings or get_settings()).gateway.max_body_bytes)
+    app.add_middleware(AuthOffHeader)
     install_error_handlers(app)
     install_audit(app)
     for module in (chat, feedback, admin, health):
         app.include_router(module.router)
     return app
+
+
+def content_filter(settings: Settings) -> ContentFilter | None:
+    """The configured content filter, or None when it is off (a bad term list fails the start)."""
+    return build_filter(settings.content_filter) if settings.content_filter.enabled else None
 
 
 def _base_name(backend: InferenceBackend) -> str:

@@ -2,16 +2,18 @@
 
     ApiError                   any error the gateway answers on purpose
     ├── 400 invalid_request    a request body or parameter is invalid (names the field)
-    ├── 401 unauthenticated    an admin endpoint or forced arm without a bearer token
+    ├── 400 content_filter     the content filter refused the prompt (code "content_filter")
+    ├── 401 unauthenticated    no API key, a malformed, unknown or revoked one (WWW-Authenticate: Bearer)
     ├── 403 invalid_signature  feedback for an interaction id the gateway did not sign
-    ├── 403 forbidden          a bearer token that is not the admin token
+    ├── 403 forbidden          a valid key whose role lacks the route's permission (or a forced arm's)
     ├── 404 model_not_found    the request names a model (or adapter version) the gateway does not serve
     ├── 409 conflict           a deployment change not allowed from the current state
     ├── 413 too_large          a request body over gateway.max_body_bytes
     ├── 429 overloaded         too many requests wait; the answer carries Retry-After
     └── 503 unavailable        the event log is full, Kafka is unreachable, or the model backend failed
 
-Every body reads ``{"error": {"message", "type", "param", "code"}}``; messages are fixed strings
+Every body reads ``{"error": {"message", "type", "param", "code"}}`` (``code`` is null except
+where named above); messages are fixed strings
 that tests assert. A stream that fails after its first chunk cannot change its status any more:
 it ends with the same error object as its last event (:data:`STREAM_FAILED`), then ``[DONE]``.
 """
@@ -27,8 +29,6 @@ EVENT_LOG_FULL = "the service cannot record events right now (event log full); r
 BACKEND_FAILED = "the model backend failed to answer; retry later"
 STREAM_FAILED = "the model backend failed while streaming; the answer is incomplete"
 OVERLOADED = "the gateway is at capacity; retry after the Retry-After interval"
-ADMIN_TOKEN_MISSING = "this endpoint needs an Authorization: Bearer <admin token> header"  # noqa: S105 - a message
-ADMIN_TOKEN_WRONG = "the bearer token is not the admin token"  # noqa: S105 - a message
 
 
 class ApiError(Exception):
@@ -43,9 +43,11 @@ class ApiError(Exception):
         param: str | None = None,
         detail: str | None = None,
         headers: dict[str, str] | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
+        self.code = code  # OpenAI's machine-readable error code, e.g. "content_filter"
         self.detail = detail  # what went wrong inside, for the event log; never shown to the client
         self.headers = headers
 
@@ -65,14 +67,15 @@ def invalid_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, kind="invalid_request_error", param=param)
 
 
-def error_body(message: str, kind: str, param: str | None) -> dict[str, dict[str, str | None]]:
+def error_body(message: str, kind: str, param: str | None, code: str | None = None) -> dict[str, dict[str, str | None]]:
     """The OpenAI error object."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(error_body(exc.message, exc.kind, exc.param), status_code=exc.status, headers=exc.headers)
+    body = error_body(exc.message, exc.kind, exc.param, exc.code)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

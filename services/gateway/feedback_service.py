@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 
 from feedback.errors import SignatureError, WalFullError
-from feedback.events import FeedbackEvent, InteractionEvent
+from feedback.events import AuditEvent, FeedbackEvent, InteractionEvent
 from feedback.producer import EventProducer
 from feedback.settings import Settings
 from feedback.signing import verify_id
@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def publish(
-    producer: EventProducer, topic: str, event: InteractionEvent | FeedbackEvent, metrics: GatewayMetrics | None = None
+    producer: EventProducer,
+    topic: str,
+    event: InteractionEvent | FeedbackEvent | AuditEvent,
+    metrics: GatewayMetrics | None = None,
 ) -> None:
     """Log an event durably, or answer 503 when the log is full."""
     try:

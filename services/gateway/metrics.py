@@ -9,7 +9,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class GatewayMetrics:
-    """Latency and tokens per arm and role, queues, shadow outcomes, batch sizes, failures and fallbacks."""
+    """Latency and tokens per arm and role, queues, shadow outcomes, batch sizes, failures, fallbacks, blocks."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -43,6 +43,12 @@ class GatewayMetrics:
             "flywheel_stream_failures", "Streams ended with an error chunk after their first chunk", ["arm"], registry=r
         )
         self.bases = Gauge("flywheel_base_models", "Base models loaded on demand, by state", ["state"], registry=r)
+        self.content_blocks = Counter(
+            "flywheel_content_blocked",
+            "Prompts refused and served answers replaced or stopped by the content filter",
+            ["where", "category"],
+            registry=r,
+        )
         self.load_failures = Counter(
             "flywheel_model_load_failures", "Model versions (bases or adapters) that failed to load", registry=r
         )

@@ -72,7 +72,7 @@ class Choice(BaseModel):
 
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
     logprobs: None = None
 
 
@@ -143,6 +143,7 @@ class Health(BaseModel):
     wal_bytes: int
     wal_max_bytes: int
     kafka_error: str | None
+    auth: Literal["keys", "off"]  # "off": no route checks API keys (security.auth, development only)
 
 
 class ChunkChoice(BaseModel):
@@ -150,7 +151,7 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: dict[str, str]  # {"role": "assistant", "content": ""}, then {"content": piece}, then {}
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
     logprobs: None = None
 
 

@@ -9,6 +9,11 @@ An A/B challenger never shows the user an error: when it fails, hangs or answers
 its first piece of text, the champion answers. The event stays in the challenger arm
 (intention-to-treat), its ``error`` says what the challenger did, and its ``model_version`` (with
 completion, token counts and confidence) is the champion's, the version that actually answered.
+
+The content filter (:mod:`services.gateway.moderation`) refuses a blocked prompt in :meth:`open`
+and screens the answer that is served, whoever made it; a blocked answer's event has
+``finish_reason="content_filter"``, the text the user got as its completion and no confidence
+(that text is not the model's, so selection never trains on it).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+from feedback.content import CLEAN, ContentVerdict
 from feedback.deployments import DeploymentState, initial_state
-from feedback.events import Arm, InteractionEvent, Role
+from feedback.events import Arm, FinishReason, InteractionEvent, Role
 from feedback.ids import new_id
 from feedback.model.runtime import Generation, SamplingParams
 from feedback.producer import EventProducer
@@ -38,12 +44,14 @@ from services.gateway.errors import (
 from services.gateway.fallback import ChallengerBreaker, fallback_error, invalid_answer, silent
 from services.gateway.feedback_service import publish
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.moderation import ContentGuard
 from services.gateway.pool import BackendPool
 from services.gateway.protocol import ChatCompletionRequest
 from services.gateway.routing import Route, choose_route
 from services.gateway.scheduler import Overloaded
 from services.gateway.shadow import ShadowRunner
 from services.gateway.streaming import (
+    ContentStopped,
     RunningStream,
     StreamFailure,
     StreamItem,
@@ -79,6 +87,7 @@ class Exchange:
     answered_by: str = ""  # the model version whose answer the user got
     fallback: str | None = None  # why the A/B challenger did not answer, when the champion did
     served_error: str | None = None  # why the served answer failed (the user got an error or half a stream)
+    shown: str | None = None  # when the content filter blocked the served answer: the text the user got instead
 
     def generation_request(self, model_version: str, role: Role) -> GenerationRequest:
         """What a backend needs to answer this exchange with ``model_version``."""
@@ -95,11 +104,13 @@ class ChatService:
         producer: EventProducer,
         settings: Settings,
         metrics: GatewayMetrics,
+        guard: ContentGuard,
     ) -> None:
         self.pool = pool
         self._producer = producer
         self._settings = settings
         self._metrics = metrics
+        self.guard = guard
         self.shadow = ShadowRunner(settings.gateway, metrics)
         self.breaker = ChallengerBreaker()
         self.deployment: DeploymentState = initial_state(champion, settings.gateway.ramp)
@@ -137,10 +148,11 @@ class ChatService:
         await self.pool.retain((state.champion, state.challenger))
 
     def open(self, request: ChatCompletionRequest, headers: Mapping[str, str], forced: Arm | None) -> Exchange:
-        """Validate and route one request."""
+        """Validate, screen and route one request; a blocked prompt raises the content filter's 400."""
         params = self._sampling_params(request)
         request_id = headers.get("x-request-id") or new_id()
         unit = assignment_unit(request, headers, request_id)
+        self.guard.check_prompt(request.messages, unit, request_id)
         route = choose_route(self.deployment, unit, forced=forced, draw=random.random())
         exchange = Exchange(request, params, request_id, unit, route, signed_id="", answered_by=route.model_version)
         exchange.signed_id = sign_id(exchange.interaction_id, self._settings.security.signing_key)
@@ -158,6 +170,7 @@ class ChatService:
         if exchange.route.arm == "challenger":
             answer = await self._try_challenger(exchange)
             if answer is not None:
+                self._screen(exchange, answer)
                 self._record_served(exchange, answer, None)
                 return answer
         try:
@@ -166,8 +179,14 @@ class ChatService:
             if exc.status >= 500:
                 self._record_served(exchange, None, exc.detail or exc.message)
             raise
+        self._screen(exchange, generation)
         self._record_served(exchange, generation, None)
         return generation
+
+    def _screen(self, exchange: Exchange, generation: Generation) -> None:
+        """Mark the exchange when the content filter blocks its answer (counted and audited by the guard)."""
+        if self.guard.check_answer(generation.text, exchange.unit, exchange.interaction_id) is not None:
+            exchange.shown = self.guard.refusal
 
     async def stream(self, exchange: Exchange) -> tuple[str, AsyncIterator[StreamItem]]:
         """Serve the exchange as text pieces, then its generation; the first piece has arrived on return.
@@ -268,18 +287,30 @@ class ChatService:
         self, exchange: Exchange, running: RunningStream, first: str | None, timeout: float | None
     ) -> AsyncIterator[StreamItem]:
         sent: list[str] = []
+        check = self.guard.stream_check()
+        verdict = CLEAN
+        generation: Generation | None = None
         try:
-            if first is not None:
-                sent.append(first)
-                yield first
-            while (piece := await next_piece(running, timeout)) is not None:
-                sent.append(piece)
-                yield piece
-            generation = running.task.result()
-            answered_by_challenger = exchange.route.arm == "challenger" and exchange.fallback is None
-            problem = invalid_answer(generation) if answered_by_challenger else None
-            if problem is not None:
-                raise ValueError(problem)
+            piece = first
+            while piece is not None:
+                out, verdict = check.feed(piece) if check is not None else (piece, CLEAN)
+                if verdict.blocked:
+                    running.task.cancel()
+                    break
+                if out:
+                    sent.append(out)
+                    yield out
+                piece = await next_piece(running, timeout)
+            else:
+                generation = running.task.result()
+                answered_by_challenger = exchange.route.arm == "challenger" and exchange.fallback is None
+                problem = invalid_answer(generation) if answered_by_challenger else None
+                if problem is not None:
+                    raise ValueError(problem)
+                rest, verdict = check.finish() if check is not None else ("", CLEAN)
+                if rest:
+                    sent.append(rest)
+                    yield rest
         except (asyncio.CancelledError, GeneratorExit):
             running.task.cancel()
             self._record_served(exchange, None, DISCONNECTED, "".join(sent))
@@ -297,8 +328,21 @@ class ChatService:
                 self.breaker.record(exchange.answered_by, ok=False)
             yield StreamFailure(STREAM_FAILED)
             return
+        if verdict.blocked:
+            yield self._stop_blocked(exchange, verdict, sent, generation)
+            return
+        assert generation is not None  # the loop ended without a block, so the generation finished
         self._record_served(exchange, generation, None)
         yield generation
+
+    def _stop_blocked(
+        self, exchange: Exchange, verdict: ContentVerdict, sent: list[str], generation: Generation | None
+    ) -> ContentStopped:
+        """Count, audit and record a stream the content filter stopped; the user saw ``sent``."""
+        self.guard.record_block("answer", verdict, exchange.unit, f"interaction:{exchange.interaction_id}")
+        exchange.shown = "".join(sent)
+        self._record_served(exchange, generation, None)
+        return ContentStopped(verdict.category)
 
     def _check(self, request: GenerationRequest) -> None:
         try:
@@ -338,8 +382,16 @@ class ChatService:
         self.shadow.submit(
             backend,
             exchange.generation_request(version, "shadow"),
-            lambda generation, error: self._record(exchange, "challenger", "shadow", version, generation, error),
+            lambda generation, error: self._record_shadow(exchange, version, generation, error),
         )
+
+    def _record_shadow(
+        self, exchange: Exchange, version: str, generation: Generation | None, error: str | None
+    ) -> None:
+        """The shadow event, with the refusal a user would have got when the filter blocks its answer."""
+        blocked = generation is not None and self.guard.shadow_blocked(generation.text)
+        shown = self.guard.refusal if blocked else None
+        self._record(exchange, "challenger", "shadow", version, generation, error, shown=shown)
 
     def _sampling_params(self, request: ChatCompletionRequest) -> SamplingParams:
         served = self._settings.gateway.served_model_name
@@ -368,7 +420,9 @@ class ChatService:
         exchange.served_error = error
         if exchange.fallback is not None:
             error = exchange.fallback if error is None else f"{exchange.fallback}; then {error}"
-        self._record(exchange, exchange.route.arm, "served", exchange.answered_by, generation, error, partial)
+        self._record(
+            exchange, exchange.route.arm, "served", exchange.answered_by, generation, error, partial, exchange.shown
+        )
 
     def _record(
         self,
@@ -379,9 +433,16 @@ class ChatService:
         generation: Generation | None,
         error: str | None,
         partial: str = "",
+        shown: str | None = None,
     ) -> None:
+        """Log one response event; ``shown`` replaces the completion when the content filter blocked it."""
         latency_s = time.perf_counter() - exchange.started
         request = exchange.request
+        completion = generation.text if generation else partial
+        finish_reason: FinishReason = generation.finish_reason if generation else "error"
+        confidence = generation.confidence if generation else None
+        if shown is not None:
+            completion, finish_reason, confidence = shown, "content_filter", None
         event = InteractionEvent(
             interaction_id=exchange.interaction_id,
             request_id=exchange.request_id,
@@ -392,13 +453,13 @@ class ChatService:
             deployment_id=exchange.route.state.deployment_id,
             phase=exchange.route.state.phase,
             messages=tuple(request.messages),
-            completion=generation.text if generation else partial,
+            completion=completion,
             prompt_tokens=generation.prompt_tokens if generation else 0,
             completion_tokens=generation.completion_tokens if generation else 0,
             latency_ms=latency_s * 1000,
             ttft_ms=exchange.ttft_ms if role == "served" else None,
-            finish_reason=generation.finish_reason if generation else "error",
-            confidence=generation.confidence if generation else None,
+            finish_reason=finish_reason,
+            confidence=confidence,
             error=error,
             temperature=request.temperature,
             top_p=request.top_p,

@@ -25,7 +25,14 @@ class StreamFailure:
     message: str
 
 
-StreamItem = str | Generation | StreamFailure
+@dataclass(frozen=True)
+class ContentStopped:
+    """The last item of a stream the content filter stopped: the category that blocked it."""
+
+    category: str
+
+
+StreamItem = str | Generation | StreamFailure | ContentStopped
 
 
 def start_stream(backend: InferenceBackend, request: GenerationRequest) -> RunningStream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -11,6 +12,7 @@ from dataclasses import asdict
 
 from fastapi import FastAPI
 
+from feedback.apikeys import KeyBook, KeyWatcher
 from feedback.audit import AuditTrail
 from feedback.deployments import DeploymentError, DeploymentState, DeploymentWatcher, initial_state, publish_state
 from feedback.errors import FlywheelError, KafkaUnavailableError
@@ -24,6 +26,7 @@ from feedback.rollup import refresh_rollup
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
 from feedback.topics import ensure_topics
+from services.http_access import AuthOffHeader, warn_if_auth_off
 from services.worker.audit import install_audit
 from services.worker.audit import router as audit_router
 from services.worker.audit_events import deployment_published, purged, record, refresh_decided, refresh_started
@@ -37,6 +40,7 @@ from services.worker.sink import Sink
 log = logging.getLogger(__name__)
 
 _RETRY_SECONDS = 2.0  # wait between attempts to reach Kafka
+_KEYS_WAIT_SECONDS = 5.0  # at start, wait this long to read the keys topic to its end
 _PURGE_EVERY_SECONDS = 3600.0  # retention runs hourly: it removes whole days, so more often is useless
 
 
@@ -191,9 +195,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads.append(threading.Thread(target=lease.run, name="refresh-lease", daemon=True))
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
         app.state.refresher, app.state.deployments, app.state.audit = refresher, deployments, trail
+        key_watcher = KeyWatcher(resolved.kafka, KeyBook())
+        app.state.keys = key_watcher.book
+        warn_if_auth_off(resolved, "worker")
         for thread in threads:
             thread.start()
         deployments.watcher.start()
+        key_watcher.start()
+        await asyncio.to_thread(key_watcher.caught_up.wait, _KEYS_WAIT_SECONDS)
         if resolved.scheduler.enabled:
             schedule.start()
         try:
@@ -204,6 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 schedule.stop()
             lease.stop()
             deployments.watcher.close()
+            key_watcher.close()
             sink.stop()
             for thread in threads:
                 thread.join(timeout=30)
@@ -212,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             producer.close(timeout_s=resolved.gateway.drain_timeout_s)
 
     app = FastAPI(title="flywheel worker", lifespan=lifespan)
+    app.add_middleware(AuthOffHeader)
     install_audit(app)
     app.include_router(router)
     app.include_router(audit_router)

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 
-from feedback.audit import AuditMiddleware, Outcome, note_of
+from feedback.audit import AuditMiddleware, Outcome
 from feedback.store import DuckDBStore
-from services.worker.auth import is_admin
+from services.worker.auth import Auditor
 from services.worker.protocol import AuditRecord
 
 ACTIONS: dict[tuple[str, str], str] = {
@@ -41,21 +41,13 @@ def install_audit(app: FastAPI) -> None:
     app.add_middleware(AuditMiddleware, actions=ACTIONS, exempt=EXEMPT)
 
 
-def _admin(request: Request, x_admin_token: Annotated[str | None, Header()] = None) -> str:
-    if not is_admin(request.app.state.settings, x_admin_token):
-        raise HTTPException(401, "reading the audit trail needs the X-Admin-Token header")
-    note_of(request).actor = "admin"
-    return "admin"
-
-
-AdminDep = Annotated[str, Depends(_admin)]  # the one line that role-based access will replace
 router = APIRouter()
 
 
 @router.get("/v1/audit")
 def audit_trail(
     request: Request,
-    admin: AdminDep,
+    _: Auditor,
     actor: Annotated[str | None, Query(max_length=256)] = None,
     action: Annotated[str | None, Query(max_length=128)] = None,
     resource: Annotated[str | None, Query(max_length=1024)] = None,

@@ -1,15 +1,15 @@
-"""The refresh's HTTP API: start one now (admin), a dry run, and the ledger of every refresh."""
+"""The refresh's HTTP API: start one now or dry-run it (``refresh``: admins), and the ledger (``models``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from feedback.audit import note_of
-from services.worker.auth import is_admin
+from services.worker.auth import ModelsReader, RefreshStarter
 from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
 
 router = APIRouter()
@@ -25,19 +25,15 @@ class RefreshRequest(BaseModel):
 
 
 @router.post("/v1/admin/refresh", response_model=None)
-def start_refresh(
-    request: Request, body: RefreshRequest, x_admin_token: Annotated[str | None, Header()] = None
-) -> dict[str, Any] | JSONResponse:
+def start_refresh(request: Request, body: RefreshRequest, who: RefreshStarter) -> dict[str, Any] | JSONResponse:
     """Start today's refresh (202 with its run id; follow it at ``GET /v1/refreshes/{date}``) or dry-run it (200)."""
-    if not is_admin(request.app.state.settings, x_admin_token):
-        raise HTTPException(401, "starting a refresh needs the X-Admin-Token header")
     note = note_of(request)
-    note.actor, note.details["dry_run"], note.details["force"] = "admin", body.dry_run, body.force
+    note.details["dry_run"], note.details["force"] = body.dry_run, body.force
     refresher: Refresher = request.app.state.refresher
     try:
         if body.dry_run:
             return refresher.dry_run()
-        run = refresher.start(refresher.today(), forced_by="admin" if body.force else None)
+        run = refresher.start(refresher.today(), forced_by=who.label if body.force else None)
     except (RefreshBusy, RefreshRefused) as exc:
         raise HTTPException(409, str(exc)) from exc
     note.resource = run.run
@@ -45,14 +41,14 @@ def start_refresh(
 
 
 @router.get("/v1/refreshes")
-def list_refreshes(request: Request) -> list[dict[str, Any]]:
+def list_refreshes(request: Request, _: ModelsReader) -> list[dict[str, Any]]:
     """Every refresh the ledger records, by date, with its outcome."""
     refresher: Refresher = request.app.state.refresher
     return refresher.registry.refreshes()
 
 
 @router.get("/v1/refreshes/{key}")
-def refresh_status(request: Request, key: str) -> dict[str, Any]:
+def refresh_status(request: Request, key: str, _: ModelsReader) -> dict[str, Any]:
     """One refresh's record; ``running`` names its current step while this worker runs it."""
     refresher: Refresher = request.app.state.refresher
     try:

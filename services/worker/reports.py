@@ -18,6 +18,7 @@ from evaluation.errors import EvaluationError, UnknownExperimentError
 from evaluation.html import render_html
 from evaluation.metrics import parse_split
 from evaluation.report import build_report, require_arms, to_json
+from services.worker.auth import Reader
 
 router = APIRouter()
 
@@ -65,6 +66,7 @@ def compute(request: Request, experiment: str, metrics: list[str], split: str | 
 def experiment_report(
     request: Request,
     experiment: str,
+    _: Reader,
     metric: Annotated[list[str] | None, Query(max_length=50)] = None,
     split: Annotated[str | None, Query(max_length=20)] = None,
     fmt: Annotated[str, Query(alias="format", pattern="^(json|html)$")] = "json",

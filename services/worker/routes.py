@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 
 from evaluation.summary import arm_summary
+from feedback.access import Permission
 from feedback.audit import note_of
 from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
 from feedback.sandbox import QueryLimits, run_query
-from services.worker.auth import is_admin
+from services.http_access import public
+from services.worker.auth import Analyst, Operator, RawReader, Reader
 from services.worker.protocol import AnalyticsQuery, AnalyticsResult, SinkStatus
 from services.worker.status import sink_status
 
@@ -28,14 +30,18 @@ ORDER BY i.ts DESC LIMIT ?
 """
 
 
-@router.get("/healthz")
+@router.get("/healthz", dependencies=[Depends(public)])
 async def health(request: Request) -> dict[str, Any]:
-    """The sink's counters since start."""
-    return {"status": "ok", "sink": asdict(request.app.state.sink.stats)}
+    """The sink's counters since start, and whether routes check API keys (``auth``: keys or off)."""
+    return {
+        "status": "ok",
+        "sink": asdict(request.app.state.sink.stats),
+        "auth": request.app.state.settings.security.auth,
+    }
 
 
 @router.get("/v1/summary")
-def summary(request: Request) -> list[dict[str, Any]]:
+def summary(request: Request, _: Reader) -> list[dict[str, Any]]:
     """Per-arm counts and means of everything stored."""
     return [asdict(row) | {"positive_rate": row.positive_rate} for row in arm_summary(request.app.state.store)]
 
@@ -43,33 +49,30 @@ def summary(request: Request) -> list[dict[str, Any]]:
 @router.get("/v1/interactions")
 def recent_interactions(
     request: Request,
+    _: RawReader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     interaction_id: Annotated[list[str] | None, Query(max_length=1000)] = None,
 ) -> list[dict[str, Any]]:
-    """The latest stored interactions with their feedback, optionally only the given (raw) ids."""
+    """The latest stored interactions with their feedback (raw text: admins), optionally only the given (raw) ids."""
     ids = interaction_id or []
     rows: list[dict[str, Any]] = request.app.state.store.query(RECENT_SQL, [ids, ids, limit])
     return rows
 
 
 @router.get("/v1/sink/status")
-def status(request: Request) -> SinkStatus:
+def status(request: Request, _: Operator) -> SinkStatus:
     """Consumer lag per partition, rows ingested, dead letters and the last commit."""
     state = request.app.state
     return sink_status(state.settings.kafka, state.sink.topics, state.store, state.sink.stats)
 
 
 @router.post("/v1/analytics/query")
-def analytics_query(
-    request: Request, body: AnalyticsQuery, x_admin_token: Annotated[str | None, Header()] = None
-) -> AnalyticsResult:
-    """Analyst SQL over the lake, in the sandbox; raw-text views need the ``X-Admin-Token`` header."""
+def analytics_query(request: Request, body: AnalyticsQuery, who: Analyst) -> AnalyticsResult:
+    """Analyst SQL over the lake, in the sandbox; raw-text views only for roles that may read raw text."""
     settings = request.app.state.settings
-    admin = is_admin(settings, x_admin_token)
+    admin = who.can(Permission.RAW_TEXT)
     note = note_of(request)
-    note.details |= {"sql": body.sql, "admin": admin}
-    if admin:
-        note.actor = "admin"
+    note.details |= {"sql": body.sql, "raw_text": admin}
     worker = settings.worker
     limits = QueryLimits(worker.query_timeout_s, worker.query_memory_limit, body.max_rows or worker.query_max_rows)
     try:

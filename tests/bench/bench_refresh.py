@@ -1,9 +1,9 @@
 """A whole refresh, select → deploy, on a real broker and DuckDB file, beside a bare peft loop on its data.
 
-The store holds ``BENCH_REFRESH_SAMPLES`` (default 1,000) served catalogue answers of about 138
-tokens each as the chat template renders them (a prompt with one catalogue entry, and a
-two-sentence answer; the target asks for at least 100), all confident, so the refresh curates
-about that many examples. The refresh runs as the worker runs it (selection
+The store holds 5% more than ``BENCH_REFRESH_SAMPLES`` (default 1,000) served catalogue answers of
+about 138 tokens each as the chat template renders them (a prompt with one catalogue entry, and a
+two-sentence answer; the target asks for at least 100), all confident, so that near-duplicate
+removal leaves about that many curated examples. The refresh runs as the worker runs it (selection
 on the DuckDB file, curation, training in a subprocess at lower priority with
 ``BENCH_REFRESH_THREADS`` torch threads, default 2, the gate, registration, and publication of the
 shadow challenger on the deployments topic, read back). Then a bare peft loop (the textbook
@@ -20,11 +20,13 @@ golden sets (target: at most +2%): the gate's catalogue set, which the training 
 no refresh trains on, which is where forgetting would show.
 
 One run each: a refresh of this size is minutes long, and its steps are printed with their seconds.
-``python tests/bench/bench_refresh.py forgetting`` runs only the second part.
+``python tests/bench/bench_refresh.py refresh`` runs only the first part (the timed one),
+``... forgetting`` only the second (losses only, so it may share the machine).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -114,6 +116,21 @@ def forgetting() -> None:
         print(f"{name:>11} {len(golden):>5} {original:>14.4f} {last:>14.4f} {change:>+7.2f}% {'+2.00%':>7}")
 
 
+def _traffic(champion: str, curated: int) -> list[Any]:
+    """About ``curated`` distinct answers after curation: 5% more from catalogues of 175 questions each.
+
+    One catalogue offers 320 products x 5 attributes, so more questions from one would repeat
+    prompts that near-duplicate removal drops.
+    """
+    per = 175
+    catalogues = math.ceil(curated * 1.05 / per)
+    return [
+        answer
+        for n in range(catalogues)
+        for answer in catalogue_answers(champion, per, seed=3 + n, products=320, offset=n * per, listed=LISTED)
+    ]
+
+
 def _general_losses(settings: Settings, adapter: Path) -> tuple[float, float]:
     """Mean loss of the base model and of ``adapter`` on the general golden set, scored by the gate."""
     general = read_examples(GENERAL_GOLDEN)
@@ -132,10 +149,16 @@ def main() -> None:
     if sys.argv[1:] == ["forgetting"]:
         forgetting()
         return
-    with refreshing(selection={"daily_cap": SAMPLES, "replay_share": 0.0}) as (root, refresher, _):
-        refresher.store.write_batch(
-            catalogue_answers(model_name(model_dir), SAMPLES, seed=3, products=120, listed=LISTED)
-        )
+    timed_refresh(model_dir)
+    if sys.argv[1:] != ["refresh"]:
+        forgetting()
+
+
+def timed_refresh(model_dir: Path) -> None:
+    """One refresh of about ``SAMPLES`` curated examples, timed, and the bare loop on its training file."""
+    served = _traffic(model_name(model_dir), SAMPLES)
+    with refreshing(selection={"daily_cap": len(served), "replay_share": 0.0}) as (root, refresher, _):
+        refresher.store.write_batch(served)
         started = time.perf_counter()
         outcome = refresher.run(utc_now().date().isoformat())
         wall = time.perf_counter() - started
@@ -155,7 +178,6 @@ def main() -> None:
           f"{wall / TARGET_S:>14.2f}")  # fmt: skip
     print(f"{'bare peft tok/s':>16} {'refresh training tok/s':>23} {'ours / bare':>12}")
     print(f"{bare_rate:>16.1f} {ours_rate:>23.1f} {ours_rate / bare_rate:>12.2f}")
-    forgetting()
 
 
 if __name__ == "__main__":

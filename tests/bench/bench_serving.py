@@ -37,6 +37,7 @@ import uvicorn
 from peft import LoraConfig, get_peft_model
 
 from feedback import deployments
+from feedback.apikeys import KeyBook, new_key
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.registry import AdapterRegistry
@@ -44,6 +45,9 @@ from feedback.settings import ModelSettings, Settings
 from services.cli.ports import free_port
 from services.gateway.app import create_app
 from services.gateway.backend import TransformersBackend
+
+KEY, RECORD = new_key("bench", "user", created_by="bench")  # Kafka is unreachable here: the app starts with it
+HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))  # at least 3 for reported numbers
 TOPICS = ["sleep", "water", "exercise", "reading", "music", "friends", "maths", "history"]
@@ -78,7 +82,7 @@ def gateway(runtime: ModelRuntime, workdir: Path, **gateway_settings: Any) -> It
         }
     )
     backend = TransformersBackend(runtime, settings.gateway, AdapterRegistry(workdir / "registry"))
-    app = create_app(settings, backend=backend)
+    app = create_app(settings, backend=backend, keys=KeyBook([RECORD]))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -103,14 +107,14 @@ def tokens_of(responses: list[httpx.Response]) -> int:
 
 
 async def concurrent(url: str, payloads: list[dict[str, Any]]) -> tuple[float, list[httpx.Response]]:
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(headers=HEADERS, timeout=600) as client:
         start = time.perf_counter()
         results = await asyncio.gather(*(post(client, url, p) for p in payloads))
         return time.perf_counter() - start, [r for _, r in results]
 
 
 async def sequential(url: str, payloads: list[dict[str, Any]]) -> tuple[float, list[httpx.Response]]:
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(headers=HEADERS, timeout=600) as client:
         start = time.perf_counter()
         results = [await post(client, url, p) for p in payloads]
         return time.perf_counter() - start, [r for _, r in results]
@@ -183,7 +187,7 @@ async def closed_loop(url: str, payloads: list[dict[str, Any]], clients: int) ->
             assert response.status_code == 200, response.text
             latencies.append(seconds)
 
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(headers=HEADERS, timeout=600) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
     return latencies
 
@@ -251,7 +255,7 @@ async def open_loop(url: str, payloads: list[dict[str, Any]], rate: float, secon
         else:
             retry_after.append(response.headers.get("retry-after"))
 
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=1000)) as client:
+    async with httpx.AsyncClient(headers=HEADERS, timeout=120, limits=httpx.Limits(max_connections=1000)) as client:
         tasks, start, i = [], time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
             tasks.append(asyncio.ensure_future(one(client, payloads[i % len(payloads)])))

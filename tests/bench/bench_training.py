@@ -30,7 +30,7 @@ from feedback.model.runtime import ModelRuntime
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings, TrainingSettings
 from feedback.train_data import collate, read_dataset
-from feedback.training import TrainingJob, batch_indices, train
+from feedback.training import TrainingJob, autocast, batch_indices, resolve_precision, train
 
 STEPS = int(os.environ.get("BENCH_TRAINING_STEPS", "8"))
 REPEATS = int(os.environ.get("BENCH_TRAINING_REPEATS", "3"))
@@ -79,13 +79,15 @@ def bare_loop(model_dir: Path, dataset: Path, out: Path, settings: TrainingSetti
         model = get_peft_model(runtime.model, config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     model.train()
+    precision = resolve_precision(settings.precision, "cpu")
     tokens = 0
     for step in range(steps):
         batch = collate([examples[i] for i in batch_indices(step, len(examples), settings)], runtime.pad_id)
         # labels in the transformers convention: the token itself, shifted inside the model
         labels = torch.full_like(batch.input_ids, -100)
         labels[:, 1:] = batch.targets[:, :-1]
-        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        with autocast("cpu", precision):  # the precision the refresh trains in, so both do the same arithmetic
+            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()

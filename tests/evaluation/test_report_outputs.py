@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api_keys import Keys, bearer
 from experiment_data import synthetic_rows, write_rows
 from fastapi import FastAPI
 
@@ -111,25 +112,26 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.kafka
 def test_worker_serves_cached_reports(
-    kafka_isolated: KafkaSettings, db_file: Path, tmp_path: Path, serve_app: ServeApp
+    kafka_isolated: KafkaSettings, api_keys: Keys, db_file: Path, tmp_path: Path, serve_app: ServeApp
 ) -> None:
+    analyst = bearer(api_keys["analyst"])
     live = tmp_path / "live.duckdb"
     live.write_bytes(db_file.read_bytes())
     settings = Settings.model_validate({"kafka": kafka_isolated.model_dump(), "duckdb": {"path": live}})
     with serve_app(create_app(settings)) as url:
-        first = httpx.get(f"{url}/v1/reports/exp-srm", timeout=60)
-        second = httpx.get(f"{url}/v1/reports/exp-srm", timeout=60)
+        first = httpx.get(f"{url}/v1/reports/exp-srm", headers=analyst, timeout=60)
+        second = httpx.get(f"{url}/v1/reports/exp-srm", headers=analyst, timeout=60)
         assert first.status_code == 200
         assert (first.headers["x-report-cache"], second.headers["x-report-cache"]) == ("miss", "hit")
         assert first.json()["verdict"]["reasons"][0].startswith("sample-ratio mismatch")
-        page = httpx.get(f"{url}/v1/reports/exp-1", params={"format": "html"}, timeout=60)
+        page = httpx.get(f"{url}/v1/reports/exp-1", params={"format": "html"}, headers=analyst, timeout=60)
         assert page.status_code == 200
         assert page.text.startswith("<!doctype html>")
-        missing = httpx.get(f"{url}/v1/reports/nope", timeout=60)
+        missing = httpx.get(f"{url}/v1/reports/nope", headers=analyst, timeout=60)
         assert (missing.status_code, missing.json()["detail"]) == (
             404,
             "no experiment 'nope': no served responses carry that deployment id",
         )
-        bad = httpx.get(f"{url}/v1/reports/exp-1", params={"metric": "latncy"}, timeout=60)
+        bad = httpx.get(f"{url}/v1/reports/exp-1", params={"metric": "latncy"}, headers=analyst, timeout=60)
         assert bad.status_code == 422
         assert bad.json()["detail"].startswith("unknown metric latncy")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from starlette.requests import Request
 
-from feedback.audit import actor_of, error_message, note_of, outcome_of
+from feedback.access import Principal
+from feedback.audit import actor_of, error_message, outcome_of
 
 
 @pytest.mark.parametrize(
@@ -21,8 +20,8 @@ def test_the_status_decides_the_outcome(status: int, outcome: str) -> None:
     ("body", "message"),
     [
         (
-            b'{"error": {"message": "the bearer token is not the admin token", "type": "x"}}',
-            "the bearer token is not the admin token",
+            b'{"error": {"message": "the API key is not valid", "type": "x"}}',
+            "the API key is not valid",
         ),
         (b'{"detail": "query refused: no"}', "query refused: no"),
         (
@@ -37,17 +36,8 @@ def test_error_message_reads_both_error_shapes(body: bytes, message: str | None)
     assert error_message(body) == message
 
 
-@dataclass
-class Principal:
-    key_id: str
-    name: str
-    role: str
-
-
-def test_the_actor_is_the_principal_then_the_admin_check_then_anonymous() -> None:
+def test_the_actor_is_the_keys_label_else_anonymous() -> None:
     request = Request({"type": "http", "state": {}})
     assert actor_of(request) == "anonymous"
-    note_of(request).actor = "admin"
-    assert actor_of(request) == "admin"
-    request.state.principal = Principal("k1", "ops-bot", "developer")
-    assert actor_of(request) == "ops-bot"
+    request.state.principal = Principal("0123456789abcdef", "ops-bot", "developer")
+    assert actor_of(request) == "ops-bot (0123456789abcdef)"

@@ -50,7 +50,7 @@ def test_row_limit_cuts_and_says_so(lake: Path) -> None:
 def test_raw_views_only_for_admins(lake: Path) -> None:
     raw = run_query("SELECT DISTINCT messages FROM interactions_raw", lake, admin=True)
     assert raw.table.to_pylist() == [{"messages": f'[{{"role":"user","content":"write to {SECRET_EMAIL}"}}]'}]
-    with pytest.raises(QueryRefused, match=r"raw-text views \(\*_raw\) need the admin token"):
+    with pytest.raises(QueryRefused, match=r"raw-text views \(\*_raw\) need an admin key"):
         run_query("SELECT * FROM interactions_raw", lake)
 
 
@@ -110,8 +110,8 @@ def test_the_audit_trail_is_for_admins_only(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     with pytest.raises(QueryRefused) as info:
         run_query("SELECT * FROM audit", lake)
-    assert str(info.value) == "the audit trail (audit, audit_raw) is for admins only; it needs the admin token"
-    with pytest.raises(QueryRefused, match=r"raw-text views \(\*_raw\) need the admin token"):
+    assert str(info.value) == "the audit trail (audit, audit_raw) is for admins only; it needs an admin key"
+    with pytest.raises(QueryRefused, match=r"raw-text views \(\*_raw\) need an admin key"):
         run_query("SELECT * FROM audit_raw", lake)
     with pytest.raises(QueryRefused, match="access outside the lake is not allowed"):
         run_query(f"SELECT * FROM read_parquet('{lake}/redacted/audit/*/*.parquet')", lake)  # noqa: S608 - the attack under test

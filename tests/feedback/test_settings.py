@@ -74,7 +74,6 @@ def test_production_refuses_development_secrets(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError, match=r"security\.signing_key: must be set in production"):
         load_settings()
     monkeypatch.setenv("FLYWHEEL_SECURITY__SIGNING_KEY", "s3cret-key")
-    monkeypatch.setenv("FLYWHEEL_SECURITY__ADMIN_TOKEN", "s3cret-token")
     assert load_settings().security.environment == "production"
 
 
@@ -92,3 +91,16 @@ def test_audit_retention_below_180_days_is_refused_unless_forced(monkeypatch: py
     monkeypatch.setenv("FLYWHEEL_AUDIT__RETENTION_DAYS", "0")
     with pytest.raises(ConfigError, match=r"audit\.retention_days: Input should be greater than or equal to 1"):
         load_settings()
+
+
+def test_auth_is_on_by_default_and_off_only_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().security.auth == "keys"
+    monkeypatch.setenv("FLYWHEEL_SECURITY__AUTH", "off")
+    assert load_settings().security.auth == "off"
+    monkeypatch.setenv("FLYWHEEL_SECURITY__ENVIRONMENT", "production")
+    monkeypatch.setenv("FLYWHEEL_SECURITY__SIGNING_KEY", "s3cret-key")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert str(refused.value).startswith(
+        'invalid settings:\n  security: Value error, auth = "off" is only accepted with environment = "development"'
+    )

@@ -35,13 +35,16 @@ def test_topics_are_created_once_as_configured(
         names["feedback"]: 4,
         names["audit"]: 4,
         names["deployments"]: 1,
+        names["keys"]: 1,
         names["scheduler"]: 1,
         names["dead-letter"]: 4,
     }
     resources = [
-        ConfigResource(ConfigResourceType.TOPIC, names[t]) for t in ("deployments", "interactions", "dead-letter")
+        ConfigResource(ConfigResourceType.TOPIC, names[t])
+        for t in ("deployments", "keys", "interactions", "dead-letter")
     ]
     configs = admin.describe_configs(resources)["topic"]
     assert configs[names["deployments"]]["cleanup.policy"]["value"] == "compact"
+    assert configs[names["keys"]]["cleanup.policy"]["value"] == "compact"
     assert configs[names["interactions"]]["retention.ms"]["value"] == str(2 * 3_600_000)
     assert configs[names["dead-letter"]]["retention.ms"]["value"] == str(720 * 3_600_000)

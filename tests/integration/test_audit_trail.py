@@ -1,6 +1,6 @@
 """The audit trail end to end: a live gateway on the real model, the real broker, the sink, DuckDB.
 
-Requests of every kind (a chat, feedback, a forged feedback, an admin call without a token, a
+Requests of every kind (a chat, feedback, a forged feedback, an admin call without a key, a
 deployment change and its rollback) become exactly one audit row each in DuckDB, with the
 interaction id, the outcome, the refusal's reason and the deployment before and after.
 """
@@ -15,10 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
+from api_keys import Keys, bearer, label
 from fastapi import FastAPI
 from pipeline_events import sink_audit_until
 from test_serving_deployments import make_lora
 
+from feedback.apikeys import NO_KEY
 from feedback.model.runtime import ModelRuntime, model_name
 from feedback.registry import AdapterRegistry
 from feedback.settings import KafkaSettings, Settings
@@ -28,7 +30,7 @@ from services.gateway.app import create_app
 from services.gateway.backend import TransformersBackend
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
-SIGNING_KEY, ADMIN = "audit-signing-key", "audit-admin-token"
+SIGNING_KEY = "audit-signing-key"
 PROMPT = "Name a colour of the sea."
 CHAT = {"model": "flywheel", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4, "temperature": 0}
 COLUMNS = "actor, action, resource, outcome, reason"
@@ -44,6 +46,7 @@ def registry(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_every_request_lands_as_one_audit_row_in_duckdb(
     tmp_path: Path,
     kafka_isolated: KafkaSettings,
+    api_keys: Keys,
     model_dir: Path,
     registry: tuple[Path, str],
     serve_app: ServeApp,
@@ -52,22 +55,22 @@ def test_every_request_lands_as_one_audit_row_in_duckdb(
         {
             "kafka": kafka_isolated.model_dump(),
             "gateway": {"wal": {"dir": tmp_path / "wal"}, "drain_timeout_s": 30},
-            "security": {"signing_key": SIGNING_KEY, "admin_token": ADMIN},
+            "security": {"signing_key": SIGNING_KEY},
             "model": {"registry_dir": registry[0]},
         }
     )
     base = model_name(model_dir)
     challenger = f"{base}+{registry[1]}"
     backend = TransformersBackend(ModelRuntime.load(model_dir), settings.gateway, AdapterRegistry(registry[0]))
-    admin = {"Authorization": f"Bearer {ADMIN}"}
+    admin, user = bearer(api_keys["admin"]), bearer(api_keys["user"])
     with serve_app(create_app(settings, backend=backend)) as url:
-        signed = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=300).json()["interaction_id"]
+        answer = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=user, timeout=300)
+        signed = answer.json()["interaction_id"]
         feedback = {"interaction_id": signed, "feedback_id": "fb-1", "thumb": "up"}
+        forged = feedback | {"interaction_id": sign_id("0" * 32, "forger")}
         statuses = [
-            httpx.post(f"{url}/v1/feedback", json=feedback, timeout=30).status_code,
-            httpx.post(
-                f"{url}/v1/feedback", json=feedback | {"interaction_id": sign_id("0" * 32, "forger")}, timeout=30
-            ).status_code,
+            httpx.post(f"{url}/v1/feedback", json=feedback, headers=user, timeout=30).status_code,
+            httpx.post(f"{url}/v1/feedback", json=forged, headers=user, timeout=30).status_code,
             httpx.get(f"{url}/v1/admin/deployments", timeout=30).status_code,
         ]
         deployed = httpx.post(
@@ -93,11 +96,12 @@ def test_every_request_lands_as_one_audit_row_in_duckdb(
     finally:
         store.close()
     first, second = deployed.json()["deployment_id"], rolled_back.json()["deployment_id"]
+    by_user, by_admin = label(api_keys, "user"), label(api_keys, "admin")
     assert [tuple(r.values()) for r in rows] == [
-        ("anonymous", "chat.completion", raw, "allowed", None),
-        ("anonymous", "feedback.submit", raw, "allowed", None),
+        (by_user, "chat.completion", raw, "allowed", None),
+        (by_user, "feedback.submit", raw, "allowed", None),
         (
-            "anonymous",
+            by_user,
             "feedback.submit",
             "/v1/feedback",
             "denied",
@@ -108,10 +112,10 @@ def test_every_request_lands_as_one_audit_row_in_duckdb(
             "deployment.read",
             "/v1/admin/deployments",
             "denied",
-            "this endpoint needs an Authorization: Bearer <admin token> header",
+            NO_KEY,
         ),
-        ("admin", "deployment.set_challenger", first, "allowed", None),
-        ("admin", "deployment.rollback", second, "allowed", None),
+        (by_admin, "deployment.set_challenger", first, "allowed", None),
+        (by_admin, "deployment.rollback", second, "allowed", None),
     ]
     assert leaks == [{"n": 0}]
     chat = _json(details[0])
@@ -127,7 +131,7 @@ def test_every_request_lands_as_one_audit_row_in_duckdb(
     change, rollback = _json(details[4]), _json(details[5])
     assert _brief(change["before"]) == ("initial", base, None, "champion-only", 0)
     assert _brief(change["after"]) == (first, base, challenger, "shadow", 1)
-    assert change["after"]["updated_by"] == "admin"
+    assert change["after"]["updated_by"] == by_admin
     assert _brief(rollback["before"]) == _brief(change["after"])
     assert _brief(rollback["after"]) == (second, base, None, "champion-only", 2)
 

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import httpx
+from api_keys import Keys, bearer
 from fastapi import FastAPI
 from openai import OpenAI
 
@@ -67,12 +68,12 @@ def count(store: DuckDBStore, table: str) -> int:
 
 
 def test_chat_and_feedback_land_in_duckdb(
-    tmp_path: Path, kafka_isolated: KafkaSettings, runtime: ModelRuntime, serve_app: ServeApp
+    tmp_path: Path, kafka_isolated: KafkaSettings, api_keys: Keys, runtime: ModelRuntime, serve_app: ServeApp
 ) -> None:
     settings = settings_for(tmp_path, kafka_isolated)
     app = create_app(settings, backend=TransformersBackend(runtime))
     with serve_app(app) as url, running_sink(settings) as (sink, store):
-        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client = OpenAI(base_url=f"{url}/v1", api_key=api_keys["user"], max_retries=0)
         answer = client.chat.completions.create(
             model="flywheel",
             messages=[{"role": "user", "content": "What is the capital of France?"}],
@@ -85,6 +86,7 @@ def test_chat_and_feedback_land_in_duckdb(
         feedback = httpx.post(
             f"{url}/v1/feedback",
             json={"interaction_id": signed_id, "feedback_id": "e2e-fb-1", "thumb": "up", "rating": 5},
+            headers=bearer(api_keys["user"]),
         )
         assert feedback.status_code == 202
         wait_for(lambda: count(store, "interactions") == 1 and count(store, "feedback") == 1)
@@ -130,7 +132,7 @@ def test_chat_and_feedback_land_in_duckdb(
 
 
 def test_the_greedy_answer_matches_the_model_runtime(
-    tmp_path: Path, kafka_isolated: KafkaSettings, runtime: ModelRuntime, serve_app: ServeApp
+    tmp_path: Path, kafka_isolated: KafkaSettings, api_keys: Keys, runtime: ModelRuntime, serve_app: ServeApp
 ) -> None:
     settings = settings_for(tmp_path, kafka_isolated)
     app = create_app(settings, backend=TransformersBackend(runtime))
@@ -139,6 +141,7 @@ def test_the_greedy_answer_matches_the_model_runtime(
         body = httpx.post(
             f"{url}/v1/chat/completions",
             json={"model": "flywheel", "messages": messages, "max_tokens": 10, "temperature": 0},
+            headers=bearer(api_keys["user"]),
             timeout=120,
         ).json()
     direct = runtime.generate(messages, SamplingParams(max_tokens=10, temperature=0))

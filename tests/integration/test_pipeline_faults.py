@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
+from api_keys import Keys, bearer
 from kafka import KafkaProducer
 from pipeline_events import interaction, run_in_thread, wait_until
 from test_kafka_outage import broker_on  # starts and always stops a broker of the test's own
@@ -96,6 +97,7 @@ def worker_env(kafka: KafkaSettings, db: Path) -> dict[str, str]:
         "FLYWHEEL_KAFKA__TOPICS__FEEDBACK": topics.feedback,
         "FLYWHEEL_KAFKA__TOPICS__AUDIT": topics.audit,
         "FLYWHEEL_KAFKA__TOPICS__DEAD_LETTER": topics.dead_letter,
+        "FLYWHEEL_KAFKA__TOPICS__KEYS": topics.keys,
         "FLYWHEEL_KAFKA__TOPICS__PARTITIONS": str(topics.partitions),
         "FLYWHEEL_DUCKDB__PATH": str(db),
         "FLYWHEEL_WORKER__BATCH_MAX_EVENTS": "300",
@@ -132,14 +134,15 @@ def answers(url: str) -> bool:
         return False
 
 
-def sink_rows(url: str) -> int:
-    rows: int = httpx.get(f"{url}/v1/sink/status", timeout=30).json()["rows"]["interactions"]
+def sink_rows(url: str, key: str) -> int:
+    rows: int = httpx.get(f"{url}/v1/sink/status", headers=bearer(key), timeout=30).json()["rows"]["interactions"]
     return rows
 
 
 def test_worker_killed_mid_batch_resumes_without_loss_or_duplicates(
-    kafka_isolated: KafkaSettings, tmp_path: Path
+    kafka_isolated: KafkaSettings, api_keys: Keys, tmp_path: Path
 ) -> None:
+    key = api_keys["developer"]
     total = 10_000
     producer = KafkaProducer(bootstrap_servers=kafka_isolated.bootstrap_servers, acks="all", compression_type="lz4")
     for n in range(total):
@@ -150,7 +153,7 @@ def test_worker_killed_mid_batch_resumes_without_loss_or_duplicates(
     db = tmp_path / "worker.duckdb"
 
     with worker_process(kafka_isolated, db) as (proc, url):
-        wait_until(lambda: sink_rows(url) >= 2000, timeout=120, what="the worker to be busy")
+        wait_until(lambda: sink_rows(url, key) >= 2000, timeout=120, what="the worker to be busy")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     with duckdb.connect(str(db)) as con:  # what the killed worker had committed
@@ -159,8 +162,8 @@ def test_worker_killed_mid_batch_resumes_without_loss_or_duplicates(
     assert 2000 <= killed_at < total  # killed while batches were still being written
 
     with worker_process(kafka_isolated, db) as (_proc, url):
-        wait_until(lambda: sink_rows(url) >= total, timeout=180, what="the restarted worker to catch up")
-        status = httpx.get(f"{url}/v1/sink/status", timeout=30).json()
+        wait_until(lambda: sink_rows(url, key) >= total, timeout=180, what="the restarted worker to catch up")
+        status = httpx.get(f"{url}/v1/sink/status", headers=bearer(key), timeout=30).json()
     assert status["total_lag"] == 0
     with duckdb.connect(str(db)) as con:
         counts = con.execute(COUNT_SQL).fetchall()

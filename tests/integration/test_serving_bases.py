@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from api_keys import Keys, bearer
 from fastapi import FastAPI
-from test_serving_deployments import CHAT, admin, deploy, gateway_settings, wait_for_phase, wait_for_view
+from test_serving_deployments import CHAT, KEYS, admin, deploy, gateway_settings, wait_for_phase, wait_for_view
 from test_serving_openai import interaction_events
 
 from feedback.deployments import DeploymentState, publish_state
@@ -49,7 +50,10 @@ def second_base(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, kafka_isolated: KafkaSettings, runtime: ModelRuntime, serve_app: ServeApp) -> Iterator[str]:
+def gateway(
+    tmp_path: Path, kafka_isolated: KafkaSettings, api_keys: Keys, runtime: ModelRuntime, serve_app: ServeApp
+) -> Iterator[str]:
+    KEYS.update(api_keys)  # the keys ``admin`` and ``deploy`` send
     registry = tmp_path / "registry"
     settings = gateway_settings(tmp_path, kafka_isolated, registry, "bases")
     settings.gateway.ramp = [100]
@@ -59,7 +63,9 @@ def gateway(tmp_path: Path, kafka_isolated: KafkaSettings, runtime: ModelRuntime
 
 
 def chat(url: str, user: str) -> dict[str, Any]:
-    response = httpx.post(f"{url}/v1/chat/completions", json=CHAT | {"user": user}, timeout=120)
+    response = httpx.post(
+        f"{url}/v1/chat/completions", json=CHAT | {"user": user}, headers=bearer(KEYS["user"]), timeout=120
+    )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

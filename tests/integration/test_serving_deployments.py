@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api_keys import Keys, bearer
 from fastapi import FastAPI
 from peft import LoraConfig, get_peft_model
 from test_serving_openai import interaction_events
@@ -30,7 +31,7 @@ from services.cli.main import app as cli
 from services.gateway.app import create_app
 from services.gateway.backend import TransformersBackend
 
-ADMIN = "deploy-admin-token"
+KEYS: Keys = {}  # this test's keys on its keys topic, set by the ``two_gateways`` fixture
 SIGNING_KEY = "deploy-signing-key"
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
 CHAT = {
@@ -67,7 +68,7 @@ def gateway_settings(tmp_path: Path, kafka: KafkaSettings, registry: Path, name:
         {
             "kafka": kafka.model_dump(),
             "gateway": {"wal": {"dir": tmp_path / f"wal-{name}"}, "drain_timeout_s": 10},
-            "security": {"signing_key": SIGNING_KEY, "admin_token": ADMIN},
+            "security": {"signing_key": SIGNING_KEY},
             "model": {"registry_dir": registry},
         }
     )
@@ -77,10 +78,12 @@ def gateway_settings(tmp_path: Path, kafka: KafkaSettings, registry: Path, name:
 def two_gateways(
     tmp_path: Path,
     kafka_isolated: KafkaSettings,
+    api_keys: Keys,
     model_dir: Path,
     registry_with_adapter: tuple[Path, str],
     serve_app: ServeApp,
 ) -> Iterator[list[str]]:
+    KEYS.update(api_keys)
     registry = registry_with_adapter[0]
     with ExitStack() as stack:
         urls = []
@@ -91,8 +94,8 @@ def two_gateways(
         yield urls
 
 
-def admin(url: str, path: str = "", body: dict[str, Any] | None = None, token: str | None = ADMIN) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def admin(url: str, path: str = "", body: dict[str, Any] | None = None, role: str | None = "admin") -> httpx.Response:
+    headers = bearer(KEYS[role]) if role else {}
     method = "POST" if path else "GET"
     return httpx.request(method, f"{url}/v1/admin/deployments{path}", json=body, headers=headers, timeout=120)
 
@@ -112,7 +115,7 @@ def wait_for_phase(url: str, phase: str, timeout_s: float = 30) -> dict[str, Any
 
 
 def deploy(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["deploy", *args], env={"FLYWHEEL_SECURITY__ADMIN_TOKEN": ADMIN})
+    result = CliRunner().invoke(cli, ["deploy", *args], env={"FLYWHEEL_API_KEY": KEYS["admin"]})
     return result.exit_code, result.output
 
 
@@ -121,8 +124,9 @@ def test_two_gateways_follow_one_deployment(
 ) -> None:
     a, b = two_gateways
     challenger = f"smollm2-135m-instruct+{registry_with_adapter[1]}"
-    assert admin(a, token=None).status_code == 401
-    assert admin(a, token="wrong").status_code == 403
+    assert admin(a, role=None).status_code == 401
+    assert admin(a, role="analyst").status_code == 403
+    assert admin(a, "/promote", role="developer").status_code == 403
     assert admin(a, "/promote").json()["error"]["message"] == "there is no challenger to promote"
 
     code, output = deploy("challenger", "smollm2-135m-instruct+0000", "--url", a)
@@ -135,7 +139,8 @@ def test_two_gateways_follow_one_deployment(
     assert view_b["challenger"] == challenger
 
     # Shadow: the user gets the champion; the challenger's copy is an event with the same id.
-    served = httpx.post(f"{b}/v1/chat/completions", json=CHAT | {"user": "u1"}, timeout=120).json()
+    user = bearer(KEYS["user"])
+    served = httpx.post(f"{b}/v1/chat/completions", json=CHAT | {"user": "u1"}, headers=user, timeout=120).json()
     events = interaction_events(kafka_isolated, 2)
     by_role = {e.role: e for e in events}
     raw_id = verify_id(served["interaction_id"], SIGNING_KEY)
@@ -150,14 +155,14 @@ def test_two_gateways_follow_one_deployment(
     assert by_role["shadow"].completion != by_role["served"].completion  # the random adapter answers otherwise
     assert by_role["shadow"].phase == by_role["served"].phase == "shadow"
 
-    # A/B at the last step; a forced arm needs the admin token.
+    # A/B at the last step; a forced arm needs an admin's or a developer's key.
     assert deploy("mode", "ab", "--step", "3", "--url", b)[0] == 0
     assert wait_for_phase(a, "ab-50")["phase"] == "ab-50"
     forced = {"X-Flywheel-Arm": "challenger"}
-    refused = httpx.post(f"{a}/v1/chat/completions", json=CHAT, headers=forced, timeout=120)
-    assert refused.status_code == 401
+    refused = httpx.post(f"{a}/v1/chat/completions", json=CHAT, headers=forced | user, timeout=120)
+    assert refused.status_code == 403
     answer = httpx.post(
-        f"{a}/v1/chat/completions", json=CHAT, headers=forced | {"Authorization": f"Bearer {ADMIN}"}, timeout=120
+        f"{a}/v1/chat/completions", json=CHAT, headers=forced | bearer(KEYS["developer"]), timeout=120
     ).json()
     assert answer["choices"][0]["message"]["content"] == by_role["shadow"].completion
 

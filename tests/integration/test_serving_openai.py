@@ -8,16 +8,16 @@ after the stream ended, with the time to first token. A stream with
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from api_keys import Keys
 from fastapi import FastAPI
-from kafka import KafkaConsumer
 from openai import OpenAI
+from pipeline_events import topic_events
 
-from feedback.events import InteractionEvent, decode_event
+from feedback.events import InteractionEvent
 from feedback.model.runtime import ModelRuntime, SamplingParams
 from feedback.settings import KafkaSettings, Settings
 from feedback.signing import verify_id
@@ -41,30 +41,18 @@ def serving_settings(tmp_path: Path, kafka: KafkaSettings) -> Settings:
 
 
 def interaction_events(kafka: KafkaSettings, expected: int, timeout_s: float = 60) -> list[InteractionEvent]:
-    consumer = KafkaConsumer(
-        kafka.topics.interactions, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest"
-    )
-    events: list[InteractionEvent] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(events) < expected and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    event = decode_event(record.value)
-                    assert isinstance(event, InteractionEvent)
-                    events.append(event)
-    finally:
-        consumer.close()
-    return sorted(events, key=lambda e: e.event_id)
+    events = topic_events(kafka.bootstrap_servers, kafka.topics.interactions, expected, timeout_s)
+    assert all(isinstance(e, InteractionEvent) for e in events)
+    return sorted((e for e in events if isinstance(e, InteractionEvent)), key=lambda e: e.event_id)
 
 
 def test_openai_client_non_streaming_and_streaming(
-    tmp_path: Path, kafka_isolated: KafkaSettings, runtime: ModelRuntime, serve_app: ServeApp
+    tmp_path: Path, kafka_isolated: KafkaSettings, api_keys: Keys, runtime: ModelRuntime, serve_app: ServeApp
 ) -> None:
     expected = runtime.generate(QUESTION, SamplingParams(max_tokens=12, temperature=0.0))
     settings = serving_settings(tmp_path, kafka_isolated)
     with serve_app(create_app(settings, backend=TransformersBackend(runtime, settings.gateway))) as url:
-        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client = OpenAI(base_url=f"{url}/v1", api_key=api_keys["user"], max_retries=0)
         answer = client.chat.completions.create(
             model="flywheel",
             messages=QUESTION,

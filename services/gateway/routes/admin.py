@@ -1,31 +1,24 @@
 """``/v1/admin/deployments``: set a challenger, change mode or ramp step, promote, roll back.
 
-Every route needs ``Authorization: Bearer <security.admin_token>`` (401 without, 403 when wrong).
-Each change's audit event carries the deployment before and after it.
+Reading the deployment needs the ``models`` permission, a challenger in shadow ``deploy-shadow``
+(admins and developers); A/B mode and ramp steps, promotion and rollback need ``deploy-ramp``
+(admins). Changes are recorded as made by the key's name and id, and each change's audit event
+carries the deployment before and after it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from feedback import deployments
+from feedback.access import Permission
 from feedback.audit import deployment_snapshot, note_of
 from feedback.deployments import DeploymentState
-from services.gateway.auth import require_admin
+from services.gateway.auth import ModelsUser, RampDeployer, ShadowDeployer, check
 from services.gateway.deploying import Change, DeploymentControl
-from services.gateway.deps import ControlDep, SettingsDep
+from services.gateway.deps import ControlDep
 from services.gateway.protocol import DeploymentView, SetChallenger, SetMode
 
-
-def _admin(request: Request, settings: SettingsDep) -> str:
-    principal = require_admin(request.headers.get("authorization"), settings)
-    note_of(request).actor = principal
-    return principal
-
-
-AdminDep = Annotated[str, Depends(_admin)]
 router = APIRouter(prefix="/v1/admin/deployments", tags=["admin"])
 
 
@@ -51,40 +44,44 @@ def view(state: DeploymentState) -> DeploymentView:
 
 
 @router.get("")
-async def current(admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def current(_: ModelsUser, control: ControlDep) -> DeploymentView:
     """The deployment this gateway applies now."""
     return view(control.state)
 
 
 @router.post("/challenger")
-async def set_challenger(body: SetChallenger, request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
-    """Deploy a new challenger (a new deployment id)."""
+async def set_challenger(
+    body: SetChallenger, request: Request, who: ShadowDeployer, control: ControlDep
+) -> DeploymentView:
+    """Deploy a new challenger (a new deployment id); entering at an A/B step needs ``deploy-ramp``."""
+    if body.mode == "ab":
+        check(who, Permission.DEPLOY_RAMP)
     return await _change(
         request,
         control,
         lambda s: deployments.set_challenger(
-            s, body.model_version, by=admin, mode=body.mode, sample_rate=body.shadow_sample_rate
+            s, body.model_version, by=who.label, mode=body.mode, sample_rate=body.shadow_sample_rate
         ),
     )
 
 
 @router.post("/mode")
-async def set_mode(body: SetMode, request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def set_mode(body: SetMode, request: Request, who: RampDeployer, control: ControlDep) -> DeploymentView:
     """Switch between shadow and A/B, or move up the ramp."""
     return await _change(
         request,
         control,
-        lambda s: deployments.set_mode(s, body.mode, by=admin, step=body.step, sample_rate=body.shadow_sample_rate),
+        lambda s: deployments.set_mode(s, body.mode, by=who.label, step=body.step, sample_rate=body.shadow_sample_rate),
     )
 
 
 @router.post("/promote")
-async def promote(request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def promote(request: Request, who: RampDeployer, control: ControlDep) -> DeploymentView:
     """Make the challenger the champion."""
-    return await _change(request, control, lambda s: deployments.promote(s, by=admin))
+    return await _change(request, control, lambda s: deployments.promote(s, by=who.label))
 
 
 @router.post("/rollback")
-async def roll_back(request: Request, admin: AdminDep, control: ControlDep) -> DeploymentView:
+async def roll_back(request: Request, who: RampDeployer, control: ControlDep) -> DeploymentView:
     """Remove the challenger."""
-    return await _change(request, control, lambda s: deployments.roll_back(s, by=admin))
+    return await _change(request, control, lambda s: deployments.roll_back(s, by=who.label))

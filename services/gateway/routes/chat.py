@@ -10,11 +10,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
+from feedback.access import Permission
 from feedback.audit import note_of
 from feedback.events import Arm
 from feedback.model.runtime import Generation
 from services.gateway.audit import describe_exchange
-from services.gateway.auth import require_admin
+from services.gateway.auth import ChatUser, check
 from services.gateway.deps import ChatDep, SettingsDep
 from services.gateway.errors import error_body, invalid_request
 from services.gateway.protocol import (
@@ -29,12 +30,12 @@ from services.gateway.protocol import (
     Usage,
 )
 from services.gateway.serving import Exchange
-from services.gateway.streaming import StreamFailure, StreamItem
+from services.gateway.streaming import ContentStopped, StreamFailure, StreamItem
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 INTERACTION_HEADER = "X-Interaction-Id"
-ARM_HEADER = "X-Flywheel-Arm"  # forces an arm; admins only
+ARM_HEADER = "X-Flywheel-Arm"  # forces an arm; admins and developers only (force-arm)
 
 
 @router.post("/chat/completions", response_model=None)
@@ -42,13 +43,13 @@ async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     response: Response,
+    who: ChatUser,
     chat: ChatDep,
-    settings: SettingsDep,
     arm: Annotated[Arm | None, Header(alias=ARM_HEADER)] = None,
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer with the routed arm; the signed interaction id is in the body (or every chunk) and a header."""
     if arm is not None:
-        note_of(request).actor = require_admin(request.headers.get("authorization"), settings)
+        check(who, Permission.FORCE_ARM)
     if body.stream_options is not None and not body.stream:
         raise invalid_request("stream_options: only allowed when stream is true", "stream_options")
     exchange = chat.open(body, request.headers, arm)
@@ -63,11 +64,16 @@ async def chat_completions(
 
 
 def _response(exchange: Exchange, generation: Generation) -> ChatCompletionResponse:
+    """The answer; one the content filter blocked is its refusal with ``finish_reason: "content_filter"``."""
+    if exchange.shown is not None:
+        choice = Choice(message=AssistantMessage(content=exchange.shown), finish_reason="content_filter")
+    else:
+        choice = Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)
     return ChatCompletionResponse(
         id=f"chatcmpl-{exchange.interaction_id}",
         created=int(time.time()),
         model=exchange.request.model,
-        choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
+        choices=[choice],
         usage=_usage(generation),
         interaction_id=exchange.signed_id,
     )
@@ -78,7 +84,9 @@ async def _sse(exchange: Exchange, pieces: AsyncIterator[StreamItem]) -> AsyncIt
 
     With ``stream_options.include_usage`` every chunk has ``usage: null`` and a last chunk with no
     choices carries the usage, as OpenAI sends it. A failure after the first chunk ends the stream
-    with an OpenAI error event (the official client raises it) and [DONE].
+    with an OpenAI error event (the official client raises it) and [DONE]. A stream the content
+    filter stopped ends with a chunk whose ``finish_reason`` is ``"content_filter"`` (no usage chunk:
+    its generation was cut short) and [DONE].
     """
     created = int(time.time())
     include_usage = exchange.request.include_usage
@@ -100,6 +108,8 @@ async def _sse(exchange: Exchange, pieces: AsyncIterator[StreamItem]) -> AsyncIt
             yield chunk([ChunkChoice(delta={"content": piece})])
         elif isinstance(piece, StreamFailure):
             yield f"data: {json.dumps(error_body(piece.message, 'server_error', None))}\n\n"
+        elif isinstance(piece, ContentStopped):
+            yield chunk([ChunkChoice(delta={}, finish_reason="content_filter")])
         else:
             yield chunk([ChunkChoice(delta={}, finish_reason=piece.finish_reason)])
             if include_usage:
@@ -116,6 +126,6 @@ def _usage(generation: Generation) -> Usage:
 
 
 @router.get("/models")
-async def list_models(settings: SettingsDep) -> ModelList:
+async def list_models(_: ChatUser, settings: SettingsDep) -> ModelList:
     """The one model name this gateway serves."""
     return ModelList(data=[ModelCard(id=settings.gateway.served_model_name, created=int(time.time()))])

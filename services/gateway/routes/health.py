@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from services.gateway.deps import ChatDep, ProducerDep
+from services.gateway.deps import ChatDep, ProducerDep, SettingsDep
 from services.gateway.protocol import Health, Readiness
+from services.http_access import public
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[Depends(public)])  # open to probes and scrapers
 
 
 @router.get("/healthz")
-async def health(chat: ChatDep, producer: ProducerDep) -> Health:
+async def health(chat: ChatDep, producer: ProducerDep, settings: SettingsDep) -> Health:
     """Serving status, Kafka connectivity and the event backlog."""
     state = producer.health()
     return Health(
@@ -24,17 +25,19 @@ async def health(chat: ChatDep, producer: ProducerDep) -> Health:
         wal_bytes=state.wal_bytes,
         wal_max_bytes=state.wal_max_bytes,
         kafka_error=state.last_error,
+        auth=settings.security.auth,
     )
 
 
 @router.get("/readyz", response_model=Readiness)
 async def ready(request: Request, chat: ChatDep) -> JSONResponse:
-    """200 once the deployment state was read and the champion can be served; 503 before.
+    """200 once the deployment state and the API keys were read and the champion can be served; 503 before.
 
     Bases loading for a challenger do not hold readiness back: the champion serves meanwhile.
     """
     state = chat.deployment
-    is_ready = request.app.state.watcher.caught_up.is_set() and chat.can_serve(state.champion)
+    caught_up = request.app.state.watcher.caught_up.is_set() and request.app.state.key_watcher.caught_up.is_set()
+    is_ready = caught_up and chat.can_serve(state.champion)
     body = Readiness(
         ready=is_ready,
         champion=state.champion,

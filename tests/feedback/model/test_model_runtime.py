@@ -68,6 +68,20 @@ def test_score_of_the_text_reproduces_generation(runtime: ModelRuntime, france: 
     assert_same_numbers(runtime.score(FRANCE, france.text), france.token_logprobs)
 
 
+def test_batched_scores_equal_each_pair_scored_alone(runtime: ModelRuntime) -> None:
+    pairs = [
+        (FRANCE, "Paris."),
+        (STORY, "Once upon a time there was a small robot who wanted to see the sea."),
+        (FRANCE, "The capital of France is Paris, on the Seine."),
+    ]
+    batched = runtime.score_batch(pairs, batch_size=2)  # a full batch of two lengths, then one alone
+    assert [len(scores) for scores in batched] == [len(runtime.score(m, c)) for m, c in pairs]
+    for (messages, completion), scores in zip(pairs, batched, strict=True):
+        assert_same_numbers(scores, runtime.score(messages, completion))
+    no_eos = runtime.score_batch(pairs[:1], add_eos=False)[0]
+    assert_same_numbers(no_eos, runtime.score(FRANCE, "Paris.", add_eos=False))
+
+
 def test_sampled_logprobs_are_raw_not_tempered(runtime: ModelRuntime) -> None:
     sampled = runtime.generate(STORY, SamplingParams(max_tokens=8, temperature=1.7, top_p=0.9, seed=7))
     scored = runtime.score_tokens(runtime.render_prompt(STORY), sampled.token_ids)

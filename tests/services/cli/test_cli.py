@@ -114,7 +114,7 @@ def test_kafka_up_status_down(tmp_path: Path) -> None:
     try:
         up = flywheel("kafka", "up", env=env)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "topics: created interactions, feedback, audit, deployments, scheduler, dead-letter" in up.stdout
+        assert "topics: created interactions, feedback, audit, deployments, keys, scheduler, dead-letter" in up.stdout
         status = flywheel("kafka", "status", env=env)
         assert status.returncode == 0
         assert f"on 127.0.0.1:{port}" in status.stdout

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
+from api_keys import Keys, bearer
 from fastapi import FastAPI
 from test_cli import flywheel
 
@@ -15,11 +16,10 @@ from feedback.settings import KafkaSettings, Settings
 from services.worker.app import create_app
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
-ADMIN = {"X-Admin-Token": "dev-admin-token"}
 
 
 def test_refresh_dry_run_now_and_a_second_run_the_same_day(
-    tmp_path: Path, kafka_isolated: KafkaSettings, model_dir: Path, serve_app: ServeApp
+    tmp_path: Path, kafka_isolated: KafkaSettings, api_keys: Keys, model_dir: Path, serve_app: ServeApp
 ) -> None:
     settings = Settings(
         kafka=kafka_isolated,
@@ -29,19 +29,19 @@ def test_refresh_dry_run_now_and_a_second_run_the_same_day(
         refresh={"work_dir": tmp_path / "refreshes"},
         scheduler={"enabled": False},
     )
+    admin = {"FLYWHEEL_API_KEY": api_keys["admin"]}
     with serve_app(create_app(settings)) as url:
-        today = httpx.post(
-            f"{url}/v1/admin/refresh", json={"dry_run": True}, headers={"X-Admin-Token": "dev-admin-token"}
-        )
+        today = httpx.post(f"{url}/v1/admin/refresh", json={"dry_run": True}, headers=bearer(api_keys["admin"]))
         key = today.json()["key"]
-        dry = flywheel("refresh", "--dry-run", "--url", url)
-        now = flywheel("refresh", "--now", "--url", url)
-        again = flywheel("refresh", "--now", "--url", url)
-        ledger = flywheel("refresh", "--url", url)
-        forced = flywheel("refresh", "--now", "--force", "--url", url)
+        dry = flywheel("refresh", "--dry-run", "--url", url, env=admin)
+        now = flywheel("refresh", "--now", "--url", url, env=admin)
+        again = flywheel("refresh", "--now", "--url", url, "--key", api_keys["admin"])
+        ledger = flywheel("refresh", "--url", url, "--key", api_keys["developer"])
+        forced = flywheel("refresh", "--now", "--force", "--url", url, env=admin)
+        developer = flywheel("refresh", "--now", "--url", url, "--key", api_keys["developer"])
         anonymous = httpx.post(f"{url}/v1/admin/refresh", json={})
-        wrong = httpx.post(f"{url}/v1/admin/refresh", json={}, headers={"X-Admin-Token": "guess"})
-        unknown = httpx.get(f"{url}/v1/refreshes/1999-01-01")
+        wrong = httpx.post(f"{url}/v1/admin/refresh", json={}, headers=bearer("guess"))
+        unknown = httpx.get(f"{url}/v1/refreshes/1999-01-01", headers=bearer(api_keys["developer"]))
 
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["status"] == "dry-run"
@@ -54,8 +54,10 @@ def test_refresh_dry_run_now_and_a_second_run_the_same_day(
     assert [(r["key"], r["outcome"]["status"]) for r in json.loads(ledger.stdout)] == [(key, "no-op")]
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["run"] == f"{key}.2"
+    assert developer.returncode == 1
+    assert "refused (403): the role 'developer' may not refresh; admin may" in developer.stderr
     assert (anonymous.status_code, wrong.status_code, unknown.status_code) == (401, 401, 404)
-    assert anonymous.json()["detail"] == "starting a refresh needs the X-Admin-Token header"
+    assert anonymous.json()["detail"] == "this endpoint needs an Authorization: Bearer <API key> header"
 
 
 def test_refresh_options_that_exclude_each_other_and_an_unreachable_worker() -> None:

@@ -15,11 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from api_keys import Keys, bearer
 from fastapi import FastAPI
 from peft import LoraConfig, get_peft_model
 from test_cli import flywheel
 from typer.testing import CliRunner
 
+from feedback.apikeys import parse_key
 from feedback.model.runtime import ModelRuntime
 from feedback.registry import AdapterRegistry
 from feedback.settings import KafkaSettings, Settings
@@ -28,7 +30,7 @@ from services.cli.ports import free_port
 from services.gateway.app import create_app
 from services.gateway.backend import TransformersBackend
 
-ADMIN = "models-admin-token"
+KEYS: Keys = {}  # this test's keys on its keys topic, set by the ``gateway`` fixture
 BASE = "smollm2-135m-instruct"
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
 
@@ -80,7 +82,7 @@ def lora(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def gateway(
-    tmp_path: Path, lora: Path, kafka_isolated: KafkaSettings, model_dir: Path, serve_app: ServeApp
+    tmp_path: Path, lora: Path, kafka_isolated: KafkaSettings, api_keys: Keys, model_dir: Path, serve_app: ServeApp
 ) -> Iterator[tuple[str, Path, str, str]]:
     """A gateway serving adapters from a registry that holds two versions: (url, registry, first, second)."""
     registry = AdapterRegistry(tmp_path / "registry")
@@ -90,10 +92,10 @@ def gateway(
         {
             "kafka": kafka_isolated.model_dump(),
             "gateway": {"wal": {"dir": tmp_path / "wal"}, "drain_timeout_s": 10},
-            "security": {"admin_token": ADMIN},
             "model": {"registry_dir": registry.root},
         }
     )
+    KEYS.update(api_keys)
     backend = TransformersBackend(ModelRuntime.load(model_dir), settings.gateway, registry)
     with serve_app(create_app(settings, backend=backend)) as url:
         yield url, registry.root, first, second
@@ -104,7 +106,7 @@ def admin(url: str, path: str = "", body: dict[str, Any] | None = None) -> dict[
         "POST" if path else "GET",
         f"{url}/v1/admin/deployments{path}",
         json=body,
-        headers={"Authorization": f"Bearer {ADMIN}"},
+        headers=bearer(KEYS["admin"]),
         timeout=120,
     )
     assert response.status_code == 200, response.text
@@ -121,7 +123,7 @@ def models(action: str, *args: str, url: str, registry: Path) -> tuple[int, str,
         url,
         "--registry",
         str(registry),
-        env={"FLYWHEEL_SECURITY__ADMIN_TOKEN": ADMIN},
+        env={"FLYWHEEL_API_KEY": KEYS.get("admin", "")},
     )
     return result.returncode, result.stdout, result.stderr
 
@@ -163,10 +165,8 @@ def test_models_promote_checks_the_challenger_then_promotes_it(gateway: tuple[st
         f"registry: {second} is now champion",
     ]
     history = AdapterRegistry(registry).lineage(first)["history"]
-    assert [(c["state"], c["by"], c["revision"]) for c in history] == [
-        ("champion", "admin", 2),
-        ("retired", "admin", 4),
-    ]
+    who = f"test-admin ({parse_key(KEYS['admin'])[0]})"
+    assert [(c["state"], c["by"], c["revision"]) for c in history] == [("champion", who, 2), ("retired", who, 4)]
 
 
 def test_models_rollback_rejects_the_challenger(gateway: tuple[str, Path, str, str]) -> None:

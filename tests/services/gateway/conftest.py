@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_keys import SEEDED_BOOK, USER
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
 from test_api import make_settings
@@ -20,6 +21,6 @@ def backend() -> FakeBackend:
 
 @pytest.fixture
 def client(tmp_path: Path, backend: FakeBackend) -> Iterator[TestClient]:
-    app = create_app(make_settings(tmp_path), backend=backend)
-    with TestClient(app) as test_client:
+    app = create_app(make_settings(tmp_path), backend=backend, keys=SEEDED_BOOK)
+    with TestClient(app, headers=USER) as test_client:
         yield test_client

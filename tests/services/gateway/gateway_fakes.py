@@ -21,6 +21,7 @@ class FakeBackend:
     def __init__(self, base: str = "fake-model@1", text: str = "Paris.", behaviour: Behaviour = "ok") -> None:
         self.base = base
         self.text = text
+        self.pieces: tuple[str, ...] = ("Par", "is.")  # what a stream sends, piece by piece
         self.behaviour: Behaviour = behaviour
         self.fail = False  # the served path's failure switch
         self.context_length = 100
@@ -73,7 +74,7 @@ class FakeBackend:
                 raise RuntimeError("device lost mid-stream")
             await asyncio.Event().wait()
         if request.on_text is not None:
-            for piece in ("Par", "is."):
+            for piece in self.pieces:
                 request.on_text(piece)
                 await asyncio.sleep(0)
         return Generation(

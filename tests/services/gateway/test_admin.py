@@ -1,33 +1,16 @@
-"""Admin authentication, forced arms, body limits and readiness, with a fake backend."""
+"""Deployment changes by role, forced arms, body limits and readiness, with a fake backend."""
 
 from __future__ import annotations
 
 import pytest
+from api_keys import ADMIN, SEEDED_KEYS, bearer
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
 from test_api import CHAT, logged_events
 
-ADMIN_PATHS = [
-    ("GET", "/v1/admin/deployments"),
-    ("POST", "/v1/admin/deployments/challenger"),
-    ("POST", "/v1/admin/deployments/mode"),
-    ("POST", "/v1/admin/deployments/promote"),
-    ("POST", "/v1/admin/deployments/rollback"),
-]
-
-
-@pytest.mark.parametrize(("method", "path"), ADMIN_PATHS)
-def test_admin_endpoints_need_the_admin_token(client: TestClient, method: str, path: str) -> None:
-    missing = client.request(method, path, json={})
-    assert missing.status_code == 401
-    assert missing.json()["error"]["message"] == "this endpoint needs an Authorization: Bearer <admin token> header"
-    wrong = client.request(method, path, json={}, headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 403
-    assert wrong.json()["error"]["message"] == "the bearer token is not the admin token"
-
 
 def test_admin_sees_the_deployment(client: TestClient) -> None:
-    view = client.get("/v1/admin/deployments", headers={"Authorization": "Bearer dev-admin-token"}).json()
+    view = client.get("/v1/admin/deployments", headers=ADMIN).json()
     assert (view["phase"], view["champion"], view["challenger"], view["ramp"]) == (
         "champion-only",
         "fake-model@1",
@@ -37,17 +20,36 @@ def test_admin_sees_the_deployment(client: TestClient) -> None:
 
 
 def test_a_change_not_allowed_is_a_409(client: TestClient) -> None:
-    response = client.post("/v1/admin/deployments/rollback", headers={"Authorization": "Bearer dev-admin-token"})
+    response = client.post("/v1/admin/deployments/rollback", headers=ADMIN)
     assert response.status_code == 409
     assert response.json()["error"]["message"] == "there is no challenger to roll back"
 
 
-def test_forcing_an_arm_needs_the_admin_token(client: TestClient) -> None:
-    response = client.post("/v1/chat/completions", json=CHAT, headers={"X-Flywheel-Arm": "challenger"})
-    assert response.status_code == 401
+def test_a_developer_may_deploy_in_shadow_but_not_enter_the_ramp(client: TestClient) -> None:
+    developer = bearer(SEEDED_KEYS["developer"])
+    body = {"model_version": "fake-model@1+nope", "mode": "ab"}
+    response = client.post("/v1/admin/deployments/challenger", json=body, headers=developer)
+    assert response.status_code == 403
+    assert response.json()["error"] == {
+        "message": "the role 'developer' may not deploy-ramp; admin may",
+        "type": "permission_error",
+        "param": None,
+        "code": None,
+    }
+    shadow = client.post("/v1/admin/deployments/challenger", json=body | {"mode": "shadow"}, headers=developer)
+    assert shadow.status_code == 503  # allowed: it got as far as publishing, and Kafka is unreachable here
+    assert shadow.json()["error"]["message"].startswith("the deployments topic is unreachable: ")
+
+
+def test_forcing_an_arm_needs_the_force_arm_permission(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", json=CHAT, headers={"X-Flywheel-Arm": "champion"})
+    assert response.status_code == 403
+    assert response.json()["error"]["message"] == "the role 'user' may not force-arm; admin or developer may"
+    forced = {"X-Flywheel-Arm": "champion"} | bearer(SEEDED_KEYS["developer"])
+    assert client.post("/v1/chat/completions", json=CHAT, headers=forced).status_code == 200
     bad = client.post("/v1/chat/completions", json=CHAT, headers={"X-Flywheel-Arm": "sideways"})
     assert bad.status_code == 400
-    assert logged_events(client) == []
+    assert len(logged_events(client)) == 1
 
 
 def test_oversized_body_is_a_413(client: TestClient) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from api_keys import ADMIN, SEEDED_BOOK, USER
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
 from test_api import CHAT, make_settings
@@ -118,14 +119,14 @@ def test_a_pool_without_a_loader_names_the_problem() -> None:
 
 def test_a_challenger_on_a_missing_base_is_refused_with_a_404(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
-    app = create_app(make_settings(tmp_path), backend=FakeBackend())
-    with TestClient(app) as client:
+    app = create_app(make_settings(tmp_path), backend=FakeBackend(), keys=SEEDED_BOOK)
+    with TestClient(app, headers=USER) as client:
         response = client.post(
             "/v1/admin/deployments/challenger",
             json={"model_version": str(missing)},
-            headers={"Authorization": "Bearer dev-admin-token"},
+            headers=ADMIN,
         )
-        view = client.get("/v1/admin/deployments", headers={"Authorization": "Bearer dev-admin-token"}).json()
+        view = client.get("/v1/admin/deployments", headers=ADMIN).json()
         ready = client.get("/readyz").json()
         text = client.get("/metrics").text
     assert response.status_code == 404
@@ -141,12 +142,12 @@ def test_a_challenger_on_a_missing_base_is_refused_with_a_404(tmp_path: Path) ->
 
 def test_a_base_loaded_for_a_change_that_cannot_be_published_is_released(tmp_path: Path) -> None:
     loader = FakeBaseLoader()
-    app = create_app(make_settings(tmp_path), backend=FakeBackend(), open_base=loader)
-    with TestClient(app) as client:
+    app = create_app(make_settings(tmp_path), backend=FakeBackend(), open_base=loader, keys=SEEDED_BOOK)
+    with TestClient(app, headers=USER) as client:
         response = client.post(
             "/v1/admin/deployments/challenger",
             json={"model_version": "/models/other"},
-            headers={"Authorization": "Bearer dev-admin-token"},
+            headers=ADMIN,
         )
         ready = client.get("/readyz").json()
     assert response.status_code == 503
@@ -158,8 +159,8 @@ def test_a_base_loaded_for_a_change_that_cannot_be_published_is_released(tmp_pat
 def test_a_deployment_on_another_base_loads_it_while_the_champion_serves(tmp_path: Path) -> None:
     loader = FakeBaseLoader()
     loader.gate.clear()
-    app = create_app(make_settings(tmp_path), backend=FakeBackend(), open_base=loader)
-    with TestClient(app) as client:
+    app = create_app(make_settings(tmp_path), backend=FakeBackend(), open_base=loader, keys=SEEDED_BOOK)
+    with TestClient(app, headers=USER) as client:
         chat = app.state.chat
         state = deployments.set_challenger(chat.deployment, "/models/other+v1", by="test")
         applying = client.portal.start_task_soon(chat.apply, state)  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_keys import SEEDED_BOOK, USER
 from fastapi.testclient import TestClient
 from gateway_fakes import Behaviour, FakeBackend
 from test_api import CHAT, make_settings
@@ -33,9 +34,12 @@ def ab_client(tmp_path: Path, behaviour: Behaviour, challenger: str = CHALLENGER
     settings.gateway.challenger_timeout_s = 0.3
     settings.gateway.ramp = [100]
     app = create_app(
-        settings, backend=FakeBackend(), extra_backends=[FakeBackend("challenger-model", "Lyon.", behaviour)]
+        settings,
+        backend=FakeBackend(),
+        extra_backends=[FakeBackend("challenger-model", "Lyon.", behaviour)],
+        keys=SEEDED_BOOK,
     )
-    with TestClient(app) as client:
+    with TestClient(app, headers=USER) as client:
         chat = app.state.chat
         state = deployments.set_challenger(chat.deployment, challenger, by="test", mode="ab")
         client.portal.call(chat.apply, state)  # type: ignore[union-attr]

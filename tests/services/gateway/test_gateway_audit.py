@@ -15,18 +15,19 @@ from typing import Any
 
 import httpx
 import pytest
+from api_keys import ADMIN, SEEDED_BOOK, SEEDED_LABELS, USER
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
 from test_api import CHAT, SIGNING_KEY, make_settings
 
+from feedback.apikeys import MALFORMED_KEY, NO_KEY
 from feedback.events import AuditEvent, decode_event
 from feedback.signing import sign_id, verify_id
 from services.gateway.app import create_app
 from services.gateway.audit import ACTIONS, EXEMPT
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
-ADMIN = {"Authorization": "Bearer dev-admin-token"}
 BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
     "/v1/feedback": {"interaction_id": sign_id("0" * 32, SIGNING_KEY), "feedback_id": "f-1", "thumb": "up"},
@@ -63,7 +64,7 @@ def test_each_route_records_its_action(client: TestClient, method: str, path: st
     event = only_audit_event(client)
     assert (event.action, event.details["method"], event.details["path"]) == (ACTIONS[method, path], method, path)
     assert event.details["status"] == response.status_code
-    assert event.actor == ("admin" if path.startswith("/v1/admin") else "anonymous")
+    assert (event.actor, event.details["role"]) == (SEEDED_LABELS["admin"], "admin")
 
 
 def test_probes_are_not_recorded(client: TestClient) -> None:
@@ -76,7 +77,7 @@ def test_a_chat_completion_names_its_interaction_and_how_it_was_served(client: T
     response = client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "req-7"})
     event = only_audit_event(client)
     assert (event.actor, event.action, event.outcome, event.reason) == (
-        "anonymous",
+        SEEDED_LABELS["user"],
         "chat.completion",
         "allowed",
         None,
@@ -87,6 +88,7 @@ def test_a_chat_completion_names_its_interaction_and_how_it_was_served(client: T
         "path": "/v1/chat/completions",
         "status": 200,
         "client": "testclient",
+        "role": "user",
         "request_id": "req-7",
         "arm": "champion",
         "model_version": "fake-model@1",
@@ -123,21 +125,15 @@ def test_feedback_names_the_feedback_and_its_interaction(client: TestClient) -> 
             403,
             "interaction_id was not issued by this service (signature does not verify)",
         ),
-        (
-            "GET",
-            "/v1/admin/deployments",
-            None,
-            {},
-            401,
-            "this endpoint needs an Authorization: Bearer <admin token> header",
-        ),
+        ("GET", "/v1/admin/deployments", None, {"Authorization": ""}, 401, NO_KEY),
+        ("POST", "/v1/admin/deployments/promote", None, {"Authorization": "Bearer guess"}, 401, MALFORMED_KEY),
         (
             "POST",
             "/v1/admin/deployments/promote",
             None,
-            {"Authorization": "Bearer guess"},
+            USER,
             403,
-            "the bearer token is not the admin token",
+            "the role 'user' may not deploy-ramp; admin may",
         ),
         ("POST", "/v1/admin/deployments/rollback", None, ADMIN, 409, "there is no challenger to roll back"),
         ("POST", "/v1/chat/completions", CHAT | {"model": "gpt-4"}, {}, 404, None),
@@ -165,7 +161,7 @@ def test_refused_requests_are_denied_with_the_reason(
 def test_a_refused_deployment_change_records_the_state_before(client: TestClient) -> None:
     assert client.post("/v1/admin/deployments/promote", headers=ADMIN).status_code == 409
     event = only_audit_event(client)
-    assert (event.actor, event.action, event.resource) == ("admin", "deployment.promote", "initial")
+    assert (event.actor, event.action, event.resource) == (SEEDED_LABELS["admin"], "deployment.promote", "initial")
     assert event.details["before"] == {
         "deployment_id": "initial",
         "revision": 0,
@@ -211,9 +207,10 @@ def test_backend_failures_are_errors(client: TestClient, backend: FakeBackend) -
 
 
 def test_a_client_leaving_mid_stream_is_recorded(tmp_path: Path, serve_app: ServeApp) -> None:
-    app = create_app(make_settings(tmp_path), backend=FakeBackend(behaviour="stall"))
+    app = create_app(make_settings(tmp_path), backend=FakeBackend(behaviour="stall"), keys=SEEDED_BOOK)
     with serve_app(app) as url:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=CHAT | {"stream": True}, timeout=30) as response:
+        body = CHAT | {"stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=USER, timeout=30) as response:
             first = next(response.iter_lines())
         assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
         deadline = time.monotonic() + 10

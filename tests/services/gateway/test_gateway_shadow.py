@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_keys import SEEDED_BOOK, USER
 from fastapi.testclient import TestClient
 from gateway_fakes import Behaviour, FakeBackend
 from test_api import CHAT, logged_events, make_settings
@@ -31,8 +32,8 @@ def shadow_client(tmp_path: Path, behaviour: Behaviour, sample_rate: float = 1.0
     settings = make_settings(tmp_path)
     settings.gateway.shadow_timeout_s = 0.3
     challenger = FakeBackend(base="challenger-model", text="Lyon.", behaviour=behaviour)
-    app = create_app(settings, backend=FakeBackend(), extra_backends=[challenger])
-    with TestClient(app) as client:
+    app = create_app(settings, backend=FakeBackend(), extra_backends=[challenger], keys=SEEDED_BOOK)
+    with TestClient(app, headers=USER) as client:
         chat = app.state.chat
         state = deployments.set_challenger(chat.deployment, CHALLENGER, by="test", sample_rate=sample_rate)
         client.portal.call(chat.apply, state)  # type: ignore[union-attr]

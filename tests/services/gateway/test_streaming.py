@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
+from api_keys import SEEDED_BOOK, USER
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
@@ -63,9 +64,11 @@ def test_prompt_too_long_is_a_400_before_the_stream(client: TestClient) -> None:
 
 def test_client_going_away_mid_stream_is_logged(tmp_path: Path, serve_app: ServeApp) -> None:
     backend = FakeBackend(behaviour="stall")
-    app = create_app(make_settings(tmp_path), backend=backend)
+    app = create_app(make_settings(tmp_path), backend=backend, keys=SEEDED_BOOK)
     with serve_app(app) as url:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=CHAT | {"stream": True}, timeout=30) as response:
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=CHAT | {"stream": True}, headers=USER, timeout=30
+        ) as response:
             first = next(response.iter_lines())
         assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         deadline = time.monotonic() + 10

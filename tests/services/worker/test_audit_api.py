@@ -18,10 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from api_keys import Keys, bearer, label
 from fastapi import FastAPI
 from kafka import KafkaProducer
 from pipeline_events import interaction, sink_audit_until, wait_until
 
+from feedback.apikeys import NO_KEY
 from feedback.audit import AuditTrail
 from feedback.deployments import set_challenger
 from feedback.events import AuditEvent
@@ -29,14 +31,13 @@ from feedback.model.runtime import model_name
 from feedback.producer import open_producer
 from feedback.settings import KafkaSettings, Settings
 from feedback.store import DuckDBStore, Located
+from services.cli.credentials import KEY_ENV
 from services.worker.app import Deployments, create_app, run_refresh
 from services.worker.audit import query_audit
 from services.worker.audit_events import refresh_decided
 from services.worker.refresh import Refresher
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
-TOKEN = "root-token"
-ADMIN = {"X-Admin-Token": TOKEN}
 DAY = datetime(2026, 11, 1, 12, tzinfo=UTC)
 SEEDED = [
     AuditEvent(actor="admin", action="deployment.set_challenger", resource="d-1", ts=DAY),
@@ -59,25 +60,24 @@ def worker_settings(tmp_path: Path, kafka: KafkaSettings, **worker: Any) -> Sett
             "kafka": kafka.model_dump(),
             "duckdb": {"path": tmp_path / "w.duckdb"},
             "worker": {"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake", "lake_export_interval_s": 3600} | worker,
-            "security": {"admin_token": TOKEN},
             "audit": {"query_max_rows": 50},
         }
     )
 
 
-def audit(url: str, headers: dict[str, str] | None = ADMIN, **params: Any) -> httpx.Response:
+def audit(url: str, headers: dict[str, str], **params: Any) -> httpx.Response:
     return httpx.get(f"{url}/v1/audit", params=params, headers=headers, timeout=30)
 
 
-def seen(url: str, expected: int, **params: Any) -> Callable[[], bool]:
-    return lambda: len(audit(url, **params).json()) == expected
+def seen(url: str, headers: dict[str, str], expected: int, **params: Any) -> Callable[[], bool]:
+    return lambda: len(audit(url, headers, **params).json()) == expected
 
 
-def flywheel_audit(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``flywheel audit --url URL ARGS...`` with the admin token in the environment."""
+def flywheel_audit(url: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``flywheel audit --url URL ARGS...`` with ``key`` in the environment."""
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", "audit", "--url", url, *args],
-        env=os.environ | {"FLYWHEEL_SECURITY__ADMIN_TOKEN": TOKEN},
+        env=os.environ | {KEY_ENV: key},
         capture_output=True,
         text=True,
         timeout=120,
@@ -95,13 +95,16 @@ def seeded(kafka_isolated: KafkaSettings) -> KafkaSettings:
     return kafka_isolated
 
 
-def test_admins_query_the_audit_trail_with_filters(seeded: KafkaSettings, tmp_path: Path, serve_app: ServeApp) -> None:
+def test_admins_query_the_audit_trail_with_filters(
+    seeded: KafkaSettings, api_keys: Keys, tmp_path: Path, serve_app: ServeApp
+) -> None:
+    admin = bearer(api_keys["admin"])
     until = "2026-12-01T00:00:00Z"  # before anything the worker records about this test's own requests
     with serve_app(create_app(worker_settings(tmp_path, seeded))) as url:
-        wait_until(seen(url, 5, until=until), what="the seeded audit events")
-        everything = audit(url, until=until).json()
+        wait_until(seen(url, admin, 5, until=until), what="the seeded audit events")
+        everything = audit(url, admin, until=until).json()
         by_filter = {
-            name: [row["resource"] for row in audit(url, **({"until": until} | params)).json()]
+            name: [row["resource"] for row in audit(url, admin, **({"until": until} | params)).json()]
             for name, params in {
                 "actor": {"actor": "decision-engine"},
                 "action": {"action": "deployment.promote"},
@@ -113,15 +116,15 @@ def test_admins_query_the_audit_trail_with_filters(seeded: KafkaSettings, tmp_pa
             }.items()
         }
         refused = {
-            "no token": audit(url, headers=None),
-            "wrong token": audit(url, headers={"X-Admin-Token": "guess"}),
-            "limit": audit(url, limit=51),
-            "window": audit(url, since="2026-11-05T00:00:00", until="2026-11-01T00:00:00"),
-            "outcome": audit(url, outcome="maybe"),
-            "since": audit(url, since="yesterday"),
+            "no key": audit(url, {}),
+            "analyst": audit(url, bearer(api_keys["analyst"])),
+            "limit": audit(url, admin, limit=51),
+            "window": audit(url, admin, since="2026-11-05T00:00:00", until="2026-11-01T00:00:00"),
+            "outcome": audit(url, admin, outcome="maybe"),
+            "since": audit(url, admin, since="yesterday"),
         }
-        wait_until(seen(url, 6, action="audit.query", outcome="denied"), what="the refusals' own audit events")
-        denied = audit(url, action="audit.query", outcome="denied").json()
+        wait_until(seen(url, admin, 6, action="audit.query", outcome="denied"), what="the refusals' own audit events")
+        denied = audit(url, admin, action="audit.query", outcome="denied").json()
     assert [row["action"] for row in everything] == [e.action for e in reversed(SEEDED)]  # newest first
     assert everything[2] == {
         "event_id": SEEDED[2].event_id,
@@ -143,69 +146,75 @@ def test_admins_query_the_audit_trail_with_filters(seeded: KafkaSettings, tmp_pa
         "limit": ["d-2", None],
     }
     assert {name: r.status_code for name, r in refused.items()} == {
-        "no token": 401,
-        "wrong token": 401,
+        "no key": 401,
+        "analyst": 403,
         "limit": 400,
         "window": 400,
         "outcome": 422,
         "since": 422,
     }
-    assert refused["no token"].json() == {"detail": "reading the audit trail needs the X-Admin-Token header"}
-    assert refused["wrong token"].json() == {"detail": "the admin token is not valid"}
+    assert refused["no key"].json() == {"detail": NO_KEY}
+    assert refused["analyst"].json() == {"detail": "the role 'analyst' may not audit; admin may"}
     assert refused["limit"].json() == {"detail": "limit: at most 50 rows per request (audit.query_max_rows)"}
     assert refused["window"].json() == {"detail": "since must be earlier than until"}
     assert refused["outcome"].json()["detail"][0]["loc"] == ["query", "outcome"]
     assert refused["since"].json()["detail"][0]["loc"] == ["query", "since"]
+    admin_label = label(api_keys, "admin")
     assert [(row["actor"], row["details"]["status"]) for row in denied] == [
-        ("admin", 422),
-        ("admin", 422),
-        ("admin", 400),
-        ("admin", 400),
-        ("anonymous", 401),
+        (admin_label, 422),
+        (admin_label, 422),
+        (admin_label, 400),
+        (admin_label, 400),
+        (label(api_keys, "analyst"), 403),
         ("anonymous", 401),
     ]
-    assert denied[-1]["reason"] == "reading the audit trail needs the X-Admin-Token header"
+    assert denied[-1]["reason"] == NO_KEY
 
 
 def test_analytics_queries_are_recorded_with_their_sql_and_row_count(
-    kafka_isolated: KafkaSettings, tmp_path: Path, serve_app: ServeApp
+    kafka_isolated: KafkaSettings, api_keys: Keys, tmp_path: Path, serve_app: ServeApp
 ) -> None:
+    admin, analyst = bearer(api_keys["admin"]), bearer(api_keys["analyst"])
     sql = "SELECT count(*) AS n FROM interactions"
     with serve_app(create_app(worker_settings(tmp_path, kafka_isolated))) as url:
-        ok = httpx.post(f"{url}/v1/analytics/query", json={"sql": sql}, timeout=30)
-        hidden = httpx.post(f"{url}/v1/analytics/query", json={"sql": "SELECT * FROM audit"}, timeout=30)
-        wait_until(seen(url, 2, action="analytics.query"), what="the queries' audit events")
-        rows = audit(url, action="analytics.query").json()
-        cli = flywheel_audit(url, "--action", "analytics.*")
-        wrong = flywheel_audit(url, "--limit", "51")
+        ok = httpx.post(f"{url}/v1/analytics/query", json={"sql": sql}, headers=analyst, timeout=30)
+        hidden = httpx.post(
+            f"{url}/v1/analytics/query", json={"sql": "SELECT * FROM audit"}, headers=analyst, timeout=30
+        )
+        wait_until(seen(url, admin, 2, action="analytics.query"), what="the queries' audit events")
+        rows = audit(url, admin, action="analytics.query").json()
+        cli = flywheel_audit(url, api_keys["admin"], "--action", "analytics.*")
+        wrong = flywheel_audit(url, api_keys["admin"], "--limit", "51")
     assert (ok.status_code, ok.json()["rows"], hidden.status_code) == (200, [{"n": 0}], 403)
     assert hidden.json() == {
-        "detail": "query refused: the audit trail (audit, audit_raw) is for admins only; it needs the admin token"
+        "detail": "query refused: the audit trail (audit, audit_raw) is for admins only; it needs an admin key"
     }
     refused, allowed = rows
-    assert (allowed["actor"], allowed["outcome"], allowed["reason"]) == ("anonymous", "allowed", None)
-    assert {k: allowed["details"][k] for k in ("sql", "rows", "truncated", "admin")} == {
+    assert (allowed["actor"], allowed["outcome"], allowed["reason"]) == (label(api_keys, "analyst"), "allowed", None)
+    assert {k: allowed["details"][k] for k in ("sql", "rows", "truncated", "raw_text", "role")} == {
         "sql": sql,
         "rows": 1,
         "truncated": False,
-        "admin": False,
+        "raw_text": False,
+        "role": "analyst",
     }
     assert (refused["outcome"], refused["details"]["sql"]) == ("denied", "SELECT * FROM audit")
     assert refused["reason"] == hidden.json()["detail"]
     assert cli.returncode == 0, cli.stderr
     lines = cli.stdout.splitlines()
     assert lines[0].split() == ["ts", "actor", "action", "resource", "outcome", "reason", "details"]
-    assert [line.split()[1:5] for line in lines[2:]] == [
-        ["anonymous", "analytics.query", "/v1/analytics/query", "denied"],
-        ["anonymous", "analytics.query", "/v1/analytics/query", "allowed"],
+    assert [line.split()[1:6] for line in lines[2:]] == [
+        [*label(api_keys, "analyst").split(), "analytics.query", "/v1/analytics/query", "denied"],
+        [*label(api_keys, "analyst").split(), "analytics.query", "/v1/analytics/query", "allowed"],
     ]
     assert wrong.returncode == 1
     assert "refused (400): limit: at most 50 rows per request (audit.query_max_rows)" in wrong.stderr
 
 
 def test_retention_purges_old_audit_rows_and_records_its_run(
-    kafka_isolated: KafkaSettings, tmp_path: Path, serve_app: ServeApp
+    kafka_isolated: KafkaSettings, api_keys: Keys, tmp_path: Path, serve_app: ServeApp
 ) -> None:
+    admin = bearer(api_keys["admin"])
     today = datetime.now(UTC).date()
     old, kept = datetime.now(UTC) - timedelta(days=200), datetime.now(UTC) - timedelta(days=100)
     store = DuckDBStore(tmp_path / "w.duckdb")
@@ -219,9 +228,9 @@ def test_retention_purges_old_audit_rows_and_records_its_run(
     store.close()
     settings = worker_settings(tmp_path, kafka_isolated, lake_export_interval_s=0.2)
     with serve_app(create_app(settings)) as url:
-        wait_until(seen(url, 1, action="retention.purge"), what="the retention run's audit event")
-        [run] = audit(url, action="retention.purge").json()
-        actors = {row["actor"] for row in audit(url, action="deployment.*").json()}
+        wait_until(seen(url, admin, 1, action="retention.purge"), what="the retention run's audit event")
+        [run] = audit(url, admin, action="retention.purge").json()
+        actors = {row["actor"] for row in audit(url, admin, action="deployment.*").json()}
     cutoff = date.fromordinal(today.toordinal() - 180).isoformat()
     assert (run["actor"], run["resource"], run["outcome"]) == ("retention", "lake+duckdb", "allowed")
     assert run["details"] == {

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
+from api_keys import Keys, bearer
 from fastapi import FastAPI
 from kafka import KafkaProducer
 from pipeline_events import feedback, interaction, wait_until
@@ -22,10 +23,10 @@ from services.worker.app import create_app
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
 
 
-def flywheel(*args: str) -> subprocess.CompletedProcess[str]:
+def flywheel(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],
-        env=os.environ,
+        env=os.environ | ({"FLYWHEEL_API_KEY": key} if key else {}),
         capture_output=True,
         text=True,
         timeout=120,
@@ -33,7 +34,9 @@ def flywheel(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_sink_status_through_the_worker(kafka_isolated: KafkaSettings, tmp_path: Path, serve_app: ServeApp) -> None:
+def test_sink_status_through_the_worker(
+    kafka_isolated: KafkaSettings, api_keys: Keys, tmp_path: Path, serve_app: ServeApp
+) -> None:
     settings = Settings.model_validate(
         {
             "kafka": kafka_isolated.model_dump(),
@@ -53,10 +56,16 @@ def test_sink_status_through_the_worker(kafka_isolated: KafkaSettings, tmp_path:
     wal.append("interactions", b"k", b"x" * 100)
     wal.close()
 
+    developer = bearer(api_keys["developer"])
     with serve_app(create_app(settings)) as url:
-        wait_until(lambda: httpx.get(f"{url}/v1/sink/status").json()["total_lag"] == 0, what="the sink to catch up")
-        status = httpx.get(f"{url}/v1/sink/status").json()
-        result = flywheel("sink", "status", "--worker", url, "--wal-dir", str(tmp_path / "wal"))
+
+        def caught_up() -> bool:
+            return httpx.get(f"{url}/v1/sink/status", headers=developer).json()["total_lag"] == 0
+
+        wait_until(caught_up, what="the sink to catch up")
+        status = httpx.get(f"{url}/v1/sink/status", headers=developer).json()
+        result = flywheel("sink", "status", "--worker", url, "--wal-dir", str(tmp_path / "wal"), key=api_keys["admin"])
+        refused = flywheel("sink", "status", "--worker", url, key=api_keys["analyst"])
     assert status["rows"] == {"interactions": 12, "feedback": 1, "audit": 0}
     assert status["dead_lettered"] == 1
     assert status["dead_letter_reasons"] == {"invalid": 1}
@@ -72,6 +81,8 @@ def test_sink_status_through_the_worker(kafka_isolated: KafkaSettings, tmp_path:
     assert "dead-lettered: 1 (since the worker started: invalid 1)" in result.stdout
     # one frame: 12-byte header, topic, key, value
     assert f"write-ahead log {tmp_path / 'wal'}: 125 bytes in 1 segments" in result.stdout
+    assert refused.returncode == 1
+    assert "refused (403): the role 'analyst' may not operations; admin or developer may" in refused.stderr
 
 
 def test_sink_status_says_when_the_worker_is_down() -> None:
@@ -83,14 +94,13 @@ def test_sink_status_says_when_the_worker_is_down() -> None:
 
 
 def test_analytics_query_over_the_exported_lake(
-    kafka_isolated: KafkaSettings, tmp_path: Path, serve_app: ServeApp
+    kafka_isolated: KafkaSettings, api_keys: Keys, tmp_path: Path, serve_app: ServeApp
 ) -> None:
     settings = Settings.model_validate(
         {
             "kafka": kafka_isolated.model_dump(),
             "duckdb": {"path": tmp_path / "w.duckdb"},
             "worker": {"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake", "lake_export_interval_s": 0.2},
-            "security": {"admin_token": "root-token"},
         }
     )
     producer = KafkaProducer(bootstrap_servers=kafka_isolated.bootstrap_servers, acks="all")
@@ -100,10 +110,11 @@ def test_analytics_query_over_the_exported_lake(
     producer.flush(30)
     producer.close()
     query = {"sql": "SELECT count(*) AS n, max(seed) AS top FROM interactions"}
+    analyst = bearer(api_keys["analyst"])
     with serve_app(create_app(settings)) as url:
 
         def exported() -> bool:
-            return httpx.post(f"{url}/v1/analytics/query", json=query, timeout=30).json()["rows"] == [
+            return httpx.post(f"{url}/v1/analytics/query", json=query, headers=analyst, timeout=30).json()["rows"] == [
                 {"n": 6, "top": 5}
             ]
 
@@ -111,27 +122,32 @@ def test_analytics_query_over_the_exported_lake(
         joined = httpx.post(
             f"{url}/v1/analytics/query",
             json={"sql": "SELECT f.rating, i.seed FROM feedback f JOIN interactions i USING (interaction_id)"},
+            headers=analyst,
             timeout=30,
         )
-        refused = httpx.post(f"{url}/v1/analytics/query", json={"sql": "COPY interactions TO 'x.csv'"}, timeout=30)
-        raw_denied = httpx.post(f"{url}/v1/analytics/query", json={"sql": "FROM audit_raw"}, timeout=30)
-        wrong_token = httpx.post(
-            f"{url}/v1/analytics/query", json={"sql": "FROM audit_raw"}, headers={"X-Admin-Token": "guess"}, timeout=30
+        refused = httpx.post(
+            f"{url}/v1/analytics/query", json={"sql": "COPY interactions TO 'x.csv'"}, headers=analyst, timeout=30
+        )
+        raw_denied = httpx.post(
+            f"{url}/v1/analytics/query", json={"sql": "FROM audit_raw"}, headers=analyst, timeout=30
+        )
+        wrong_key = httpx.post(
+            f"{url}/v1/analytics/query", json={"sql": "FROM audit_raw"}, headers=bearer("guess"), timeout=30
         )
         raw = httpx.post(
             f"{url}/v1/analytics/query",
             json={"sql": "SELECT count(*) AS n FROM interactions_raw", "max_rows": 1},
-            headers={"X-Admin-Token": "root-token"},
+            headers=bearer(api_keys["admin"]),
             timeout=30,
         )
-        empty_sql = httpx.post(f"{url}/v1/analytics/query", json={"sql": ""}, timeout=30)
+        empty_sql = httpx.post(f"{url}/v1/analytics/query", json={"sql": ""}, headers=analyst, timeout=30)
     assert joined.json() == {"columns": ["rating", "seed"], "rows": [{"rating": 3, "seed": 2}], "truncated": False}
     assert refused.status_code == 403
     assert refused.json() == {
         "detail": "query refused: only SELECT queries are allowed (WITH ... SELECT included); this is a COPY statement"
     }
     assert raw_denied.status_code == 403
-    assert "raw-text views (*_raw) need the admin token" in raw_denied.json()["detail"]
-    assert wrong_token.status_code == 401
+    assert "raw-text views (*_raw) need an admin key" in raw_denied.json()["detail"]
+    assert wrong_key.status_code == 401
     assert raw.json() == {"columns": ["n"], "rows": [{"n": 6}], "truncated": False}
     assert empty_sql.status_code == 422

@@ -1,0 +1,82 @@
+"""The term-list filter: whole words, case folded, categories, patterns, and the shipped list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from feedback.content import SHIPPED_TERM_LIST, ContentVerdict, TermFilter
+from feedback.errors import ContentFilterError
+
+
+def test_terms_match_whole_words_case_folded() -> None:
+    terms = TermFilter.from_lists(["kill", "credit card"], [])
+    assert terms.check("KILL it") == ContentVerdict(True, "custom", 1.0, ("term:kill",))
+    assert terms.check("I'll kill.") == ContentVerdict(True, "custom", 1.0, ("term:kill",))
+    assert not terms.check("a skill, a killer, killdeer").blocked
+    assert terms.check("pay by Credit Card").matched == ("term:credit card",)
+    assert not terms.check("pay by credit  card").blocked  # a phrase keeps its single spaces
+
+
+def test_every_matching_rule_is_named_in_rule_order_and_the_first_names_the_category() -> None:
+    terms = TermFilter.from_lists(["threat:kill you", "profanity:damn"], [r"\bdie\b"], named_categories=True)
+    verdict = terms.check("Damn, I will kill you, die!")
+    assert verdict == ContentVerdict(True, "threat", 1.0, ("term:kill you", "term:damn", r"pattern:\bdie\b"))
+    assert terms.check("die").category == "custom"
+    assert TermFilter.from_lists(["threat:kill you"], []).check("threat:kill you").category == "custom"  # a plain term
+
+
+def test_typographic_apostrophes_read_as_plain_ones() -> None:
+    terms = TermFilter.from_lists(["don't"], [])
+    assert terms.check("I DON\u2019T care").blocked
+
+
+def test_clean_text_gets_the_clean_verdict() -> None:
+    assert TermFilter.from_lists(["kill"], []).check("hello") == ContentVerdict(False, "none", 0.0, ())
+    assert not TermFilter([]).check("anything").blocked
+
+
+def test_a_bad_pattern_is_refused_by_name() -> None:
+    with pytest.raises(ContentFilterError, match=r"content_filter.patterns: '\(unclosed' is not a valid regular"):
+        TermFilter.from_lists([], ["(unclosed"], source="content_filter.patterns")
+
+
+def test_a_term_list_file_has_categories_terms_and_patterns(tmp_path: Path) -> None:
+    path = tmp_path / "terms.txt"
+    path.write_text("# comment\n[threat]\nkill you\n\n[drugs]\nre: \\bmeth\\w*\\b\n", encoding="utf-8")
+    terms = TermFilter.read(path)
+    assert [(r.name, r.category) for r in terms.rules] == [
+        ("term:kill you", "threat"),
+        (r"pattern:\bmeth\w*\b", "drugs"),
+    ]
+    assert terms.check("Methamphetamine").category == "drugs"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kill\n", r"terms.txt:1: a term before the first \[category\] header"),
+        ("[x]\nre: (\n", r"terms.txt:2: '\(' is not a valid regular expression"),
+    ],
+)
+def test_a_broken_term_list_names_the_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "terms.txt"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ContentFilterError, match=message):
+        TermFilter.read(path)
+
+
+def test_a_missing_term_list_is_a_content_filter_error(tmp_path: Path) -> None:
+    with pytest.raises(ContentFilterError, match="cannot be read"):
+        TermFilter.read(tmp_path / "absent.txt")
+
+
+def test_the_shipped_list_covers_six_categories_and_spares_harmless_uses() -> None:
+    shipped = TermFilter.read(SHIPPED_TERM_LIST)
+    categories = {rule.category for rule in shipped.rules}
+    assert categories == {"threat", "self_harm", "weapons_drugs", "sexual", "harassment", "profanity"}
+    assert shipped.check("I will kill you tomorrow.").category == "threat"
+    assert shipped.check("How do I build a pipe bomb?").category == "weapons_drugs"
+    for harmless in ("How do I kill the process on port 80?", "The show bombed.", "Shoot me an email."):
+        assert not shipped.check(harmless).blocked, harmless
