@@ -19,11 +19,13 @@ champion's adapter) on one freshly loaded copy of the base model, in three steps
    is ten points. The metric is catalogue correctness (:func:`feedback.catalogue.correct`) when
    every prompt is a catalogue question, else ROUGE-L F1 or normalized exact match against the
    reference.
-   Prompt control (``prompt_control``): each held-out prompt is also scored with the next
-   example's answer (a fixed rotation of the hashed order). Per example, the loss must fall more
-   on its own answer than on the other one: ``paired_loss_test`` of the two falls. An adapter
-   that learned only the answers' form (one trained on shuffled answers, say) lowers both alike,
-   and is refused although its held-out loss fell.
+   Prompt control (``prompt_control``): each held-out answer is also scored after the prompts of
+   the next ``control_prompts`` examples (a fixed rotation of the hashed order). Per example, the
+   answer's loss must fall more after its own prompt than (on average) after the others:
+   ``paired_loss_test`` of the two falls. The answer is the same on both sides, so what the
+   adapter learned about the answers' form (length, wording, the end of turn) cancels out and only
+   what depends on the prompt remains. An adapter that learned only the form (one trained on
+   shuffled answers, say) lowers both alike, and is refused although its held-out loss fell.
 3. Non-inferiority on the frozen golden set: mean golden loss of the candidate at most
    ``(1 + golden_margin)`` times the champion's.
 
@@ -271,7 +273,8 @@ def evaluate_candidate(
     if len(sample) < 2:
         return _with(verdict, reasons=[Reason("too_few_examples", f"{len(sample)} held-out examples; at least 2")])
     metric = _task_metric(sample, settings.task_metric)
-    held = models.scores(sample, metric, settings.max_new_tokens, control=settings.prompt_control)
+    control = settings.control_prompts if settings.prompt_control else 0
+    held = models.scores(sample, metric, settings.max_new_tokens, control=control)
     gold = models.scores(golden if golden is not None else load_golden(settings), None, 0)
     return decide(held, gold, settings, _with(verdict))
 
@@ -300,8 +303,8 @@ def decide(heldout: SplitScores, golden: SplitScores, settings: GateSettings, ve
             reasons.append(
                 Reason(
                     "prompt_independent",
-                    f"held-out loss fell {mean(own):.5f} on the examples' own answers and {mean(other):.5f} on "
-                    f"other prompts' answers over {control.n} examples: one-sided paired t "
+                    f"held-out loss fell {mean(own):.5f} on answers after their own prompts and {mean(other):.5f} "
+                    f"after other prompts over {control.n} examples: one-sided paired t "
                     f"p = {control.t_p_value:.4g}, Wilcoxon p = {control.wilcoxon_p_value:.4g}, alpha "
                     f"{settings.alpha}; the adapter learned the answers' form, not what the prompt asks"
                     + (f" ({control.error})" if control.error else ""),
@@ -354,16 +357,20 @@ class _Models:
         self._peft: Any = adapters.model
 
     def scores(
-        self, examples: Sequence[GateExample], metric: str | None, max_new_tokens: int, *, control: bool = False
+        self, examples: Sequence[GateExample], metric: str | None, max_new_tokens: int, *, control: int = 0
     ) -> SplitScores:
-        """Losses (and task values when ``metric`` is set; control losses when ``control``) of both models."""
+        """Losses (and task values when ``metric`` is set) of both models; with ``control``, also each answer's
+        mean loss after the prompts of the next ``control`` examples (fewer when there are not that many others)."""
         results = {}
-        others = [e.completion for e in (*examples[1:], examples[0])]  # the next example's answer
+        n, k = len(examples), min(control, len(examples) - 1)
+        pairs = [
+            (examples[(i + j) % n].messages, e.completion) for i, e in enumerate(examples) for j in range(1, k + 1)
+        ]
         for name in (CHAMPION, CANDIDATE):
             with self._active(name):
                 losses = self._losses([(e.messages, e.completion) for e in examples])
-                pairs = [(e.messages, other) for e, other in zip(examples, others, strict=True)]
-                controls = self._losses(pairs) if control else []
+                scored = self._losses(pairs) if k else []
+                controls = [sum(scored[i * k : (i + 1) * k]) / k for i in range(n)] if k else []
                 answers = self._answers(examples, max_new_tokens) if metric else []
             tasks = [_task_value(metric, e, a) for e, a in zip(examples, answers, strict=True)] if metric else []
             results[name] = (losses, tasks, answers, controls)

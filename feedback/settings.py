@@ -349,9 +349,10 @@ class GateSettings(BaseModel):
     # only when a one-sided paired test (McNemar or Wilcoxon) finds it significant at alpha
     task_margin: float = Field(0.0, ge=0, le=1)
     golden_margin: float = Field(0.02, ge=0)  # golden-set loss rise tolerated, relative (0.02: +2% over champion)
-    # also score each held-out prompt with another example's answer; the loss must fall more on its own answer
+    # also score each held-out answer after other examples' prompts; its loss must fall more after its own prompt
     # (refuses an adapter that learned only the answers' form, such as one trained on shuffled answers)
     prompt_control: bool = True
+    control_prompts: int = Field(3, ge=1, le=16)  # other prompts each answer is scored after (their mean is used)
     heldout_cap: int = Field(200, ge=2)  # most held-out examples scored (the first by SHA-256 of their id)
     golden_path: Path | None = None  # golden set (JSONL); None: the catalogue set shipped in evaluation/golden
     max_new_tokens: int = Field(64, ge=1, le=2048)  # greedy answer budget per example for the task metric

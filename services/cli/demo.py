@@ -17,7 +17,7 @@
 7. **A/B**: the challenger takes 50% of users (a one-step demo ladder instead of 5-10-25-50),
    the users ask again, and the worker's A/B report is printed.
 
-``--short`` (CI) runs the same steps with a few users, questions and training steps, and the gate
+``--short`` (CI) runs the same steps with a few users and questions (2 epochs over its few examples), and the gate
 scores the first 10 examples of the golden set instead of all 40.
 """
 
@@ -84,7 +84,7 @@ class Sizes:
 
 
 FULL = Sizes(16, 6, 192, 96, 48, 64, 0.6, {"max_steps": 20, "batch_size": 4, "learning_rate": 1e-3}, 0.25, None)
-SHORT = Sizes(6, 2, 48, 12, 8, 48, 0.6, {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3}, 0.4, 10)
+SHORT = Sizes(6, 2, 72, 12, 8, 48, 0.6, {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3}, 0.4, 10)
 
 
 def run_demo(settings: Settings, *, short: bool) -> int:
@@ -265,10 +265,21 @@ def _print_refresh(outcome: dict[str, Any]) -> None:
         print(
             f"  gate: held-out loss {held['champion_loss']:.4f} -> {held['candidate_loss']:.4f} "
             f"(paired t p = {test['t_p_value']:.3g}, Wilcoxon p = {test['wilcoxon_p_value']:.3g}), "
-            f"golden loss {gold['champion_loss']:.4f} -> {gold['candidate_loss']:.4f}: "
+            f"golden loss {gold['champion_loss']:.4f} -> {gold['candidate_loss']:.4f}, "
+            + _control_text(gate.get("control_test"))
+            + ": "
             + ("passed" if gate["passed"] else "refused: " + "; ".join(r["code"] for r in gate["reasons"]))
         )
     print(f"  seconds per step: {outcome.get('seconds')}")
+
+
+def _control_text(control: dict[str, Any] | None) -> str:
+    if not control:
+        return "no prompt control"
+    return (
+        f"prompt control: answers' loss fell {control['mean_diff']:.4f} more after their own prompts than after "
+        f"others (paired t p = {control['t_p_value']:.3g})"
+    )
 
 
 def _print_correctness(dataset: Path) -> None:
