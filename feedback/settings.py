@@ -102,6 +102,16 @@ class WalSettings(_Section):
     warn_fraction: float = Field(0.8, gt=0, le=1)  # log loudly when the log is this full
 
 
+class KeyLimitSettings(BaseModel):
+    """Per API key, per gateway process (with N replicas a key may get N times these: README, Limits)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate_per_s: float = Field(10.0, gt=0)  # chat and feedback requests a second, sustained (token-bucket refill)
+    burst: int = Field(50, ge=1)  # requests a key may send at once before the rate applies (bucket size)
+    max_in_flight: int = Field(16, ge=1)  # chat completions of one key running at once (a stream until it ends)
+
+
 class GatewaySettings(_Section):
     """The serving gateway."""
 
@@ -123,6 +133,8 @@ class GatewaySettings(_Section):
     challenger_timeout_s: float = Field(20.0, gt=0)  # A/B challenger silent this long: champion answers instead, s
     shadow_preempt_depth: int = Field(4, ge=1)  # served requests waiting at which running shadow rows stop (shed)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # larger request bodies get a 413, bytes
+    max_messages: int = Field(256, ge=1)  # a chat request with more messages gets a 400
+    limits: KeyLimitSettings = KeyLimitSettings()  # per-key rate and concurrency (429 with Retry-After)
     deployment_apply_timeout_s: float = Field(10.0, gt=0)  # an admin change waits this long to be applied here, s
 
 

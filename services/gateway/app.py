@@ -30,6 +30,7 @@ from services.gateway.body_limit import BodyLimit
 from services.gateway.deploying import DeploymentControl
 from services.gateway.errors import install_error_handlers
 from services.gateway.feedback_service import FeedbackService
+from services.gateway.limits import KeyLimits
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.moderation import ContentGuard
 from services.gateway.pool import BackendPool, OpenBase
@@ -87,6 +88,8 @@ def create_app(
         key_watcher.start()
         warn_if_auth_off(resolved, "gateway")
         app.state.settings, app.state.producer, app.state.metrics = resolved, producer, metrics
+        per_key = resolved.gateway.limits
+        app.state.limits = KeyLimits(per_key.rate_per_s, per_key.burst, per_key.max_in_flight)
         app.state.keys, app.state.key_watcher = key_watcher.book, key_watcher
         app.state.chat, app.state.watcher = chat_service, watcher
         app.state.feedback = FeedbackService(producer, resolved, metrics)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from feedback.access import Principal
 from feedback.producer import EventProducer
 from feedback.settings import Settings
 from services.gateway.deploying import DeploymentControl
+from services.gateway.errors import key_limited
 from services.gateway.feedback_service import FeedbackService
+from services.gateway.limits import KeyLimits, Limited
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.serving import ChatService
 
 
@@ -36,6 +41,17 @@ def _producer(request: Request) -> EventProducer:
 def _control(request: Request) -> DeploymentControl:
     control: DeploymentControl = request.app.state.control
     return control
+
+
+def admit(request: Request, who: Principal) -> Callable[[], None]:
+    """Admit one request of ``who``'s key (its release, to call when the request ended), or the 429."""
+    limits: KeyLimits = request.app.state.limits
+    try:
+        return limits.take(who.key_id)
+    except Limited as why:
+        metrics: GatewayMetrics = request.app.state.metrics
+        metrics.key_limited.labels(reason=why.reason).inc()
+        raise key_limited(why, _settings(request).gateway.limits) from None
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -10,6 +10,7 @@
     ├── 409 conflict           a deployment change not allowed from the current state
     ├── 413 too_large          a request body over gateway.max_body_bytes
     ├── 429 overloaded         too many requests wait; the answer carries Retry-After
+    ├── 429 key_limited        a key over its rate or its requests in flight (code "rate_limit_exceeded")
     └── 503 unavailable        the event log is full, Kafka is unreachable, or the model backend failed
 
 Every body reads ``{"error": {"message", "type", "param", "code"}}`` (``code`` is null except
@@ -23,6 +24,9 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from feedback.settings import KeyLimitSettings
+from services.gateway.limits import Limited
 
 INVALID_SIGNATURE = "interaction_id was not issued by this service (signature does not verify)"
 EVENT_LOG_FULL = "the service cannot record events right now (event log full); retry later"
@@ -55,6 +59,24 @@ class ApiError(Exception):
 def overloaded(retry_after_s: int) -> ApiError:
     """A 429 with Retry-After."""
     return ApiError(429, OVERLOADED, kind="rate_limit_error", headers={"Retry-After": str(retry_after_s)})
+
+
+def key_limited(why: Limited, limits: KeyLimitSettings) -> ApiError:
+    """A 429 for a key over its rate or its requests in flight, with Retry-After."""
+    if why.reason == "concurrency":
+        message = f"this API key already has {limits.max_in_flight} requests in flight; retry when one ended"
+    else:
+        message = (
+            f"this API key is over its rate of {limits.rate_per_s:g} requests a second "
+            f"(bursts of {limits.burst}); retry after {why.retry_after_s} s"
+        )
+    return ApiError(
+        429,
+        message,
+        kind="rate_limit_error",
+        headers={"Retry-After": str(why.retry_after_s)},
+        code="rate_limit_exceeded",
+    )
 
 
 def too_large(limit: int) -> ApiError:

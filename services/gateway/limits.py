@@ -56,11 +56,28 @@ class KeyLimits:
     @contextmanager
     def admit(self, key: str) -> Iterator[None]:
         """Hold one of ``key``'s requests for the duration of the block."""
-        state = self._take(key)
+        release = self.take(key)
         try:
             yield
         finally:
-            state.in_flight -= 1
+            release()
+
+    def take(self, key: str) -> Callable[[], None]:
+        """Admit one of ``key``'s requests (or raise :class:`Limited`); call the result once it ended.
+
+        For a request whose end is not a block's (a stream ends after its route returned). Calling
+        the release again does nothing.
+        """
+        state = self._take(key)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                state.in_flight -= 1
+
+        return release
 
     def in_flight(self, key: str) -> int:
         """Requests of ``key`` running now."""

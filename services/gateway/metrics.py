@@ -43,6 +43,12 @@ class GatewayMetrics:
             "flywheel_stream_failures", "Streams ended with an error chunk after their first chunk", ["arm"], registry=r
         )
         self.bases = Gauge("flywheel_base_models", "Base models loaded on demand, by state", ["state"], registry=r)
+        self.key_limited = Counter(
+            "flywheel_key_limited",
+            "Requests refused with 429: a key over its rate or cap",
+            ["reason"],
+            registry=r,
+        )
         self.content_blocks = Counter(
             "flywheel_content_blocked",
             "Prompts refused and served answers replaced or stopped by the content filter",

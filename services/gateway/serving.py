@@ -402,6 +402,9 @@ class ChatService:
                 kind="not_found_error",
                 param="model",
             )
+        most = self._settings.gateway.max_messages
+        if len(request.messages) > most:
+            raise invalid_request(f"messages: at most {most} messages per request (gateway.max_messages)", "messages")
         limit = self._settings.model.max_new_tokens
         budget = request.token_budget() or min(DEFAULT_MAX_TOKENS, limit)
         if budget > limit:

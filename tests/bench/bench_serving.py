@@ -76,6 +76,8 @@ def gateway(runtime: ModelRuntime, workdir: Path, **gateway_settings: Any) -> It
             "gateway": {
                 "wal": {"dir": workdir / f"wal-{time.monotonic_ns()}"},
                 "drain_timeout_s": 0,
+                # one key sends everything here: per-key limits out of the way, the gateway's own capacity is measured
+                "limits": {"rate_per_s": 1e6, "burst": 1_000_000, "max_in_flight": 100_000},
                 **gateway_settings,
             },
             "model": {"registry_dir": workdir / "registry"},

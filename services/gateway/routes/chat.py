@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from feedback.access import Permission
 from feedback.audit import note_of
@@ -16,7 +17,7 @@ from feedback.events import Arm
 from feedback.model.runtime import Generation
 from services.gateway.audit import describe_exchange
 from services.gateway.auth import ChatUser, check
-from services.gateway.deps import ChatDep, SettingsDep
+from services.gateway.deps import ChatDep, SettingsDep, admit
 from services.gateway.errors import error_body, invalid_request
 from services.gateway.protocol import (
     AssistantMessage,
@@ -52,15 +53,27 @@ async def chat_completions(
         check(who, Permission.FORCE_ARM)
     if body.stream_options is not None and not body.stream:
         raise invalid_request("stream_options: only allowed when stream is true", "stream_options")
-    exchange = chat.open(body, request.headers, arm)
-    describe_exchange(note_of(request), exchange)
-    headers = {INTERACTION_HEADER: exchange.signed_id}
-    if body.stream:
-        _, pieces = await chat.stream(exchange)
-        return StreamingResponse(_sse(exchange, pieces), media_type="text/event-stream", headers=headers)
-    generation = await chat.complete(exchange)
-    response.headers.update(headers)
-    return _response(exchange, generation)
+    release = admit(request, who)  # the key's rate and requests in flight (429 with Retry-After)
+    streaming = False
+    try:
+        exchange = chat.open(body, request.headers, arm)
+        describe_exchange(note_of(request), exchange)
+        headers = {INTERACTION_HEADER: exchange.signed_id}
+        if body.stream:
+            _, pieces = await chat.stream(exchange)
+            streaming = True  # in flight until the stream ended, or its client left (the release runs once)
+            return StreamingResponse(
+                _sse(exchange, pieces, release),
+                media_type="text/event-stream",
+                headers=headers,
+                background=BackgroundTask(release),
+            )
+        generation = await chat.complete(exchange)
+        response.headers.update(headers)
+        return _response(exchange, generation)
+    finally:
+        if not streaming:
+            release()
 
 
 def _response(exchange: Exchange, generation: Generation) -> ChatCompletionResponse:
@@ -79,7 +92,9 @@ def _response(exchange: Exchange, generation: Generation) -> ChatCompletionRespo
     )
 
 
-async def _sse(exchange: Exchange, pieces: AsyncIterator[StreamItem]) -> AsyncIterator[str]:
+async def _sse(
+    exchange: Exchange, pieces: AsyncIterator[StreamItem], release: Callable[[], None]
+) -> AsyncIterator[str]:
     """Role chunk, one chunk per piece of text, the final chunk with finish_reason, then [DONE].
 
     With ``stream_options.include_usage`` every chunk has ``usage: null`` and a last chunk with no
@@ -102,19 +117,22 @@ async def _sse(exchange: Exchange, pieces: AsyncIterator[StreamItem]) -> AsyncIt
         )
         return f"data: {body.model_dump_json(exclude=None if include_usage else {'usage'})}\n\n"
 
-    yield chunk([ChunkChoice(delta={"role": "assistant", "content": ""})])
-    async for piece in pieces:
-        if isinstance(piece, str):
-            yield chunk([ChunkChoice(delta={"content": piece})])
-        elif isinstance(piece, StreamFailure):
-            yield f"data: {json.dumps(error_body(piece.message, 'server_error', None))}\n\n"
-        elif isinstance(piece, ContentStopped):
-            yield chunk([ChunkChoice(delta={}, finish_reason="content_filter")])
-        else:
-            yield chunk([ChunkChoice(delta={}, finish_reason=piece.finish_reason)])
-            if include_usage:
-                yield chunk([], _usage(piece))
-    yield "data: [DONE]\n\n"
+    try:
+        yield chunk([ChunkChoice(delta={"role": "assistant", "content": ""})])
+        async for piece in pieces:
+            if isinstance(piece, str):
+                yield chunk([ChunkChoice(delta={"content": piece})])
+            elif isinstance(piece, StreamFailure):
+                yield f"data: {json.dumps(error_body(piece.message, 'server_error', None))}\n\n"
+            elif isinstance(piece, ContentStopped):
+                yield chunk([ChunkChoice(delta={}, finish_reason="content_filter")])
+            else:
+                yield chunk([ChunkChoice(delta={}, finish_reason=piece.finish_reason)])
+                if include_usage:
+                    yield chunk([], _usage(piece))
+        yield "data: [DONE]\n\n"
+    finally:
+        release()
 
 
 def _usage(generation: Generation) -> Usage:
