@@ -10,12 +10,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from kafka import KafkaConsumer
 
 from feedback import catalogue
 from feedback.events import AnyEvent, AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, decode_event, utc_now
-from feedback.settings import KafkaSettings
+from feedback.settings import KafkaSettings, Settings
 from feedback.store import DuckDBStore, Located
 
 PROMPT = (
@@ -130,6 +131,18 @@ def sink_audit_until(kafka: KafkaSettings, store: DuckDBStore, expected: int) ->
     finally:
         sink.stop()
         thread.join(timeout=60)
+
+
+def worker_settings_in(tmp_path: Path, kafka: KafkaSettings) -> Settings:
+    """A worker's settings with every file under ``tmp_path`` and no schedule (the tests start what they need)."""
+    return Settings(
+        kafka=kafka,
+        duckdb={"path": tmp_path / "w.duckdb"},
+        worker={"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake"},
+        refresh={"work_dir": tmp_path / "refreshes"},
+        model={"registry_dir": tmp_path / "registry"},
+        scheduler={"enabled": False},
+    )
 
 
 def topic_events(bootstrap_servers: str, topic: str, expected: int, timeout_s: float = 60) -> list[AnyEvent]:

@@ -2,7 +2,8 @@
 
 A report is cached per (experiment, metrics, split, format) for ``CACHE_SECONDS``, so a dashboard
 polling every few seconds costs one computation per interval. Bad input answers 404 (unknown
-experiment) or 422 (unknown metric, arm without data, bad split) with the message.
+experiment) or 400 (unknown metric, arm without data, bad split) with the message; both are in
+the OpenAPI schema (422 stays FastAPI's own: a parameter of the wrong shape).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 
 from evaluation.errors import EvaluationError, UnknownExperimentError
 from evaluation.html import render_html
@@ -49,7 +51,7 @@ _cache = ReportCache()
 
 
 def compute(request: Request, experiment: str, metrics: list[str], split: str | None) -> dict[str, Any]:
-    """The report as JSON-safe data; evaluation errors become 404/422."""
+    """The report as JSON-safe data; evaluation errors become 404/400."""
     settings = request.app.state.settings.experiment
     try:
         expected = parse_split(split) if split else None
@@ -58,11 +60,23 @@ def compute(request: Request, experiment: str, metrics: list[str], split: str | 
     except UnknownExperimentError as exc:
         raise HTTPException(404, str(exc)) from exc
     except EvaluationError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise HTTPException(400, str(exc)) from exc
     return to_json(report)
 
 
-@router.get("/v1/reports/{experiment}")
+class Refusal(BaseModel):
+    """Why the report could not be made."""
+
+    detail: str
+
+
+@router.get(
+    "/v1/reports/{experiment}",
+    responses={
+        400: {"model": Refusal, "description": "unknown metric, arm without data, bad split"},
+        404: {"model": Refusal, "description": "unknown experiment"},
+    },
+)
 def experiment_report(
     request: Request,
     experiment: str,

@@ -133,5 +133,5 @@ def test_worker_serves_cached_reports(
             "no experiment 'nope': no served responses carry that deployment id",
         )
         bad = httpx.get(f"{url}/v1/reports/exp-1", params={"metric": "latncy"}, headers=analyst, timeout=60)
-        assert bad.status_code == 422
+        assert bad.status_code == 400
         assert bad.json()["detail"].startswith("unknown metric latncy")

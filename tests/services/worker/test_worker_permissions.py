@@ -16,10 +16,11 @@ import pytest
 from access_matrix import PRINCIPALS, PUBLIC, declared_permissions, expected_status
 from api_keys import Keys, bearer
 from fastapi import FastAPI
+from pipeline_events import worker_settings_in
 
 from feedback.access import Permission
 from feedback.apikeys import new_key, publish_key, revoke
-from feedback.settings import KafkaSettings, Settings
+from feedback.settings import KafkaSettings
 from services.worker.app import create_app
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
@@ -52,15 +53,7 @@ def worker(
         "malformed header": {"Authorization": f"Basic {api_keys['admin']}"},
         "not a key": bearer("sk-" + "a" * 48),
     }
-    settings = Settings(
-        kafka=kafka_isolated,
-        duckdb={"path": tmp_path / "w.duckdb"},
-        worker={"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake"},
-        refresh={"work_dir": tmp_path / "refreshes"},
-        model={"registry_dir": tmp_path / "registry"},
-        scheduler={"enabled": False},
-    )
-    app = create_app(settings)
+    app = create_app(worker_settings_in(tmp_path, kafka_isolated))
     with serve_app(app) as url:
         yield url, app, headers
 
