@@ -43,11 +43,14 @@ def _control(request: Request) -> DeploymentControl:
     return control
 
 
-def admit(request: Request, who: Principal) -> Callable[[], None]:
-    """Admit one request of ``who``'s key (its release, to call when the request ended), or the 429."""
+def admit(request: Request, who: Principal, *, hold: bool = True) -> Callable[[], None]:
+    """Admit one request of ``who``'s key (its release, to call when the request ended), or the 429.
+
+    ``hold=False``: the request only counts against the key's rate, not its requests in flight.
+    """
     limits: KeyLimits = request.app.state.limits
     try:
-        return limits.take(who.key_id)
+        return limits.take(who.key_id, hold=hold)
     except Limited as why:
         metrics: GatewayMetrics = request.app.state.metrics
         metrics.key_limited.labels(reason=why.reason).inc()

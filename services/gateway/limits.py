@@ -62,14 +62,15 @@ class KeyLimits:
         finally:
             release()
 
-    def take(self, key: str) -> Callable[[], None]:
+    def take(self, key: str, *, hold: bool = True) -> Callable[[], None]:
         """Admit one of ``key``'s requests (or raise :class:`Limited`); call the result once it ended.
 
         For a request whose end is not a block's (a stream ends after its route returned). Calling
-        the release again does nothing.
+        the release again does nothing. With ``hold=False`` the request only spends a token: it is
+        not refused for the key's requests in flight and holds no slot (its release does nothing).
         """
-        state = self._take(key)
-        released = False
+        state = self._take(key, hold)
+        released = not hold
 
         def release() -> None:
             nonlocal released
@@ -84,7 +85,7 @@ class KeyLimits:
         state = self._keys.get(key)
         return state.in_flight if state else 0
 
-    def _take(self, key: str) -> _KeyState:
+    def _take(self, key: str, hold: bool) -> _KeyState:
         now = self._clock()
         state = self._keys.get(key)
         if state is None:
@@ -92,12 +93,12 @@ class KeyLimits:
             state = self._keys[key] = _KeyState(self._burst, now)
         state.tokens = min(self._burst, state.tokens + (now - state.updated) * self._rate)
         state.updated = now
-        if state.in_flight >= self._max_in_flight:
+        if hold and state.in_flight >= self._max_in_flight:
             raise Limited("concurrency", 1)
         if state.tokens < 1.0:
             raise Limited("rate", max(1, math.ceil((1.0 - state.tokens) / self._rate)))
         state.tokens -= 1.0
-        state.in_flight += 1
+        state.in_flight += hold
         return state
 
     def _forget_idle(self, now: float) -> None:

@@ -18,6 +18,6 @@ async def submit_feedback(
     body: FeedbackRequest, request: Request, who: FeedbackUser, feedback: FeedbackDep, settings: SettingsDep
 ) -> FeedbackAccepted:
     """Record feedback on an interaction this gateway served."""
-    admit(request, who)()  # counts against the key's rate; nothing runs on after the answer
+    admit(request, who, hold=False)  # counts against the key's rate only: it holds nothing once answered
     describe_feedback(note_of(request), body, settings.security.signing_key)
     return feedback.submit(body, request.headers)

@@ -74,12 +74,16 @@ def test_a_stream_holds_its_keys_slot_until_it_ends(tmp_path: Path, serve_app: S
             lines = stream.iter_lines()  # kept: a dropped line iterator closes the stream
             next(lines)  # the role chunk: the stream runs, and stalls
             second = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=USER, timeout=30)
+            # feedback counts against the rate only: a key's running chats do not hold it up
+            unsigned = {"interaction_id": "x", "feedback_id": "f", "thumb": "up"}
+            feedback = httpx.post(f"{url}/v1/feedback", json=unsigned, headers=USER, timeout=30)
             held = app.state.limits.in_flight(key_id)
         deadline = time.monotonic() + 10  # the client left: the stream's slot comes back
         while app.state.limits.in_flight(key_id) and time.monotonic() < deadline:
             time.sleep(0.05)
         released = app.state.limits.in_flight(key_id)
     assert (second.status_code, second.headers["retry-after"]) == (429, "1")
+    assert feedback.status_code == 403  # past the limits, refused for its unsigned id
     assert second.json()["error"]["message"] == ("this API key already has 1 requests in flight; retry when one ended")
     assert (held, released) == (1, 0)
 
