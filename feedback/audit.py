@@ -39,6 +39,7 @@ ANONYMOUS = "anonymous"  # the actor of a request nobody authenticated
 DECISION_ENGINE = "decision-engine"  # the principal of the worker's automatic decisions
 CLIENT_LEFT = "the client went away before the response was complete"
 _ERROR_BODY_BYTES = 64 * 1024  # an error body is read up to this size for its message
+API_DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # FastAPI's own pages: never recorded
 
 # the fields of a deployment state an audit event's before and after show
 _SNAPSHOT = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from feedback.audit import AuditMiddleware, AuditNote
+from feedback.audit import API_DOCS, AuditMiddleware, AuditNote
 from feedback.errors import SignatureError
 from feedback.signing import verify_id
 from services.gateway.protocol import FeedbackRequest
@@ -25,7 +25,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/deployments/promote"): "deployment.promote",
     ("POST", "/v1/admin/deployments/rollback"): "deployment.rollback",
 }
-EXEMPT = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+EXEMPT = ("/healthz", "/readyz", "/metrics", *API_DOCS)
 
 
 def install_audit(app: FastAPI) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 
-from feedback.audit import AuditMiddleware, Outcome
+from feedback.audit import API_DOCS, AuditMiddleware, Outcome
 from feedback.store import DuckDBStore
 from services.worker.auth import Auditor
 from services.worker.protocol import AuditRecord
@@ -29,7 +29,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/refreshes/{key}"): "refresh.read",
     ("GET", "/v1/audit"): "audit.query",
 }
-EXEMPT = ("/healthz", "/v1/sink/status", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+EXEMPT = ("/healthz", "/v1/sink/status", *API_DOCS)
 
 DEFAULT_LIMIT = 100  # rows GET /v1/audit returns without a limit (at most audit.query_max_rows)
 FILTERS = ("actor", "action", "resource", "outcome")  # columns GET /v1/audit filters on, by equality
