@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer
 
@@ -133,12 +134,15 @@ def sink_audit_until(kafka: KafkaSettings, store: DuckDBStore, expected: int) ->
         thread.join(timeout=60)
 
 
-def worker_settings_in(tmp_path: Path, kafka: KafkaSettings) -> Settings:
-    """A worker's settings with every file under ``tmp_path`` and no schedule (the tests start what they need)."""
+def worker_settings_in(tmp_path: Path, kafka: KafkaSettings, **worker: Any) -> Settings:
+    """A worker's settings with every file under ``tmp_path`` and no schedule (the tests start what they need).
+
+    ``worker`` adds or overrides settings of the ``worker`` section.
+    """
     return Settings(
         kafka=kafka,
         duckdb={"path": tmp_path / "w.duckdb"},
-        worker={"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake"},
+        worker={"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake", **worker},
         refresh={"work_dir": tmp_path / "refreshes"},
         model={"registry_dir": tmp_path / "registry"},
         scheduler={"enabled": False},
