@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 
 from feedback import catalogue
 from feedback.events import AnyEvent, AuditEvent, ChatMessage, FeedbackEvent, InteractionEvent, decode_event, utc_now
@@ -132,6 +132,16 @@ def sink_audit_until(kafka: KafkaSettings, store: DuckDBStore, expected: int) ->
     finally:
         sink.stop()
         thread.join(timeout=60)
+
+
+def produce(kafka: KafkaSettings, events: Iterable[AnyEvent]) -> None:
+    """Send ``events`` to their topics (interactions, feedback or audit) with their own keys, and wait for the acks."""
+    topics = {"interaction": kafka.topics.interactions, "feedback": kafka.topics.feedback, "audit": kafka.topics.audit}
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    for event in events:
+        producer.send(topics[event.type], key=event.kafka_key(), value=event.encode())
+    producer.flush(30)
+    producer.close()
 
 
 def worker_settings_in(tmp_path: Path, kafka: KafkaSettings, **worker: Any) -> Settings:

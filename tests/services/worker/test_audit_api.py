@@ -20,8 +20,7 @@ import httpx
 import pytest
 from api_keys import Keys, bearer, label
 from fastapi import FastAPI
-from kafka import KafkaProducer
-from pipeline_events import interaction, sink_audit_until, wait_until
+from pipeline_events import interaction, produce, sink_audit_until, wait_until
 
 from feedback.apikeys import NO_KEY
 from feedback.audit import AuditTrail
@@ -87,11 +86,7 @@ def flywheel_audit(url: str, key: str, *args: str) -> subprocess.CompletedProces
 
 @pytest.fixture
 def seeded(kafka_isolated: KafkaSettings) -> KafkaSettings:
-    producer = KafkaProducer(bootstrap_servers=kafka_isolated.bootstrap_servers, acks="all")
-    for event in SEEDED:
-        producer.send(kafka_isolated.topics.audit, key=event.kafka_key(), value=event.encode())
-    producer.flush(30)
-    producer.close()
+    produce(kafka_isolated, SEEDED)
     return kafka_isolated
 
 

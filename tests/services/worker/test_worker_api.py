@@ -13,7 +13,7 @@ import httpx
 from api_keys import Keys, bearer
 from fastapi import FastAPI
 from kafka import KafkaProducer
-from pipeline_events import feedback, interaction, wait_until
+from pipeline_events import feedback, interaction, produce, wait_until
 
 from feedback.settings import KafkaSettings, Settings
 from feedback.wal import WriteAheadLog
@@ -103,12 +103,7 @@ def test_analytics_query_over_the_exported_lake(
             "worker": {"poll_timeout_ms": 100, "lake_dir": tmp_path / "lake", "lake_export_interval_s": 0.2},
         }
     )
-    producer = KafkaProducer(bootstrap_servers=kafka_isolated.bootstrap_servers, acks="all")
-    for n in range(6):
-        producer.send(kafka_isolated.topics.interactions, key=b"k", value=interaction(n).encode())
-    producer.send(kafka_isolated.topics.feedback, key=b"k", value=feedback(2).encode())
-    producer.flush(30)
-    producer.close()
+    produce(kafka_isolated, [*(interaction(n) for n in range(6)), feedback(2)])
     query = {"sql": "SELECT count(*) AS n, max(seed) AS top FROM interactions"}
     analyst = bearer(api_keys["analyst"])
     with serve_app(create_app(settings)) as url:

@@ -19,8 +19,7 @@ import httpx
 import pytest
 from api_keys import Keys, bearer, label
 from fastapi import FastAPI
-from kafka import KafkaProducer
-from pipeline_events import feedback, interaction, wait_until, worker_settings_in
+from pipeline_events import feedback, interaction, produce, wait_until, worker_settings_in
 
 from feedback.apikeys import NO_KEY
 from feedback.settings import KafkaSettings
@@ -71,12 +70,7 @@ READERS = ("developer", "analyst")  # roles with the analytics permission but no
 @pytest.fixture
 def worker(kafka_isolated: KafkaSettings, tmp_path: Path, serve_app: ServeApp) -> Iterator[tuple[str, Path]]:
     """A running worker whose lake holds interactions, feedback and the audit trail; its URL and directory."""
-    producer = KafkaProducer(bootstrap_servers=kafka_isolated.bootstrap_servers, acks="all")
-    for n in range(4):
-        producer.send(kafka_isolated.topics.interactions, key=b"k", value=interaction(n).encode())
-    producer.send(kafka_isolated.topics.feedback, key=b"k", value=feedback(1).encode())
-    producer.flush(30)
-    producer.close()
+    produce(kafka_isolated, [*(interaction(n) for n in range(4)), feedback(1)])
     (tmp_path / "outside.csv").write_text("secret\n42\n")
     settings = worker_settings_in(tmp_path, kafka_isolated, lake_export_interval_s=0.2)
     with serve_app(create_app(settings)) as url:
