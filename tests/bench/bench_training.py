@@ -66,13 +66,19 @@ def bare(model_dir: Path, dataset: Path, out: Path) -> tuple[float, int]:
 
 
 def bare_loop(model_dir: Path, dataset: Path, out: Path, settings: TrainingSettings, steps: int) -> tuple[float, int]:
-    """Seconds and tokens of ``steps`` textbook peft steps on ``dataset`` (new LoRA, AdamW, no checkpoints)."""
+    """Seconds and tokens of ``steps`` textbook peft steps on ``dataset`` (new LoRA, AdamW, no checkpoints).
+
+    The clock starts before the model loads, as the refresh's training time includes its load.
+    """
     start = time.perf_counter()
     runtime = ModelRuntime.load(model_dir)
     examples = tokenize_examples(runtime, read_dataset(dataset))
     torch.manual_seed(settings.seed)
-    config = LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, target_modules=settings.target_modules
+    config = LoraConfig(  # the same adapter as ours: rank, alpha, dropout and target modules from ``settings``
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
