@@ -3,7 +3,10 @@
 ``python -m feedback.train_job JOB.json`` is the subprocess: it lowers its own priority
 (``os.nice``), bounds torch's threads, runs :func:`feedback.training.train` and prints the result
 as JSON. Exit codes: 0 done, 2 the job cannot run (bad dataset, unloadable model or adapter; the
-message is on stderr), anything else (or a signal) a crash.
+message is on stderr), 3 the process that started it is gone, anything else (or a signal) a crash.
+A trainer never trains on alone: when the worker that started it dies (killed, out of memory), it
+stops within a second, so the restarted worker's refresh resumes from the checkpoint without a
+second trainer writing beside it.
 
 :func:`run_training` starts it and waits. A crash (killed, out of memory, an unexpected error) is
 retried up to ``settings.restarts`` times; each retry resumes from the latest checkpoint, so at
@@ -19,6 +22,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -30,6 +34,8 @@ from feedback.training import RESULT_FILE, TrainingError, TrainingJob, TrainingR
 
 JOB_FILE = "job.json"
 EXIT_CANNOT_RUN = 2
+EXIT_ORPHANED = 3
+PARENT_ENV = "FLYWHEEL_TRAINING_PARENT"  # the pid of the process that started the trainer
 _TAIL_BYTES = 4096
 
 
@@ -68,8 +74,21 @@ def command(job_file: Path) -> list[str]:
 
 
 def environment(threads: int) -> dict[str, str]:
-    """The subprocess's environment: this one with thread pools bounded before torch starts them."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    """The subprocess's environment: this one with thread pools bounded before torch starts them, and our pid."""
+    bounded = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return {**os.environ, **bounded, "HF_HUB_OFFLINE": "1", PARENT_ENV: str(os.getpid())}
+
+
+def exit_with_parent(parent: int, interval_s: float = 0.5) -> None:
+    """End this process (``EXIT_ORPHANED``) as soon as ``parent`` is no longer its parent, from a daemon thread."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        print("training stopped: the process that started it is gone", file=sys.stderr)
+        os._exit(EXIT_ORPHANED)  # no cleanup to run: checkpoints are written whole or not at all
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _run_once(
@@ -109,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m feedback.train_job JOB.json", file=sys.stderr)
         return EXIT_CANNOT_RUN
+    if PARENT_ENV in os.environ:
+        exit_with_parent(int(os.environ[PARENT_ENV]))
     try:
         job = TrainingJob.from_json(Path(args[0]).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -97,3 +99,49 @@ def test_a_job_that_cannot_run_fails_at_once_and_leaves_no_adapter(
     assert len(spawned) == 1  # bad input is not retried
     assert digest(champion) == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["job.json"]
+
+
+# A stand-in for the worker: starts the trainer as run_training does, says its pid, then waits to be killed.
+PARENT = """
+import subprocess, sys, time
+from pathlib import Path
+from feedback.train_job import command, environment
+child = subprocess.Popen(command(Path(sys.argv[1])), env=environment(1), stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie that no one reaped has exited too)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_a_trainer_stops_when_the_process_that_started_it_is_killed(model_dir: Path, tmp_path: Path) -> None:
+    """A worker killed mid-refresh must not leave its trainer training on alone (the restarted worker resumes)."""
+    endless = TINY.model_copy(update={"epochs": 100, "max_steps": 100_000, "checkpoint_every": 1})  # 200 steps
+    job_file = tmp_path / "job.json"
+    job_file.write_text(
+        TrainingJob(write_dataset(tmp_path / "data.jsonl"), tmp_path / "out", model_dir, None, endless).to_json()
+    )
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(job_file)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    trainer = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while not any((tmp_path / "out" / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not gone(trainer), "the trainer did not start training"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not gone(trainer) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gone(trainer), "the trainer went on after its parent was killed"
+    finally:
+        if not gone(trainer):
+            os.kill(trainer, signal.SIGKILL)
+        parent.stdout.close()
