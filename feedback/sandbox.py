@@ -123,9 +123,10 @@ def _catalog_message(exc: duckdb.Error, admin: bool) -> str:
 
 def _execute(sql: str, lake: Path, admin: bool, limits: QueryLimits) -> tuple[pa.Table, bool]:
     con = sandbox_connection(lake, admin, limits.memory_limit)
-    reader = con.execute(sql).to_arrow_reader(batch_size=min(limits.max_rows + 1, 10_000))
-    if reader is None:  # a SELECT always has a result; this only satisfies the type
+    relation = con.sql(sql)  # a relation streams Arrow batches without the copy a DB-API cursor makes
+    if relation is None:  # a SELECT always has a result; this only satisfies the type
         raise duckdb.InvalidInputException("the statement returned no result")
+    reader = relation.to_arrow_reader(batch_size=min(limits.max_rows + 1, 10_000))
     batches, rows = [], 0
     for batch in reader:
         batches.append(batch)
