@@ -43,17 +43,32 @@ class TopicSettings(_Section):
     dead_letter: str = "dead-letter"  # events the sink refused, with the reason
     partitions: int = Field(3, ge=1, le=1024)  # partitions of the data topics
     replication_factor: int = Field(1, ge=1, le=5)  # copies of each partition (3 on a cluster)
+    # copies that must have a write before acks=all succeeds (2 on a 3-node cluster: one node may be down)
+    min_insync_replicas: int = Field(1, ge=1, le=5)
     retention_hours: int = Field(168, ge=1)  # how long data topics keep events, hours
     dead_letter_retention_hours: int = Field(720, ge=1)  # dead-letter retention, hours
 
+    @model_validator(mode="after")
+    def _insync_within_copies(self) -> TopicSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) cannot exceed replication_factor "
+                f"({self.replication_factor}): no write would ever be acknowledged"
+            )
+        return self
+
 
 class LocalKafkaSettings(_Section):
-    """The single-node broker that ``flywheel kafka up`` runs on this machine (infra/kafka)."""
+    """The broker (or cluster of three) that ``flywheel kafka up`` runs on this machine (infra/kafka)."""
 
     port: int = Field(9092, ge=1, le=65535)  # client listener on 127.0.0.1
     controller_port: int = Field(9093, ge=1, le=65535)  # KRaft controller listener on 127.0.0.1
     data_dir: Path = Path(".flywheel/kafka")  # log segments, metadata, pid and broker log
     heap: str = "512m"  # JVM heap of the broker (-Xmx)
+    # 3: a cluster of three nodes (brokers and KRaft controllers) on port, port + 2, port + 4 (controllers
+    # likewise from controller_port); set bootstrap_servers to all three, topics.replication_factor 3 and
+    # topics.min_insync_replicas 2 to use it
+    nodes: Literal[1, 3] = 1
 
 
 class KafkaSettings(_Section):

@@ -35,19 +35,21 @@ class TopicSpec:
 def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
     """Every topic the project uses, with partitions and retention from settings."""
     t = kafka.topics
-    data = {"retention.ms": str(t.retention_hours * _HOUR_MS)}
+    every = {"min.insync.replicas": str(t.min_insync_replicas)}
+    data = every | {"retention.ms": str(t.retention_hours * _HOUR_MS)}
+    compacted = every | {"cleanup.policy": "compact"}
     return [
         TopicSpec(t.interactions, t.partitions, t.replication_factor, data),
         TopicSpec(t.feedback, t.partitions, t.replication_factor, data),
         TopicSpec(t.audit, t.partitions, t.replication_factor, data),
-        TopicSpec(t.deployments, 1, t.replication_factor, {"cleanup.policy": "compact"}),
-        TopicSpec(t.keys, 1, t.replication_factor, {"cleanup.policy": "compact"}),
+        TopicSpec(t.deployments, 1, t.replication_factor, compacted),
+        TopicSpec(t.keys, 1, t.replication_factor, compacted),
         TopicSpec(t.scheduler, 1, t.replication_factor, data),
         TopicSpec(
             t.dead_letter,
             t.partitions,
             t.replication_factor,
-            {"retention.ms": str(t.dead_letter_retention_hours * _HOUR_MS)},
+            every | {"retention.ms": str(t.dead_letter_retention_hours * _HOUR_MS)},
         ),
     ]
 

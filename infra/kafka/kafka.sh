@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# Local Apache Kafka 4.x broker for development, tests and the demo.
+# Local Apache Kafka 4.x broker, or a cluster of 3, for development, tests and the demo.
 #
-# One node in KRaft mode (combined broker + controller) on 127.0.0.1, assembled from the Maven
-# Central jars pinned in pom.xml next to this script. Needs Java 17+ and Maven (fetch only).
+# Each node runs in KRaft mode (combined broker + controller) on 127.0.0.1, assembled from the
+# Maven Central jars pinned in pom.xml next to this script. Needs Java 17+ and Maven (fetch only).
+# With FLYWHEEL_KAFKA_NODES=3 the three nodes are the three controllers of one quorum, and topics
+# default to replication factor 3 with min.insync.replicas 2 (one node may be down).
 #
 # Usage: infra/kafka/kafka.sh <command>
 #   fetch    download the jars into the cache (skipped when already cached for this pom)
-#   start    fetch if needed, write server.properties, format storage once, start the broker in
-#            the background and wait until it answers API requests
-#   stop     SIGTERM, wait up to 30 s for a clean shutdown, then SIGKILL
-#   status   one line; exit 0 running and answering, 3 not running, 4 process alive but the
-#            broker does not answer
-#   logs [N] last N (default 100) lines of the broker log
+#   start    fetch if needed, write each node's server.properties, format storage once, start
+#            the nodes in the background and wait until each answers API requests
+#   stop     SIGTERM each node, wait up to 30 s for a clean shutdown, then SIGKILL
+#   status   one line per node; exit 0 all running and answering, 3 none running, 4 a node
+#            down or alive but not answering
+#   logs [N] last N (default 100) lines of the broker log (of each node in a cluster)
+#   bootstrap  the client listeners, host:port comma-separated (for bootstrap_servers)
+#   start-node I | stop-node I | kill-node I   one node of a cluster (kill: SIGKILL, for
+#            fault tests); start-node waits until that node answers
 #
 # Settings (environment):
-#   FLYWHEEL_KAFKA_PORT             client listener port (default 9092)
-#   FLYWHEEL_KAFKA_CONTROLLER_PORT  KRaft controller listener port (default 9093)
+#   FLYWHEEL_KAFKA_NODES            1 (default) or 3
+#   FLYWHEEL_KAFKA_PORT             client listener port (default 9092); in a cluster node I
+#                                   listens on PORT + 2(I-1) unless FLYWHEEL_KAFKA_PORTS lists them
+#   FLYWHEEL_KAFKA_CONTROLLER_PORT  KRaft controller listener port (default 9093); in a cluster
+#                                   CONTROLLER_PORT + 2(I-1) unless FLYWHEEL_KAFKA_CONTROLLER_PORTS
+#   FLYWHEEL_KAFKA_PORTS, FLYWHEEL_KAFKA_CONTROLLER_PORTS  a cluster's ports, comma-separated
 #   FLYWHEEL_KAFKA_DATA_DIR         config, pid, logs and partitions (default .flywheel/kafka,
-#                                   relative to the current directory)
+#                                   relative to the current directory; node I of a cluster in
+#                                   its node-I subdirectory)
 #   FLYWHEEL_KAFKA_HEAP             broker max heap, java -Xmx syntax (default 512m)
 #   FLYWHEEL_KAFKA_START_TIMEOUT    seconds `start` waits for readiness (default 90)
 #   FLYWHEEL_KAFKA_CACHE            jar cache root (default $HOME/.cache/flywheel/kafka); jars go
@@ -31,13 +41,14 @@ readonly SCRIPT_DIR
 readonly POM="$SCRIPT_DIR/pom.xml"
 readonly LOG4J_CONFIG="$SCRIPT_DIR/log4j2.xml"
 
-readonly PORT="${FLYWHEEL_KAFKA_PORT:-9092}"
-readonly CONTROLLER_PORT="${FLYWHEEL_KAFKA_CONTROLLER_PORT:-9093}"
+readonly NODES="${FLYWHEEL_KAFKA_NODES:-1}"
+readonly BASE_PORT="${FLYWHEEL_KAFKA_PORT:-9092}"
+readonly BASE_CONTROLLER_PORT="${FLYWHEEL_KAFKA_CONTROLLER_PORT:-9093}"
 readonly HEAP="${FLYWHEEL_KAFKA_HEAP:-512m}"
 readonly START_TIMEOUT="${FLYWHEEL_KAFKA_START_TIMEOUT:-90}"
 readonly STOP_TIMEOUT=30
 readonly HOST=127.0.0.1
-readonly NODE_ID=1
+if ((NODES == 1)); then readonly MIN_ISR=1; else readonly MIN_ISR=2; fi
 
 POM_HASH="$(sha256sum "$POM" | cut -d' ' -f1)"
 readonly POM_HASH
@@ -46,14 +57,33 @@ readonly LIBS="$CACHE_DIR/libs"
 readonly FETCHED_MARKER="$LIBS/.fetched"
 
 # Absolute, because server.properties and the pid check must not depend on the caller's cwd.
-DATA_DIR="$(realpath -m "${FLYWHEEL_KAFKA_DATA_DIR:-.flywheel/kafka}")"
-readonly DATA_DIR
-readonly CONFIG="$DATA_DIR/server.properties"
-readonly PID_FILE="$DATA_DIR/kafka.pid"
-readonly OUT_FILE="$DATA_DIR/kafka.out"
-readonly SERVER_LOG="$DATA_DIR/server.log"
-readonly CLUSTER_ID_FILE="$DATA_DIR/cluster.id"
-readonly LOG_DIRS="$DATA_DIR/logs"
+BASE_DIR="$(realpath -m "${FLYWHEEL_KAFKA_DATA_DIR:-.flywheel/kafka}")"
+readonly BASE_DIR
+readonly CLUSTER_ID_FILE="$BASE_DIR/cluster.id"  # one cluster id for every node
+
+IFS=, read -r -a PORT_LIST <<<"${FLYWHEEL_KAFKA_PORTS:-}"
+IFS=, read -r -a CONTROLLER_PORT_LIST <<<"${FLYWHEEL_KAFKA_CONTROLLER_PORTS:-}"
+
+# The node the functions below act on: select_node sets its id, ports and files.
+NODE_ID= PORT= CONTROLLER_PORT= DATA_DIR= CONFIG= PID_FILE= OUT_FILE= SERVER_LOG= LOG_DIRS=
+
+node_port() { # node_port I LIST BASE: the I-th entry of LIST, else BASE + 2(I-1)
+  local i="$1" base="$3"
+  local -n list="$2"
+  if ((${#list[@]} > 0)); then echo "${list[i - 1]}"; else echo $((base + 2 * (i - 1))); fi
+}
+
+select_node() {
+  NODE_ID="$1"
+  PORT="$(node_port "$1" PORT_LIST "$BASE_PORT")"
+  CONTROLLER_PORT="$(node_port "$1" CONTROLLER_PORT_LIST "$BASE_CONTROLLER_PORT")"
+  if ((NODES == 1)); then DATA_DIR="$BASE_DIR"; else DATA_DIR="$BASE_DIR/node-$1"; fi
+  CONFIG="$DATA_DIR/server.properties"
+  PID_FILE="$DATA_DIR/kafka.pid"
+  OUT_FILE="$DATA_DIR/kafka.out"
+  SERVER_LOG="$DATA_DIR/server.log"
+  LOG_DIRS="$DATA_DIR/logs"
+}
 
 die() {
   echo "kafka: $*" >&2
@@ -119,6 +149,14 @@ api_answers() {
     --bootstrap-server "$HOST:$PORT" 2>/dev/null | grep -q "^$HOST:$PORT (id: $NODE_ID "
 }
 
+voters() {
+  local i out=()
+  for ((i = 1; i <= NODES; i++)); do
+    out+=("$i@$HOST:$(node_port "$i" CONTROLLER_PORT_LIST "$BASE_CONTROLLER_PORT")")
+  done
+  (IFS=,; echo "${out[*]}")
+}
+
 write_config() {
   cat >"$CONFIG" <<EOF
 # Generated by infra/kafka/kafka.sh; edits are overwritten on the next start.
@@ -129,16 +167,19 @@ advertised.listeners=PLAINTEXT://$HOST:$PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-# Static quorum of one voter: the ports may change between starts without reformatting.
-controller.quorum.voters=$NODE_ID@$HOST:$CONTROLLER_PORT
+# Static quorum (every node a voter): the ports may change between starts without reformatting.
+controller.quorum.voters=$(voters)
 log.dirs=$LOG_DIRS
 num.partitions=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+# A cluster keeps 3 copies and accepts a write once 2 have it: one node may be down.
+default.replication.factor=$NODES
+min.insync.replicas=$MIN_ISR
+offsets.topic.replication.factor=$NODES
+transaction.state.log.replication.factor=$NODES
+transaction.state.log.min.isr=$MIN_ISR
+share.coordinator.state.topic.replication.factor=$NODES
+share.coordinator.state.topic.min.isr=$MIN_ISR
 group.initial.rebalance.delay.ms=0
 # Few threads: the machine is shared with model inference.
 num.network.threads=2
@@ -179,14 +220,15 @@ wait_ready() {
   done
   show_log_tail
   # A half-started broker would make the next `start` report "already running".
-  cmd_stop >&2
+  stop_node TERM >&2
   die "broker not ready after ${START_TIMEOUT}s; stopped it (see $SERVER_LOG)"
 }
 
-cmd_start() {
+# Start the selected node in the background unless it runs; sets STARTED_PID.
+launch_node() {
   local pid
   if pid="$(broker_pid)"; then
-    wait_ready "$pid"
+    STARTED_PID="$pid"
     echo "kafka: already running (pid $pid) on $HOST:$PORT, data $DATA_DIR"
     return 0
   fi
@@ -198,27 +240,44 @@ cmd_start() {
     die "port $CONTROLLER_PORT is already in use by another process; set FLYWHEEL_KAFKA_CONTROLLER_PORT"
   fi
   mkdir -p "$DATA_DIR"
-  cmd_fetch
   write_config
   format_storage
   # setsid: the broker outlives this shell and ignores Ctrl-C sent to the caller's process group.
   setsid nohup java -Xms256m -Xmx"$HEAP" -XX:+ExitOnOutOfMemoryError -cp "$LIBS/*" \
     -Dlog4j2.configurationFile="$LOG4J_CONFIG" -Dkafka.logs.dir="$DATA_DIR" \
     kafka.Kafka "$CONFIG" >"$OUT_FILE" 2>&1 </dev/null &
-  pid=$!
-  echo "$pid" >"$PID_FILE"
-  wait_ready "$pid"
-  echo "kafka: started (pid $pid) on $HOST:$PORT, data $DATA_DIR"
+  STARTED_PID=$!
+  echo "$STARTED_PID" >"$PID_FILE"
+  echo "kafka: started (pid $STARTED_PID) on $HOST:$PORT, data $DATA_DIR"
 }
 
-cmd_stop() {
-  local pid
+# Every node is launched before any is waited for: a controller quorum needs a majority up.
+cmd_start() {
+  local i pids=()
+  mkdir -p "$BASE_DIR"
+  cmd_fetch
+  for ((i = 1; i <= NODES; i++)); do
+    select_node "$i"
+    launch_node
+    pids+=("$STARTED_PID")
+  done
+  for ((i = 1; i <= NODES; i++)); do
+    select_node "$i"
+    wait_ready "${pids[i - 1]}"
+  done
+  if ((NODES > 1)); then
+    echo "kafka: cluster of $NODES ready; bootstrap servers $(cmd_bootstrap)"
+  fi
+}
+
+stop_node() {
+  local pid signal="${1:-TERM}"
   if ! pid="$(broker_pid)"; then
     rm -f "$PID_FILE"
-    echo "kafka: not running"
+    echo "kafka: not running$( ((NODES == 1)) || echo " (node $NODE_ID)")"
     return 0
   fi
-  kill -TERM "$pid" 2>/dev/null || true
+  kill -"$signal" "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + STOP_TIMEOUT))
   while alive "$pid" && ((SECONDS < deadline)); do
     sleep 0.2
@@ -231,27 +290,83 @@ cmd_stop() {
   echo "kafka: stopped (pid $pid)"
 }
 
+cmd_stop() {
+  local i
+  for ((i = NODES; i >= 1; i--)); do
+    select_node "$i"
+    stop_node TERM
+  done
+}
+
+# exit 0 all nodes answer, 3 none runs, 4 otherwise
 cmd_status() {
-  local pid
-  if ! pid="$(broker_pid)"; then
-    echo "kafka: not running (port $HOST:$PORT, data $DATA_DIR)"
-    exit 3
-  fi
-  if ! api_answers; then
-    echo "kafka: pid $pid is alive but not answering on $HOST:$PORT, data $DATA_DIR"
-    exit 4
-  fi
-  echo "kafka: running (pid $pid) on $HOST:$PORT, data $DATA_DIR"
+  local i pid up=0 answering=0
+  for ((i = 1; i <= NODES; i++)); do
+    select_node "$i"
+    if ! pid="$(broker_pid)"; then
+      echo "kafka: not running (port $HOST:$PORT, data $DATA_DIR)"
+      continue
+    fi
+    up=$((up + 1))
+    if ! api_answers; then
+      echo "kafka: pid $pid is alive but not answering on $HOST:$PORT, data $DATA_DIR"
+      continue
+    fi
+    answering=$((answering + 1))
+    echo "kafka: running (pid $pid) on $HOST:$PORT, data $DATA_DIR"
+  done
+  ((up > 0)) || exit 3
+  ((answering == NODES)) || exit 4
 }
 
 cmd_logs() {
-  local lines="${1:-100}"
-  [[ -f "$SERVER_LOG" ]] || die "no broker log at $SERVER_LOG"
-  tail -n "$lines" "$SERVER_LOG"
+  local i lines="${1:-100}"
+  for ((i = 1; i <= NODES; i++)); do
+    select_node "$i"
+    [[ -f "$SERVER_LOG" ]] || die "no broker log at $SERVER_LOG"
+    ((NODES == 1)) || echo "--- node $i: $SERVER_LOG ---"
+    tail -n "$lines" "$SERVER_LOG"
+  done
+}
+
+cmd_bootstrap() {
+  local i out=()
+  for ((i = 1; i <= NODES; i++)); do
+    out+=("$HOST:$(node_port "$i" PORT_LIST "$BASE_PORT")")
+  done
+  (IFS=,; echo "${out[*]}")
+}
+
+# One node of a cluster: start-node (and wait), stop-node, kill-node.
+cmd_node() {
+  local action="$1" i="${2:-}"
+  [[ "$i" =~ ^[0-9]+$ ]] && ((i >= 1 && i <= NODES)) || {
+    echo "usage: $0 $action I (a node, 1..$NODES)" >&2
+    exit 2
+  }
+  select_node "$i"
+  case "$action" in
+    start-node)
+      cmd_fetch
+      launch_node
+      wait_ready "$STARTED_PID"
+      ;;
+    stop-node) stop_node TERM ;;
+    kill-node) stop_node KILL ;;
+  esac
 }
 
 main() {
   local cmd="${1:-}"
+  [[ "$NODES" == 1 || "$NODES" == 3 ]] || {
+    echo "kafka: FLYWHEEL_KAFKA_NODES must be 1 or 3, got $NODES" >&2
+    exit 2
+  }
+  if ((${#PORT_LIST[@]} > 0 && ${#PORT_LIST[@]} != NODES)) || ((${#CONTROLLER_PORT_LIST[@]} > 0 && ${#CONTROLLER_PORT_LIST[@]} != NODES)); then
+    echo "kafka: FLYWHEEL_KAFKA_PORTS and FLYWHEEL_KAFKA_CONTROLLER_PORTS must list $NODES ports each" >&2
+    exit 2
+  fi
+  select_node 1
   shift || true
   case "$cmd" in
     fetch) cmd_fetch ;;
@@ -259,8 +374,10 @@ main() {
     stop) cmd_stop ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
+    bootstrap) cmd_bootstrap ;;
+    start-node | stop-node | kill-node) cmd_node "$cmd" "$@" ;;
     *)
-      echo "usage: $0 {fetch|start|stop|status|logs [N]}" >&2
+      echo "usage: $0 {fetch|start|stop|status|logs [N]|bootstrap|start-node I|stop-node I|kill-node I}" >&2
       exit 2
       ;;
   esac

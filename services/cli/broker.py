@@ -21,6 +21,7 @@ def script_env(local: LocalKafkaSettings) -> dict[str, str]:
         "FLYWHEEL_KAFKA_CONTROLLER_PORT": str(local.controller_port),
         "FLYWHEEL_KAFKA_DATA_DIR": str(local.data_dir),
         "FLYWHEEL_KAFKA_HEAP": local.heap,
+        "FLYWHEEL_KAFKA_NODES": str(local.nodes),
     }
 
 
