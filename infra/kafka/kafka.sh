@@ -149,10 +149,13 @@ api_answers() {
     --bootstrap-server "$HOST:$PORT" 2>/dev/null | grep -q "^$HOST:$PORT (id: $NODE_ID "
 }
 
-voters() {
-  local i out=()
+# addresses LIST BASE [ids]: every node's 127.0.0.1:port from LIST (or BASE + 2(I-1)),
+# comma-separated; with "ids", each as I@host:port (the controller quorum's voters)
+addresses() {
+  local i out=() prefix=
   for ((i = 1; i <= NODES; i++)); do
-    out+=("$i@$HOST:$(node_port "$i" CONTROLLER_PORT_LIST "$BASE_CONTROLLER_PORT")")
+    [[ "${3:-}" == ids ]] && prefix="$i@"
+    out+=("$prefix$HOST:$(node_port "$i" "$1" "$2")")
   done
   (IFS=,; echo "${out[*]}")
 }
@@ -168,7 +171,7 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 # Static quorum (every node a voter): the ports may change between starts without reformatting.
-controller.quorum.voters=$(voters)
+controller.quorum.voters=$(addresses CONTROLLER_PORT_LIST "$BASE_CONTROLLER_PORT" ids)
 log.dirs=$LOG_DIRS
 num.partitions=1
 auto.create.topics.enable=false
@@ -330,11 +333,7 @@ cmd_logs() {
 }
 
 cmd_bootstrap() {
-  local i out=()
-  for ((i = 1; i <= NODES; i++)); do
-    out+=("$HOST:$(node_port "$i" PORT_LIST "$BASE_PORT")")
-  done
-  (IFS=,; echo "${out[*]}")
+  addresses PORT_LIST "$BASE_PORT"
 }
 
 # One node of a cluster: start-node (and wait), stop-node, kill-node.
