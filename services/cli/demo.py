@@ -27,7 +27,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -57,11 +56,10 @@ from services.cli.loop_eval import (
     to_json,
     train_ablation,
 )
-from services.cli.ports import free_port
+from services.cli.processes import service_process
 from services.cli.refresh import follow_refresh
 from services.cli.report import print_table
 
-READY_TIMEOUT_S = 900.0  # the first run converts the model (tens of seconds on 2 cores)
 LAND_TIMEOUT_S = 300.0
 REFRESH_TIMEOUT_S = 1800.0
 TRAFFIC_SEED, AB_SEED, EVAL_SEED = 11, 12, 13  # catalogues and questions of each phase (the golden set has its own)
@@ -103,8 +101,8 @@ def run_demo(settings: Settings, *, short: bool) -> int:
         ensure_topics(kafka)
         admin, user = _demo_key(kafka, "admin"), _demo_key(kafka, "user")
         env = os.environ | _environment(workdir, kafka, experts, training, sizes)
-        worker_url = stack.enter_context(_service("worker", workdir, env))
-        gateway_url = stack.enter_context(_service("gateway", workdir, env))
+        worker_url = _service(stack, "worker", workdir, env)
+        gateway_url = _service(stack, "gateway", workdir, env)
         model = settings.gateway.served_model_name
         headers = bearer(admin)
 
@@ -328,6 +326,12 @@ def _call(method: str, url: str, headers: dict[str, str], body: dict[str, Any] |
     return response.json()
 
 
+def _service(stack: ExitStack, name: str, workdir: Path, env: dict[str, str]) -> str:
+    service = stack.enter_context(service_process(name, workdir, env))
+    print(f"demo: {name} ready at {service.url} (log {service.log})")
+    return service.url
+
+
 @contextmanager
 def _local_kafka(settings: Settings) -> Iterator[None]:
     local = settings.kafka.local
@@ -341,46 +345,6 @@ def _local_kafka(settings: Settings) -> Iterator[None]:
         yield
     finally:
         broker.run_script("stop", local)
-
-
-@contextmanager
-def _service(name: str, workdir: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    log_path = workdir / f"{name}.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", name, "--port", str(port)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(name, url, proc, log_path)
-            print(f"demo: {name} ready at {url} (log {log_path})")
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text()[-3000:]
-            raise SystemExit(f"demo: {name} exited with code {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"demo: {name} was not ready after {READY_TIMEOUT_S:.0f} s (log {log_path})")
 
 
 def _wait_until_landed(worker_url: str, headers: dict[str, str], sent: dict[str, str | None]) -> None:

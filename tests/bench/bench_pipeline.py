@@ -27,8 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -36,6 +35,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared event factory
 
+from local_kafka import fresh_topics, local_broker
 from pipeline_events import interaction
 
 from feedback.codec import decode_fast
@@ -43,12 +43,9 @@ from feedback.events import decode_event
 from feedback.ingest import EventBatch
 from feedback.lake import Lake
 from feedback.producer import EventProducer, kafka_sender_factory
-from feedback.settings import KafkaSettings, LocalKafkaSettings, Settings, TopicSettings
+from feedback.settings import KafkaSettings, Settings
 from feedback.store import DuckDBStore
-from feedback.topics import ensure_topics
 from feedback.wal import WriteAheadLog
-from services.cli import broker
-from services.cli.ports import free_port
 from services.worker.app import run_lake_forever
 from services.worker.sink import DEFAULT_FETCH_MAX_BYTES, Sink
 
@@ -59,29 +56,6 @@ FRESHNESS_RATE = 200  # events/s
 FRESHNESS_SECONDS = 10
 LAKE_INTERVAL_S = 2.0  # lake export interval during the freshness runs
 PUBLISH_EVENTS = 5_000
-
-
-@contextmanager
-def local_broker() -> Iterator[KafkaSettings]:
-    """A broker on free ports in a temporary directory, stopped at the end."""
-    with tempfile.TemporaryDirectory() as data:
-        local = LocalKafkaSettings(port=free_port(), controller_port=free_port(), data_dir=Path(data), heap="1g")
-        started = broker.run_script("start", local, capture=True)
-        try:
-            if started.returncode != 0:
-                raise RuntimeError(started.stdout + started.stderr)
-            yield KafkaSettings(bootstrap_servers=f"127.0.0.1:{local.port}", local=local)
-        finally:
-            broker.run_script("stop", local, capture=True)
-
-
-def fresh_topics(kafka: KafkaSettings) -> KafkaSettings:
-    """Topics and a consumer group of their own (3 partitions, as in production defaults)."""
-    suffix = uuid.uuid4().hex[:8]
-    names = {f: f"{d}-{suffix}" for f, d in TopicSettings().model_dump().items() if isinstance(d, str)}
-    isolated = kafka.model_copy(update={"topics": TopicSettings(**names), "consumer_group": f"sink-{suffix}"})
-    ensure_topics(isolated)
-    return isolated
 
 
 def fill(kafka: KafkaSettings, count: int) -> None:

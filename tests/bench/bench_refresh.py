@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_pipeline import fresh_topics, local_broker
 from bench_training import bare_loop
+from local_kafka import fresh_topics, local_broker
 from pipeline_events import catalogue_answers
 
 from evaluation.gate import GOLDEN_PATH, evaluate_candidate
