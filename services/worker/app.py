@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -30,12 +32,14 @@ from services.http_access import AuthOffHeader, warn_if_auth_off
 from services.worker.audit import install_audit
 from services.worker.audit import router as audit_router
 from services.worker.audit_events import deployment_published, purged, record, refresh_decided, refresh_started
+from services.worker.metrics import WorkerMetrics
 from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
 from services.worker.refresh_api import router as refresh_router
 from services.worker.refresh_schedule import RefreshSchedule
 from services.worker.reports import router as reports_router
 from services.worker.routes import router
 from services.worker.sink import Sink
+from services.worker.status import partition_lags
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +181,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store,
             deployment=deployments.current,
             publish=deployments.publish,
-            finished=lambda outcome: record(trail, refresh_decided(outcome)),
+            finished=lambda outcome: _refresh_ended(outcome, trail, metrics),
+        )
+        metrics = WorkerMetrics(
+            lambda: sink.stats,
+            functools.partial(partition_lags, resolved.kafka, sink.topics, store),
+            lambda: refresher.current is not None and refresher.current.outcome is None,
         )
         lease = KafkaLease(
             resolved.kafka,
@@ -195,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads.append(threading.Thread(target=lease.run, name="refresh-lease", daemon=True))
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
         app.state.refresher, app.state.deployments, app.state.audit = refresher, deployments, trail
+        app.state.metrics = metrics
         key_watcher = KeyWatcher(resolved.kafka, KeyBook())
         app.state.keys = key_watcher.book
         warn_if_auth_off(resolved, "worker")
@@ -229,6 +239,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports_router)
     app.include_router(refresh_router)
     return app
+
+
+def _refresh_ended(outcome: dict[str, Any], trail: AuditTrail, metrics: WorkerMetrics) -> None:
+    metrics.refresh_ended(outcome)
+    record(trail, refresh_decided(outcome))
 
 
 def _waiting_deployer(

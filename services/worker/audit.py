@@ -1,7 +1,7 @@
 """The worker's audit trail: every request to its API recorded, and ``GET /v1/audit`` for admins.
 
 Every request to the worker's API is an audit event (``feedback.audit``), except its health probe
-and the sink status that monitoring polls. What the worker does by itself is recorded with the
+and the sink status and metrics that monitoring polls. What the worker does by itself is recorded with the
 events of :mod:`services.worker.audit_events`.
 """
 
@@ -29,7 +29,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/refreshes/{key}"): "refresh.read",
     ("GET", "/v1/audit"): "audit.query",
 }
-EXEMPT = ("/healthz", "/v1/sink/status", *API_DOCS)
+EXEMPT = ("/healthz", "/metrics", "/v1/sink/status", *API_DOCS)
 
 DEFAULT_LIMIT = 100  # rows GET /v1/audit returns without a limit (at most audit.query_max_rows)
 FILTERS = ("actor", "action", "resource", "outcome")  # columns GET /v1/audit filters on, by equality

@@ -1,12 +1,13 @@
-"""The worker's HTTP API: health, and read-only views of the live DuckDB file."""
+"""The worker's HTTP API: health, metrics, and read-only views of the live DuckDB file."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from evaluation.summary import arm_summary
 from feedback.access import Permission
@@ -38,6 +39,12 @@ async def health(request: Request) -> dict[str, Any]:
         "sink": asdict(request.app.state.sink.stats),
         "auth": request.app.state.settings.security.auth,
     }
+
+
+@router.get("/metrics", dependencies=[Depends(public)])
+def metrics(request: Request) -> Response:
+    """Prometheus text exposition (the lag asks Kafka, so this runs off the event loop)."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/summary")

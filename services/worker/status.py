@@ -43,8 +43,10 @@ def end_offsets(kafka: KafkaSettings, topics: list[str]) -> dict[tuple[str, int]
         consumer.close()
 
 
-def sink_status(kafka: KafkaSettings, topics: list[str], store: DuckDBStore, stats: SinkStats) -> SinkStatus:
-    """Lag per partition, rows per table, dead letters and the last commit."""
+def partition_lags(
+    kafka: KafkaSettings, topics: list[str], store: DuckDBStore
+) -> tuple[list[PartitionLag], str | None]:
+    """Lag of every partition of ``topics``, and why Kafka's end offsets are unknown (None when they are known)."""
     committed = {key: offset for key, offset in store.committed_offsets().items() if key[0] in topics}
     error: str | None = None
     try:
@@ -56,6 +58,12 @@ def sink_status(kafka: KafkaSettings, topics: list[str], store: DuckDBStore, sta
         end, done = ends.get((topic, partition)), committed.get((topic, partition))
         lag = None if end is None else end - (done or 0)
         partitions.append(PartitionLag(topic=topic, partition=partition, committed=done, end=end, lag=lag))
+    return partitions, error
+
+
+def sink_status(kafka: KafkaSettings, topics: list[str], store: DuckDBStore, stats: SinkStats) -> SinkStatus:
+    """Lag per partition, rows per table, dead letters and the last commit."""
+    partitions, error = partition_lags(kafka, topics, store)
     counts = store.query(_COUNTS_SQL)[0]
     return SinkStatus(
         partitions=partitions,

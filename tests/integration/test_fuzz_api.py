@@ -130,6 +130,7 @@ GATEWAY_OPERATIONS = [
 ]
 WORKER_OPERATIONS = [
     "GET /healthz",
+    "GET /metrics",
     "GET /v1/audit",
     "GET /v1/interactions",
     "GET /v1/refreshes",

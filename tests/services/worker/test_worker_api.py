@@ -64,6 +64,7 @@ def test_sink_status_through_the_worker(
 
         wait_until(caught_up, what="the sink to catch up")
         status = httpx.get(f"{url}/v1/sink/status", headers=developer).json()
+        scraped = httpx.get(f"{url}/metrics")  # open to scrapers, like /healthz
         result = flywheel("sink", "status", "--worker", url, "--wal-dir", str(tmp_path / "wal"), key=api_keys["admin"])
         refused = flywheel("sink", "status", "--worker", url, key=api_keys["analyst"])
     assert status["rows"] == {"interactions": 12, "feedback": 1, "audit": 0}
@@ -75,6 +76,14 @@ def test_sink_status_through_the_worker(
         kafka_isolated.topics.feedback,
         kafka_isolated.topics.audit,
     }
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    assert 'flywheel_sink_events_total{table="interactions"} 12.0' in scraped.text
+    assert 'flywheel_sink_events_total{table="feedback"} 1.0' in scraped.text
+    assert 'flywheel_sink_dead_letters_total{reason="invalid"} 1.0' in scraped.text
+    assert f'flywheel_sink_lag_events{{partition="0",topic="{kafka_isolated.topics.interactions}"}} 0.0' in scraped.text
+    assert "flywheel_sink_kafka_reachable 1.0" in scraped.text
+    assert "flywheel_refresh_running 0.0" in scraped.text
     assert result.returncode == 0, result.stderr
     assert "total lag: 0" in result.stdout
     assert "rows: interactions 12, feedback 1, audit 0" in result.stdout

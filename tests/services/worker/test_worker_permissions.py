@@ -27,6 +27,7 @@ ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
 # (method, path) -> (permission, path asked, request body, status when allowed)
 ROUTES: dict[tuple[str, str], tuple[Permission | str, str, dict[str, Any] | None, int]] = {
     ("GET", "/healthz"): (PUBLIC, "/healthz", None, 200),
+    ("GET", "/metrics"): (PUBLIC, "/metrics", None, 200),
     ("GET", "/v1/summary"): (Permission.REPORTS, "/v1/summary", None, 200),
     ("GET", "/v1/interactions"): (Permission.RAW_TEXT, "/v1/interactions", None, 200),
     ("GET", "/v1/sink/status"): (Permission.OPERATIONS, "/v1/sink/status", None, 200),
