@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from feedback.metrics import exposition
 from services.worker.protocol import PartitionLag
 from services.worker.sink import SinkStats
 
@@ -54,7 +55,7 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         """The text exposition format."""
-        return generate_latest(self.registry)
+        return exposition(self.registry)
 
 
 class _SinkCollector(Collector):

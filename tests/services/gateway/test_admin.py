@@ -82,6 +82,9 @@ def test_readyz_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'flywheel_completion_tokens_total{arm="champion",role="served"} 3.0' in text
     assert "flywheel_response_latency_seconds_count" in text
+    # the process-wide ones too: the event log's, the audit trail's, and the process's own memory
+    for name in ("flywheel_wal_pending_events", "flywheel_audit_failures_total", "process_resident_memory_bytes"):
+        assert f"\n{name} " in text, name
 
 
 @pytest.mark.parametrize("stream", [False, True])

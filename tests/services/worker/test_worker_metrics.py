@@ -56,6 +56,9 @@ def test_without_kafka_there_is_no_lag_sample_and_reachable_is_zero() -> None:
     assert not any(name == "flywheel_sink_lag_events" for name, _ in got)
     assert not any(name == "flywheel_sink_last_commit_timestamp_seconds" for name, _ in got)
     assert got[("flywheel_sink_events_total", (("table", "interactions"),))] == 0
+    # the process-wide ones too: the event log's, the audit trail's, and the process's own memory
+    for name in ("flywheel_wal_pending_events", "flywheel_audit_failures_total", "process_resident_memory_bytes"):
+        assert (name, ()) in got, name
 
 
 def test_a_refresh_outcome_is_counted_and_only_its_own_steps_are_kept() -> None:
