@@ -305,7 +305,7 @@ def summary(rate: float, phases: list[Phase], checks: list[Events], trends: list
         *(
             (
                 f"{t.process} RSS slope after warm-up",
-                t.error or f"{t.slope:+.3f} MiB/min, {'flat' if t.flat else 'NOT flat'}",
+                t.error or f"{t.slope:+.3f} MiB/min, {t.verdict}",
             )
             for t in trends
         ),

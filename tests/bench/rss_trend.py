@@ -7,7 +7,8 @@ the slope is printed whatever the verdict.
 
 "Flat" means the interval holds 0, or the slope is under ``FLAT_MIB_PER_MIN``: 0.1 MiB/min, about
 1 GiB a week, growth that a replica restarted weekly absorbs, and below what keeping one event
-(about 1.5 KB) per request would show at 4 requests a second (about 0.35 MiB/min).
+(about 1.5 KB) per request would show at 4 requests a second (about 0.35 MiB/min). Otherwise the
+trend is "growing" (what a leak looks like) or "falling" (memory handed back, no leak).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class Trend:
     error: str | None = None  # why there is no slope
 
     @property
-    def flat(self) -> bool:
-        """The interval holds 0, or the slope is under ``FLAT_MIB_PER_MIN`` either way."""
-        return self.low <= 0 <= self.high or abs(self.slope) < FLAT_MIB_PER_MIN
+    def verdict(self) -> str:
+        """``flat`` (the interval holds 0, or the slope is under ``FLAT_MIB_PER_MIN``), ``growing`` or ``falling``."""
+        if self.low <= 0 <= self.high or abs(self.slope) < FLAT_MIB_PER_MIN:
+            return "flat"
+        return "growing" if self.slope > 0 else "falling"
 
 
 def rss_trend(process: str, times_s: list[float], mib: list[float], warmup_s: float) -> Trend:
@@ -67,5 +70,5 @@ def print_trend(trend: Trend, served_per_minute: float) -> None:
     print(
         f"  {trend.process} after the warm-up ({trend.samples} samples): slope {trend.slope:+.3f} MiB/min"
         f" (95% CI {trend.low:+.3f} to {trend.high:+.3f}), {per_request:+.2f} KiB per served request,"
-        f" change {trend.change:+.1f} MiB: {'flat' if trend.flat else 'NOT flat'}"
+        f" change {trend.change:+.1f} MiB: {trend.verdict}"
     )
