@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +64,19 @@ def interaction(n: int, *, interaction_id: str | None = None) -> InteractionEven
 
 
 def catalogue_answers(
-    champion: str, count: int, *, seed: int = 5, products: int = 60, offset: int = 0, listed: int = 3
+    champion: str,
+    count: int,
+    *,
+    seed: int = 5,
+    products: int = 60,
+    offset: int = 0,
+    listed: int = 3,
+    at: datetime | None = None,
 ) -> list[Located]:
     """``count`` catalogue questions answered by ``champion`` with the reference answer, confidently,
-    five minutes ago, as the sink stores them (``offset`` keeps ids and Kafka offsets apart; ``listed``
-    catalogue entries in each prompt)."""
+    at ``at`` (default five minutes ago), as the sink stores them (``offset`` keeps ids and Kafka
+    offsets apart; ``listed`` catalogue entries in each prompt)."""
+    at = at or utc_now() - timedelta(minutes=5)
     shop = catalogue.build_catalogue(seed, products)
     asked = catalogue.make_questions(shop, seed, count, id_prefix=f"q{offset}", listed=listed)
     located = []
@@ -89,7 +97,7 @@ def catalogue_answers(
             latency_ms=50.0,
             finish_reason="stop",
             confidence=0.9,
-            ts=utc_now() - timedelta(minutes=5),
+            ts=at,
         )
         located.append(Located(event, "interactions", 0, offset + n))
     return located

@@ -98,7 +98,10 @@ def forgetting() -> None:
     with refreshing() as (_, refresher, deployments):
         for day in range(DAYS):
             champion = deployments.current().champion
-            answers = catalogue_answers(champion, DAY_SAMPLES, seed=100 + day, offset=day * DAY_SAMPLES, listed=LISTED)
+            # served after the last refresh began, or its selection (everything since then) would miss them
+            answers = catalogue_answers(
+                champion, DAY_SAMPLES, seed=100 + day, offset=day * DAY_SAMPLES, listed=LISTED, at=utc_now()
+            )
             refresher.store.write_batch(answers)
             outcome = refresher.run(f"2026-01-{day + 1:02d}")
             print(f"day {day + 1}: {outcome['status']}: {outcome['message'][:100]}; seconds {outcome['seconds']}")
