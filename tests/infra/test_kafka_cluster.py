@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
+from pipeline_events import wait_until
 from test_kafka_script import HOST, free_ports, kafka_sh, script_env
 
 from feedback.settings import KafkaSettings
@@ -59,15 +60,6 @@ def replicas(admin: KafkaAdminClient, topic: str) -> list[tuple[int, int]]:
     [described] = admin.describe_topics([topic])
     partitions = sorted(described["partitions"], key=lambda p: p["partition_index"])
     return [(len(p["replica_nodes"]), len(p["isr_nodes"])) for p in partitions]
-
-
-def wait_for(condition: object, what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_start_status_and_bootstrap_name_every_node(cluster: Cluster) -> None:
@@ -114,13 +106,13 @@ def test_topics_are_replicated_and_survive_a_killed_node(cluster: Cluster) -> No
             producer.send(topic, key=f"k{n}".encode(), value=f"before {n}".encode()).get(timeout=30)
         killed = kafka_sh(cluster.env, "kill-node", "2")
         assert killed.returncode == 0, killed.stdout + killed.stderr
-        wait_for(lambda: all(isr == 2 for _, isr in replicas(admin, topic)), "the killed node to leave the ISR")
+        wait_until(lambda: all(isr == 2 for _, isr in replicas(admin, topic)), 90, "the killed node to leave the ISR")
         for n in range(50):  # 2 in-sync replicas of 3 still meet min.insync.replicas
             producer.send(topic, key=f"k{n}".encode(), value=f"during {n}".encode()).get(timeout=30)
         assert kafka_sh(cluster.env, "status").returncode == 4  # a node is down
         restarted = kafka_sh(cluster.env, "start-node", "2")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-        wait_for(lambda: replicas(admin, topic) == [(3, 3)] * kafka.topics.partitions, "the node to catch up")
+        wait_until(lambda: replicas(admin, topic) == [(3, 3)] * kafka.topics.partitions, 90, "the node to catch up")
         for n in range(50):
             producer.send(topic, key=f"k{n}".encode(), value=f"after {n}".encode()).get(timeout=30)
         producer.close()
