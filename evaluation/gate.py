@@ -29,6 +29,10 @@ champion's adapter) on one freshly loaded copy of the base model, in three steps
 3. Non-inferiority on the frozen golden set: mean golden loss of the candidate at most
    ``(1 + golden_margin)`` times the champion's.
 
+Precision (``precision``): "auto" scores and generates with bf16 weights where the CPU computes
+bf16 natively (the LoRA weights stay fp32), else fp32; the verdict's settings record what it
+became. Both models share it, so the paired differences compare like with like.
+
 The verdict lists every reason for a refusal (codes in ``REASONS``) and carries every number it
 was decided on, per example included, so it can be stored as the refresh's evaluation record.
 """
@@ -57,6 +61,7 @@ from feedback.examples import read_examples
 from feedback.model.adapters import AdapterSet
 from feedback.model.runtime import ModelRuntime, SamplingParams
 from feedback.settings import GateSettings
+from feedback.training import resolve_precision
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "catalogue.jsonl"
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -249,10 +254,10 @@ def evaluate_candidate(
     ``golden`` defaults to the golden set of ``settings.golden_path``.
     """
     settings = settings or GateSettings()
-    runtime = ModelRuntime.load(model_dir)
-    verdict = GateVerdict(
-        False, [], str(candidate), str(champion) if champion else None, settings.model_dump(mode="json")
-    )
+    precision = resolve_precision(settings.precision, "cpu")
+    runtime = ModelRuntime.load(model_dir, dtype="bfloat16" if precision == "bf16" else "float32")
+    recorded = settings.model_dump(mode="json") | {"precision": precision}  # what "auto" became on this machine
+    verdict = GateVerdict(False, [], str(candidate), str(champion) if champion else None, recorded)
     reasons = [
         Reason(r.code, f"{role}: {r.message}")
         for role, path in ((CHAMPION, champion), (CANDIDATE, candidate))

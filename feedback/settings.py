@@ -304,7 +304,9 @@ class TrainingSettings(_Section):
 
     rank: int = Field(8, ge=1, le=256)  # LoRA rank r of a new adapter (a continued adapter keeps its own)
     alpha: int = Field(16, ge=1, le=4096)  # LoRA alpha of a new adapter; the update is scaled by alpha / rank
-    dropout: float = Field(0.05, ge=0, lt=1)  # dropout on the LoRA input of a new adapter, probability
+    # dropout on the LoRA input of a new adapter, probability; 0 by default: on CPU, drawing a mask for every
+    # wrapped module's input took about a third of a training step (tests/bench/bench_training.py --variants)
+    dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
     )  # module names a new adapter wraps (attention projections of Llama-style models)
@@ -326,6 +328,10 @@ class TrainingSettings(_Section):
     # auto: bf16 autocast where the device computes bf16 natively (CUDA, AMX / AVX-512 BF16 CPUs), else fp32;
     # LoRA weights and optimizer state stay fp32
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # attention kernel of the training passes; auto: "eager" on CPU when every example fits in 384 tokens (its
+    # backward pass is much faster there than the fused kernel's, and the attention weights it keeps stay small),
+    # else "sdpa" (PyTorch's fused scaled_dot_product_attention)
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
     restarts: int = Field(2, ge=0, le=10)  # a crashed training process is restarted from its checkpoint this often
 
 
@@ -384,6 +390,9 @@ class GateSettings(BaseModel):
     golden_path: Path | None = None  # golden set (JSONL); None: the catalogue set shipped in evaluation/golden
     max_new_tokens: int = Field(64, ge=1, le=2048)  # greedy answer budget per example for the task metric
     task_metric: Literal["auto", "catalogue", "rouge-l", "exact"] = "auto"  # auto: catalogue when every prompt is one
+    # weights the gate scores and generates with; auto: bf16 where the CPU computes it natively (AMX / AVX-512
+    # BF16), else fp32. Champion and candidate always share it, so their paired differences are like for like
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 
 class RefreshSettings(_Section):

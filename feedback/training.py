@@ -22,6 +22,12 @@ Precision: the forward and backward passes run under bf16 autocast where the har
 bf16 natively (CUDA, or a CPU with AMX or AVX-512 BF16; ``precision = "auto"``), else in fp32.
 The LoRA weights, their gradients and the optimizer state stay fp32 either way.
 
+Attention: ``attention = "auto"`` trains with transformers' eager attention on CPU when every
+example fits in :data:`EAGER_MAX_TOKENS` tokens, else with PyTorch's fused
+``scaled_dot_product_attention``. On CPU the fused kernel's backward pass is slow for short
+sequences; eager attention keeps each layer's attention weights for the backward pass, which is
+small at these lengths and grows with the square of the length.
+
 A new adapter takes rank, alpha, dropout and target modules from the settings; a continued
 champion adapter keeps its own (its shapes are fixed), and the settings' optimizer, schedule,
 batching and seed apply to both.
@@ -58,6 +64,7 @@ from feedback.train_state import TrainState, latest_checkpoint, restore, write_c
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 RESULT_FILE = "result.json"
+EAGER_MAX_TOKENS = 384  # attention "auto" trains with eager attention on CPU up to this many tokens an example
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class TrainingResult:
     niceness: int  # the training process's niceness
     seconds: float  # wall time of this process's part of the run
     precision: str = "fp32"  # "bf16" (autocast) or "fp32"
+    attention: str = "sdpa"  # attention kernel: "eager" or "sdpa"
 
     def to_json(self) -> str:
         """The result as JSON (paths as strings)."""
@@ -139,6 +147,9 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     runtime = ModelRuntime.load(job.model_dir, device=device)
     examples = tokenize_examples(runtime, raw_examples)
     check_lengths(examples, runtime.context_length, job.dataset)
+    longest = max(len(e.prompt_ids) + len(e.completion_ids) for e in examples)
+    attention = resolve_attention(settings.attention, device, longest)
+    runtime.model.set_attn_implementation(attention)
     torch.manual_seed(settings.seed)
     model = _lora_model(runtime, job)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -182,6 +193,7 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
         niceness=os.nice(0),
         seconds=time.monotonic() - started,
         precision=precision,
+        attention=attention,
     )
     _write_atomically(job.output_dir / RESULT_FILE, result.to_json())
     return result
@@ -201,6 +213,13 @@ def resolve_precision(precision: str, device: str) -> str:
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def resolve_attention(attention: str, device: str, longest: int) -> str:
+    """``auto`` becomes ``eager`` on CPU when the longest example has at most :data:`EAGER_MAX_TOKENS` tokens."""
+    if attention != "auto":
+        return attention
+    return "eager" if device == "cpu" and longest <= EAGER_MAX_TOKENS else "sdpa"
 
 
 def autocast(device: str, precision: str) -> torch.autocast:

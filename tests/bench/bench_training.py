@@ -9,6 +9,12 @@ One warm-up run each, then REPEATS runs alternating the two; prints the medians 
 (target: ours / bare >= 0.9).
 
 ``BENCH_TRAINING_STEPS`` (default 8) and ``BENCH_TRAINING_REPEATS`` (default 3) scale it.
+
+``python tests/bench/bench_training.py variants`` instead measures ``feedback.training.train``
+under the settings that decide its speed on CPU, side by side (batches of 8, 2 threads, the
+refresh benchmark's shape): LoRA dropout 0.05 (the earlier default) against 0, and the fused
+attention kernel (``sdpa``) against eager attention, each in the precision "auto" picks here.
+It prints each variant's median tokens/s and its ratio to the earlier defaults.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -48,7 +55,14 @@ def write_dataset(path: Path, n: int = 32) -> Path:
             f"The {item} number {i} costs {10 + 7 * i} dollars. "
             + "It ships with a manual and a warranty card. " * (1 + i % 4)
         )
-        rows.append({"id": f"b{i}", "messages": [{"role": "user", "content": question}], "completion": answer})
+        rows.append(
+            {
+                "id": f"b{i}",
+                "messages": [{"role": "user", "content": question}],
+                "completion": answer,
+                "source": "confidence",
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -105,7 +119,41 @@ def bare_loop(model_dir: Path, dataset: Path, out: Path, settings: TrainingSetti
     return time.perf_counter() - start, tokens
 
 
+VARIANTS = {  # name: settings changed from the defaults
+    "dropout 0.05, sdpa (earlier defaults)": {"dropout": 0.05, "attention": "sdpa"},
+    "dropout 0, sdpa": {"dropout": 0.0, "attention": "sdpa"},
+    "dropout 0.05, eager": {"dropout": 0.05, "attention": "eager"},
+    "dropout 0, eager (defaults)": {"dropout": 0.0, "attention": "auto"},
+}
+
+
+def variants(model_dir: Path) -> None:
+    """Tokens/s of ``train`` under each of :data:`VARIANTS`, alternating, and the ratio to the first."""
+    base = TrainingSettings(batch_size=8, max_steps=STEPS, epochs=100, threads=2)
+    torch.set_num_threads(base.threads)
+    print(f"precision {resolve_precision(base.precision, 'cpu')}, batch 8, {STEPS} steps, {REPEATS} repeats, 2 threads")
+    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = write_dataset(Path(tmp) / "data.jsonl", n=8 * STEPS)
+        for repeat in range(REPEATS + 1):  # repeat 0 warms every variant up
+            for n, (name, changes) in enumerate(VARIANTS.items()):
+                settings = base.model_copy(update=changes)
+                start = time.perf_counter()
+                result = train(
+                    TrainingJob(dataset, Path(tmp) / f"{n}-{repeat}", model_dir, settings=settings), progress=False
+                )
+                if repeat:
+                    rates[name].append(result.tokens / (time.perf_counter() - start))
+    first = statistics.median(next(iter(rates.values())))
+    print(f"{'variant':<40} {'tokens/s':>9} {'/ earlier':>10}")
+    for name, values in rates.items():
+        print(f"{name:<40} {statistics.median(values):>9.1f} {statistics.median(values) / first:>10.2f}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["variants"]:
+        variants(prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir))
+        return
     torch.set_num_threads(SETTINGS.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads 1")
     model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)
