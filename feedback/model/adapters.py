@@ -48,9 +48,11 @@ class AdapterSet:
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             try:
                 if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(self._runtime.model, adapter_dir, adapter_name=name)
+                    self._peft = PeftModel.from_pretrained(
+                        self._runtime.model, adapter_dir, adapter_name=name, autocast_adapter_dtype=False
+                    )
                 else:
-                    self._peft.load_adapter(adapter_dir, adapter_name=name)
+                    self._peft.load_adapter(adapter_dir, adapter_name=name, autocast_adapter_dtype=False)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise ModelError(f"could not load adapter {name!r} from {str(adapter_dir)!r}: {exc}") from exc
             self._peft.eval()
