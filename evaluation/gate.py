@@ -30,8 +30,8 @@ champion's adapter) on one freshly loaded copy of the base model, in three steps
    ``(1 + golden_margin)`` times the champion's.
 
 Precision (``precision``): "auto" scores and generates with bf16 weights where the CPU computes
-bf16 natively (the LoRA weights stay fp32), else fp32; the verdict's settings record what it
-became. Both models share it, so the paired differences compare like with like.
+bf16 natively, else fp32 (adapters load in the same dtype); the verdict's settings record what
+it became. Both models share it, so the paired differences compare like with like.
 
 The verdict lists every reason for a refusal (codes in ``REASONS``) and carries every number it
 was decided on, per example included, so it can be stored as the refresh's evaluation record.

@@ -305,7 +305,7 @@ class TrainingSettings(_Section):
     rank: int = Field(8, ge=1, le=256)  # LoRA rank r of a new adapter (a continued adapter keeps its own)
     alpha: int = Field(16, ge=1, le=4096)  # LoRA alpha of a new adapter; the update is scaled by alpha / rank
     # dropout on the LoRA input of a new adapter, probability; 0 by default: on CPU, drawing a mask for every
-    # wrapped module's input took about a third of a training step (tests/bench/bench_training.py --variants)
+    # wrapped module's input took about a third of a training step (`python tests/bench/bench_training.py variants`)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1

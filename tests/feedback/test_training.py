@@ -16,7 +16,16 @@ from feedback.examples import Example, TokenizedExample, tokenize_examples
 from feedback.model.runtime import ModelRuntime
 from feedback.settings import TrainingSettings, load_settings
 from feedback.train_data import collate, completion_loss
-from feedback.training import TrainingError, TrainingJob, TrainingResult, batch_indices, total_steps, train
+from feedback.training import (
+    EAGER_MAX_TOKENS,
+    TrainingError,
+    TrainingJob,
+    TrainingResult,
+    batch_indices,
+    resolve_attention,
+    total_steps,
+    train,
+)
 
 MESSAGES = [{"role": "user", "content": "How much is the lamp?"}]
 
@@ -76,6 +85,7 @@ def test_same_data_and_seed_give_identical_adapter_bytes(model_dir: Path, tmp_pa
     assert digest(other.adapter_dir) != digest(runs[0].adapter_dir)
     result = runs[0]
     assert (result.steps, result.examples, result.resumed_from_step, result.device) == (2, 4, 0, "cpu")
+    assert result.attention == "eager"  # "auto" on CPU with short examples
     assert len(result.loss_curve) == 2
     assert all(0 < loss < 20 for loss in result.loss_curve)
     assert result.tokens > result.completion_tokens > 0
@@ -175,3 +185,34 @@ def test_a_job_and_a_result_round_trip_through_json(tmp_path: Path) -> None:
     assert TrainingJob.from_json(job.to_json()) == job
     result = TrainingResult(tmp_path / "a", 2, 4, 90, 30, (2.5, 1.25), 0, "cpu", 1, 10, 3.5)
     assert TrainingResult.from_json(result.to_json()) == result
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "longest", "expected"),
+    [
+        ("auto", "cpu", EAGER_MAX_TOKENS, "eager"),
+        ("auto", "cpu", EAGER_MAX_TOKENS + 1, "sdpa"),  # eager keeps L x L attention weights a layer
+        ("auto", "cuda", 10, "sdpa"),
+        ("sdpa", "cpu", 10, "sdpa"),
+        ("eager", "cuda", 4096, "eager"),
+    ],
+)
+def test_attention_auto_is_eager_only_for_short_examples_on_cpu(
+    setting: str, device: str, longest: int, expected: str
+) -> None:
+    assert resolve_attention(setting, device, longest) == expected
+
+
+def test_the_attention_kernel_does_not_change_what_is_learned(model_dir: Path, tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    runs = {
+        kernel: train(
+            TrainingJob(dataset, tmp_path / kernel, model_dir, settings=TINY.model_copy(update={"attention": kernel})),
+            progress=False,
+        )
+        for kernel in ("eager", "sdpa")
+    }
+    assert (runs["eager"].attention, runs["sdpa"].attention) == ("eager", "sdpa")
+    # the same sums in another order: equal up to rounding (bf16 autocast where the CPU has it)
+    assert runs["eager"].loss_curve == pytest.approx(runs["sdpa"].loss_curve, rel=2e-2)
+    assert runs["eager"].loss_curve[0] != runs["eager"].loss_curve[1]  # it trained
