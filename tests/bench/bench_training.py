@@ -131,10 +131,13 @@ def variants(model_dir: Path) -> None:
     """Tokens/s of ``train`` under each of :data:`VARIANTS`, alternating, and the ratio to the first."""
     base = TrainingSettings(batch_size=8, max_steps=STEPS, epochs=100, threads=2)
     torch.set_num_threads(base.threads)
-    print(f"precision {resolve_precision(base.precision, 'cpu')}, batch 8, {STEPS} steps, {REPEATS} repeats, 2 threads")
+    print(
+        f"precision {resolve_precision(base.precision, 'cpu')}, batch {base.batch_size}, {STEPS} steps, "
+        f"{REPEATS} repeats, {base.threads} threads"
+    )
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = write_dataset(Path(tmp) / "data.jsonl", n=8 * STEPS)
+        dataset = write_dataset(Path(tmp) / "data.jsonl", n=base.batch_size * STEPS)
         for repeat in range(REPEATS + 1):  # repeat 0 warms every variant up
             for n, (name, changes) in enumerate(VARIANTS.items()):
                 settings = base.model_copy(update=changes)
