@@ -59,9 +59,8 @@ from feedback import catalogue
 from feedback.errors import ModelError
 from feedback.examples import read_examples
 from feedback.model.adapters import AdapterSet
-from feedback.model.runtime import ModelRuntime, SamplingParams
+from feedback.model.runtime import ModelRuntime, SamplingParams, resolve_precision
 from feedback.settings import GateSettings
-from feedback.training import resolve_precision
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "catalogue.jsonl"
 CANDIDATE, CHAMPION = "candidate", "champion"

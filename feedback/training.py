@@ -55,7 +55,7 @@ from safetensors import SafetensorError
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
 from feedback.examples import tokenize_examples
-from feedback.model.runtime import ModelRuntime
+from feedback.model.runtime import ModelRuntime, resolve_device, resolve_precision
 from feedback.settings import TrainingSettings
 from feedback.train_data import check_lengths, collate, completion_loss, read_dataset
 from feedback.train_state import TrainingError as TrainingError  # re-exported: the error of this module's API
@@ -197,22 +197,6 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     )
     _write_atomically(job.output_dir / RESULT_FILE, result.to_json())
     return result
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` becomes ``bf16`` where ``device`` computes bf16 natively (CUDA; AMX or AVX-512 BF16 CPUs)."""
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def resolve_attention(attention: str, device: str, longest: int) -> str:

@@ -354,6 +354,22 @@ class ModelRuntime:
             yield
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` becomes ``bf16`` where ``device`` computes bf16 natively (CUDA; AMX or AVX-512 BF16 CPUs)."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
     """Prompt token ids for ``messages``: the chat template with the generation prompt added."""
     text = tokenizer.apply_chat_template(

@@ -34,11 +34,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from feedback.examples import tokenize_examples
-from feedback.model.runtime import ModelRuntime
+from feedback.model.runtime import ModelRuntime, resolve_precision
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings, TrainingSettings
 from feedback.train_data import collate, read_dataset
-from feedback.training import TrainingJob, autocast, batch_indices, resolve_attention, resolve_precision, train
+from feedback.training import TrainingJob, autocast, batch_indices, resolve_attention, train
 
 STEPS = int(os.environ.get("BENCH_TRAINING_STEPS", "8"))
 REPEATS = int(os.environ.get("BENCH_TRAINING_REPEATS", "3"))
