@@ -39,7 +39,7 @@ from services.worker.refresh_schedule import RefreshSchedule
 from services.worker.reports import router as reports_router
 from services.worker.routes import router
 from services.worker.sink import Sink
-from services.worker.status import partition_lags
+from services.worker.status import EndOffsets, partition_lags
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publish=deployments.publish,
             finished=lambda outcome: _refresh_ended(outcome, trail, metrics),
         )
+        end_offsets = EndOffsets(resolved.kafka)
         metrics = WorkerMetrics(
             lambda: sink.stats,
-            functools.partial(partition_lags, resolved.kafka, sink.topics, store),
+            functools.partial(partition_lags, end_offsets, sink.topics, store),
             lambda: refresher.current is not None and refresher.current.outcome is None,
         )
         lease = KafkaLease(
@@ -204,7 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads.append(threading.Thread(target=lease.run, name="refresh-lease", daemon=True))
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
         app.state.refresher, app.state.deployments, app.state.audit = refresher, deployments, trail
-        app.state.metrics = metrics
+        app.state.metrics, app.state.end_offsets = metrics, end_offsets
         key_watcher = KeyWatcher(resolved.kafka, KeyBook())
         app.state.keys = key_watcher.book
         warn_if_auth_off(resolved, "worker")
@@ -228,6 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for thread in threads:
                 thread.join(timeout=30)
             log.info("sink stopped: %s", asdict(sink.stats))
+            end_offsets.close()
             store.close()
             producer.close(timeout_s=resolved.gateway.drain_timeout_s)
 

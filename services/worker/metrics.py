@@ -2,7 +2,7 @@
 
 The sink's counters and the consumer lag are read when Prometheus scrapes (a collector), so the
 sink's write path pays nothing for them. The lag is what ``flywheel sink status`` shows: Kafka's end
-offset of each partition (one short-lived client per scrape, outside the sink's group) minus the
+offset of each partition (one client kept between scrapes, outside the sink's group) minus the
 offset DuckDB holds; while Kafka does not answer there is no lag sample and
 ``flywheel_sink_kafka_reachable`` is 0. Refresh outcomes are counted as each refresh ends.
 """
@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import feedback.audit  # defines the audit trail's process-wide counter, which every scrape includes
+import feedback.producer  # noqa: F401  defines the event log's process-wide gauges, likewise
 from feedback.metrics import exposition
 from services.worker.protocol import PartitionLag
 from services.worker.sink import SinkStats

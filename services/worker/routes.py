@@ -70,7 +70,7 @@ def recent_interactions(
 def status(request: Request, _: Operator) -> SinkStatus:
     """Consumer lag per partition, rows ingested, dead letters and the last commit."""
     state = request.app.state
-    return sink_status(state.settings.kafka, state.sink.topics, state.store, state.sink.stats)
+    return sink_status(state.end_offsets, state.sink.topics, state.store, state.sink.stats)
 
 
 @router.post("/v1/analytics/query")

@@ -1,11 +1,14 @@
 """The sink's status: lag per partition (Kafka end offsets vs offsets stored in DuckDB), rows, dead letters.
 
 The committed side is read from the worker's own DuckDB connection (a cursor beside the sink),
-the end side from Kafka with a short-lived consumer outside the sink's group, so asking for the
-status never disturbs the group or opens the DuckDB file a second time.
+the end side from Kafka with a consumer outside the sink's group (:class:`EndOffsets`), so asking
+for the status never disturbs the group or opens the DuckDB file a second time.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -24,33 +27,62 @@ SELECT (SELECT count(*) FROM interactions) AS interactions,
 """
 
 
-def end_offsets(kafka: KafkaSettings, topics: list[str]) -> dict[tuple[str, int], int]:
-    """Kafka's end offset of every partition of ``topics``; raises KafkaError when unreachable."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-status",
-        group_id=None,  # outside the sink's group: no rebalance
-        request_timeout_ms=kafka.request_timeout_ms,
-        bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,
-    )
-    try:
-        partitions = [
-            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        ends = consumer.end_offsets(partitions)
-        return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
-    finally:
-        consumer.close()
+EndsOf = Callable[[list[str]], dict[tuple[str, int], int]]  # topics -> end offset per (topic, partition)
 
 
-def partition_lags(
-    kafka: KafkaSettings, topics: list[str], store: DuckDBStore
-) -> tuple[list[PartitionLag], str | None]:
+class EndOffsets:
+    """Kafka's end offsets through one client kept between calls.
+
+    The metrics endpoint asks on every scrape, so a client per call would mean a connection and a
+    metadata round trip each time. A failed call closes the client; the next call opens a new one.
+    """
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._kafka = kafka
+        self._consumer: KafkaConsumer | None = None
+        self._lock = threading.Lock()  # the status route and a metrics scrape may ask at once
+
+    def __call__(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        """The end offset of every partition of ``topics``; raises KafkaError when Kafka does not answer."""
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=self._kafka.bootstrap_servers,
+                    client_id=f"{self._kafka.client_id}-status",
+                    group_id=None,  # outside the sink's group: no rebalance
+                    request_timeout_ms=self._kafka.request_timeout_ms,
+                    bootstrap_timeout_ms=self._kafka.bootstrap_timeout_ms,
+                )
+            consumer = self._consumer
+            try:
+                partitions = [
+                    TopicPartition(topic, p)
+                    for topic in topics
+                    for p in sorted(consumer.partitions_for_topic(topic) or ())
+                ]
+                ends = consumer.end_offsets(partitions)
+            except KafkaError:
+                self._close()
+                raise
+            return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+
+    def close(self) -> None:
+        """Close the client (a later call opens a new one)."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def partition_lags(ends_of: EndsOf, topics: list[str], store: DuckDBStore) -> tuple[list[PartitionLag], str | None]:
     """Lag of every partition of ``topics``, and why Kafka's end offsets are unknown (None when they are known)."""
     committed = {key: offset for key, offset in store.committed_offsets().items() if key[0] in topics}
     error: str | None = None
     try:
-        ends = end_offsets(kafka, topics)
+        ends = ends_of(topics)
     except KafkaError as exc:
         ends, error = {}, f"{type(exc).__name__}: {exc}"
     partitions = []
@@ -61,9 +93,9 @@ def partition_lags(
     return partitions, error
 
 
-def sink_status(kafka: KafkaSettings, topics: list[str], store: DuckDBStore, stats: SinkStats) -> SinkStatus:
+def sink_status(ends_of: EndsOf, topics: list[str], store: DuckDBStore, stats: SinkStats) -> SinkStatus:
     """Lag per partition, rows per table, dead letters and the last commit."""
-    partitions, error = partition_lags(kafka, topics, store)
+    partitions, error = partition_lags(ends_of, topics, store)
     counts = store.query(_COUNTS_SQL)[0]
     return SinkStatus(
         partitions=partitions,

@@ -19,7 +19,7 @@ from pipeline_events import audit, feedback, interaction, run_in_thread, wait_un
 from feedback.settings import KafkaSettings
 from feedback.store import DuckDBStore
 from services.worker.sink import Sink
-from services.worker.status import sink_status
+from services.worker.status import EndOffsets, sink_status
 
 MAX_EVENT_BYTES = 4096
 
@@ -116,7 +116,11 @@ def test_poison_events_are_dead_lettered_while_good_ones_flow(
         oversized["reason"] == f"oversized: {oversized['size_bytes']} bytes, more than the limit of {MAX_EVENT_BYTES}"
     )
 
-    status = sink_status(kafka_isolated, sink.topics, store, sink.stats)
+    ends_of = EndOffsets(kafka_isolated)
+    try:
+        status = sink_status(ends_of, sink.topics, store, sink.stats)
+    finally:
+        ends_of.close()
     assert status.total_lag == 0
     assert status.rows == {"interactions": 60, "feedback": 20, "audit": 7}
     assert status.dead_lettered == 37
@@ -147,7 +151,15 @@ def test_status_reports_lag_before_the_sink_reads(kafka_isolated: KafkaSettings,
     topics = kafka_isolated.topics
     produce(kafka_isolated, [(topics.interactions, b"same-key", interaction(n).encode()) for n in range(5)])
     sink = Sink(kafka_isolated, store, batch_max=10, poll_timeout_ms=100)
-    status = sink_status(kafka_isolated, sink.topics, store, sink.stats)
+    ends_of = EndOffsets(kafka_isolated)
+    try:
+        status = sink_status(ends_of, sink.topics, store, sink.stats)
+        again = sink_status(ends_of, sink.topics, store, sink.stats)  # the same client, asked again
+        ends_of.close()
+        reopened = sink_status(ends_of, sink.topics, store, sink.stats)  # a new client after close
+    finally:
+        ends_of.close()
+    assert again == reopened == status
     assert status.total_lag == 5
     lagging = [p for p in status.partitions if p.lag]
     assert [(p.topic, p.committed, p.end, p.lag) for p in lagging] == [(topics.interactions, None, 5, 5)]
