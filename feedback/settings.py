@@ -127,11 +127,38 @@ class KeyLimitSettings(BaseModel):
     max_in_flight: int = Field(16, ge=1)  # chat completions of one key running at once (a stream until it ends)
 
 
+class VLLMSettings(_Section):
+    """The vLLM engine of the GPU backend (``gateway.backend = "vllm"``; services/gateway/vllm_backend.py)."""
+
+    # share of the GPU's memory this engine takes (weights, activations, KV cache); the rest is left to LoRA
+    # training on the same GPU and to other engines (a challenger on another base model starts its own)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95)
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"  # weights and activations (vLLM's LoRA kernels need 16-bit)
+    max_num_seqs: int = Field(256, ge=1, le=4096)  # most requests (served and shadow) decoding in one batch
+    max_model_len: int | None = Field(None, ge=16)  # context length, tokens; None: the model's own
+    max_loras: int = Field(4, ge=1, le=64)  # adapters in one batch (champion, challenger, versions being swapped)
+    # adapters kept in host memory; the least recently used one is dropped, and reloaded from the registry if asked
+    max_cpu_loras: int = Field(16, ge=1, le=1024)
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 16  # largest LoRA rank served; GPU memory is reserved for it
+    # skip torch.compile and CUDA graphs: the engine starts in seconds instead of minutes, and decodes slower
+    enforce_eager: bool = False
+
+    @model_validator(mode="after")
+    def _cpu_holds_the_batch(self) -> VLLMSettings:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras})")
+        return self
+
+
 class GatewaySettings(_Section):
     """The serving gateway."""
 
     host: str = "127.0.0.1"  # interface to bind
     port: int = Field(8000, ge=1, le=65535)  # TCP port to bind
+    # inference engine: "transformers" (CPU or GPU, continuous batching of our own) or "vllm" (CUDA GPU only,
+    # the optional extra that infra/gpu/install.sh installs); both serve the same API, events and metrics
+    backend: Literal["transformers", "vllm"] = "transformers"
+    vllm: VLLMSettings = VLLMSettings()  # the vLLM engine, when backend is "vllm"
     served_model_name: str = "flywheel"  # the model name clients send and /v1/models lists
     drain_timeout_s: float = Field(5.0, ge=0)  # at shutdown, wait this long for Kafka to take the backlog
     wal: WalSettings = WalSettings()

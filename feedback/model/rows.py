@@ -87,7 +87,7 @@ def advance(runtime: ModelRuntime, row: BatchRow, token: int) -> None:
         or (bool(stop) and first_stop(text, stop) is not None)
     )
     if row.on_text is not None and not row.done:
-        safe = _streamable(text, stop)
+        safe = streamable(text, stop)
         if len(safe) > len(row.emitted) and safe.startswith(row.emitted):
             row.on_text(safe[len(row.emitted) :])
             row.emitted = safe
@@ -120,7 +120,7 @@ def restart(row: BatchRow) -> None:
     row.done, row.result, row.generator = False, None, None
 
 
-def _streamable(text: str, stop: Sequence[str]) -> str:
+def streamable(text: str, stop: Sequence[str]) -> str:
     """The part of ``text`` that can be sent now: not a half-decoded character, not a possible stop start."""
     safe = text.rstrip("\ufffd")
     held = 0

@@ -94,7 +94,7 @@ class ModelRuntime:
         self._tokenizer = tokenizer
         self._name = name
         self._lock = threading.Lock()
-        self._eos_ids = _eos_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id)
+        self._eos_ids = eos_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
         self._pad_id = int(pad) if pad is not None else min(self._eos_ids)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -400,7 +400,8 @@ def _chosen_logprobs(logits: Sequence[torch.Tensor], generated: torch.Tensor) ->
     return cast(list[list[float]], torch.cat(steps, dim=1).tolist())
 
 
-def _eos_ids(configured: int | list[int] | None, tokenizer_eos: int | None) -> frozenset[int]:
+def eos_ids(configured: int | list[int] | None, tokenizer_eos: int | None) -> frozenset[int]:
+    """The ids that end a completion: the generation config's ``eos_token_id`` (one or a list), else the tokenizer's."""
     ids = [configured] if isinstance(configured, int) else list(configured or [])
     if not ids and tokenizer_eos is not None:
         ids = [tokenizer_eos]

@@ -36,6 +36,7 @@ from services.gateway.moderation import ContentGuard
 from services.gateway.pool import BackendPool, OpenBase
 from services.gateway.routes import admin, chat, feedback, health
 from services.gateway.serving import ChatService
+from services.gateway.vllm_backend import VLLMBackend
 from services.http_access import AuthOffHeader, warn_if_auth_off
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,19 @@ log = logging.getLogger(__name__)
 STARTUP_WAIT_S = 5.0  # at start, wait this long to read the deployments and keys topics to their end
 
 
-def load_backend(settings: Settings, source: str | None = None) -> TransformersBackend:
-    """A backend on the model ``source`` (default: the configured model), converted once and loaded from the cache."""
+def load_backend(settings: Settings, source: str | None = None) -> InferenceBackend:
+    """A backend on the model ``source`` (default: the configured model), converted once and loaded from the cache.
+
+    ``gateway.backend`` picks the engine: the transformers runtime, or vLLM (whose engine loads the
+    weights itself when the backend starts).
+    """
     model = settings.model
     model_dir = prepare_model(source or model.source, model.cache_dir)
+    registry = AdapterRegistry(model.registry_dir)
+    if settings.gateway.backend == "vllm":
+        return VLLMBackend(model_dir, settings.gateway, registry)
     runtime = ModelRuntime.load(model_dir, device=model.device, dtype=model.dtype, threads=model.threads)
-    return TransformersBackend(runtime, settings.gateway, AdapterRegistry(model.registry_dir))
+    return TransformersBackend(runtime, settings.gateway, registry)
 
 
 def create_app(

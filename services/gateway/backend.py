@@ -15,6 +15,8 @@ import copy
 from dataclasses import dataclass
 from typing import Protocol
 
+from transformers import PreTrainedTokenizerBase
+
 from feedback.deployments import split_version
 from feedback.errors import ModelError
 from feedback.events import ChatMessage, Role
@@ -40,6 +42,19 @@ class GenerationRequest:
     model_version: str
     role: Role = "served"
     on_text: TextCallback | None = None  # called with each new piece of text, from any thread
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, request: GenerationRequest, context_length: int) -> list[int]:
+    """The request's messages as prompt token ids (the chat template); ContextLengthError when the
+    prompt plus ``max_tokens`` does not fit ``context_length``."""
+    prompt = render_chat(tokenizer, [m.model_dump() for m in request.messages])
+    budget = request.params.max_tokens
+    if len(prompt) + budget > context_length:
+        raise ContextLengthError(
+            f"the prompt ({len(prompt)} tokens) plus max_tokens ({budget}) exceeds the model's "
+            f"context length of {context_length} tokens"
+        )
+    return prompt
 
 
 class InferenceBackend(Protocol):
@@ -117,14 +132,7 @@ class TransformersBackend:
         self._prompt(request)
 
     def _prompt(self, request: GenerationRequest) -> list[int]:
-        prompt = render_chat(self._tokenizer, [m.model_dump() for m in request.messages])
-        budget, limit = request.params.max_tokens, self._runtime.context_length
-        if len(prompt) + budget > limit:
-            raise ContextLengthError(
-                f"the prompt ({len(prompt)} tokens) plus max_tokens ({budget}) exceeds the model's "
-                f"context length of {limit} tokens"
-            )
-        return prompt
+        return render_prompt(self._tokenizer, request, self._runtime.context_length)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         """Check the prompt against the context, then generate in a shared batch."""

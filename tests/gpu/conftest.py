@@ -1,0 +1,140 @@
+"""Fixtures of the GPU tests: a vLLM engine and the transformers backend on one GPU, LoRA adapters, references.
+
+The tests here need a CUDA GPU and vLLM; elsewhere they are skipped. infra/gpu/install.sh installs
+vLLM beside the machine's own torch and runs them. Each module starts one vLLM engine (eager mode,
+seconds to start) on an event loop of its own and keeps it for all its tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from feedback.model.runtime import ModelRuntime
+from feedback.registry import AdapterRegistry
+from feedback.settings import GatewaySettings, VLLMSettings
+from services.gateway import vllm_backend
+from services.gateway.backend import TransformersBackend
+from services.gateway.metrics import GatewayMetrics
+
+Score = Callable[[str | None, Sequence[int], Sequence[int]], tuple[float, ...]]
+"""The reference log-probabilities: (adapter or None, prompt ids, completion ids) -> one per completion token."""
+
+if vllm_backend.available():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # vLLM's dependencies warn while they import (deprecations), not ours to fix
+        # ... and so do the modules vLLM imports while it checks a model (torch.jit deprecations)
+        for module in ("vllm.v1.engine.async_llm", "vllm.model_executor.model_loader", "torch._inductor.compile_fx"):
+            importlib.import_module(module)
+
+
+def make_lora(model_dir: Path, out_dir: Path, seed: int) -> Path:
+    """A LoRA adapter like the refresh's (rank 8 on the attention projections) with random weights.
+
+    Random, not zero, so that its answers differ from the base model's and from another seed's.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    runtime = ModelRuntime.load(model_dir)
+    config = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        get_peft_model(runtime.model, config).save_pretrained(str(out_dir))
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def registry(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AdapterRegistry:
+    return AdapterRegistry(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="module")
+def new_adapter(
+    model_dir: Path, registry: AdapterRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, int], str]:
+    """Registers a new random adapter: (name, seed) -> its version."""
+
+    def register(name: str, seed: int) -> str:
+        adapter = make_lora(model_dir, tmp_path_factory.mktemp("lora") / name, seed)
+        return registry.register(adapter, dataset_manifest={"name": name}, lineage={"parent": None})
+
+    return register
+
+
+@pytest.fixture(scope="module")
+def adapters(new_adapter: Callable[[str, int], str]) -> dict[str, str]:
+    """Two registered adapter versions by name ("first", "second")."""
+    return {name: new_adapter(name, seed) for seed, name in enumerate(("first", "second"), start=1)}
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.Runner]:
+    """The module's event loop: the engines live on it from test to test."""
+    with asyncio.Runner() as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def metrics() -> GatewayMetrics:
+    return GatewayMetrics()
+
+
+@pytest.fixture(scope="module")
+def vllm(
+    loop: asyncio.Runner, model_dir: Path, registry: AdapterRegistry, metrics: GatewayMetrics
+) -> Iterator[vllm_backend.VLLMBackend]:
+    """The vLLM backend on the default model, bfloat16, eager (no compilation), 0.3 of the GPU's memory."""
+    settings = GatewaySettings(vllm=VLLMSettings(enforce_eager=True, gpu_memory_utilization=0.3))
+    backend = vllm_backend.VLLMBackend(model_dir, settings, registry)
+    loop.run(backend.start(metrics))
+    try:
+        yield backend
+    finally:
+        loop.run(backend.close())
+
+
+@pytest.fixture(scope="module")
+def transformers_gpu(
+    loop: asyncio.Runner, model_dir: Path, registry: AdapterRegistry, vllm: vllm_backend.VLLMBackend
+) -> Iterator[TransformersBackend]:
+    """The transformers backend on the same GPU in float32 (the reference numerics), after vLLM has started."""
+    runtime = ModelRuntime.load(model_dir, device="cuda", dtype="float32")
+    backend = TransformersBackend(runtime, GatewaySettings(batch_wait_ms=5), registry)
+    loop.run(backend.start(GatewayMetrics()))
+    try:
+        yield backend
+    finally:
+        loop.run(backend.close())
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path, registry: AdapterRegistry, transformers_gpu: TransformersBackend) -> Score:
+    """Teacher-forced float32 log-probabilities on the GPU, with the base model alone or one adapter applied."""
+    runtimes: dict[str | None, ModelRuntime] = {}
+
+    def runtime_for(adapter: str | None) -> ModelRuntime:
+        if adapter not in runtimes:
+            runtime = ModelRuntime.load(model_dir, device="cuda", dtype="float32")
+            if adapter is not None:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    # peft wraps the runtime's own model in place: its forward passes apply the adapter
+                    PeftModel.from_pretrained(
+                        runtime.model, registry.fetch(adapter), autocast_adapter_dtype=False
+                    ).eval()
+            runtimes[adapter] = runtime
+        return runtimes[adapter]
+
+    def score(adapter: str | None, prompt: Sequence[int], completion: Sequence[int]) -> tuple[float, ...]:
+        return runtime_for(adapter).score_tokens(prompt, completion)
+
+    return score

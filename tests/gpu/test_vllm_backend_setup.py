@@ -1,0 +1,52 @@
+"""The parts of the vLLM backend that need no GPU, so they run everywhere: choosing it, its checks, its guard."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from feedback.errors import ModelError
+from feedback.events import ChatMessage
+from feedback.model.runtime import SamplingParams
+from feedback.settings import GatewaySettings, ModelSettings, Settings, VLLMSettings
+from services.gateway.app import load_backend
+from services.gateway.backend import ContextLengthError, GenerationRequest
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.vllm_backend import VLLMBackend
+
+HUGE = (ChatMessage(role="user", content="hello " * 9000),)
+
+
+def test_the_gateway_setting_picks_vllm_without_loading_the_model_itself(tmp_path: Path, model_dir: Path) -> None:
+    settings = Settings(
+        model=ModelSettings(registry_dir=tmp_path / "registry"), gateway=GatewaySettings(backend="vllm")
+    )
+    backend = load_backend(settings)
+    assert isinstance(backend, VLLMBackend)
+    assert (backend.base, backend.context_length) == ("smollm2-135m-instruct", 8192)
+    assert backend.serves("smollm2-135m-instruct+abc")
+    assert not backend.serves("another-model")
+
+
+def test_it_refuses_prompts_beyond_its_context(model_dir: Path) -> None:
+    backend = VLLMBackend(model_dir, GatewaySettings(vllm=VLLMSettings(max_model_len=512)))
+    fits = GenerationRequest((ChatMessage(role="user", content="hi"),), SamplingParams(max_tokens=400), "x")
+    backend.check(fits)
+    with pytest.raises(ContextLengthError, match=r"exceeds the model's context length of 512 tokens"):
+        backend.check(GenerationRequest(fits.messages, SamplingParams(max_tokens=500), "x"))
+    with pytest.raises(ContextLengthError, match=r"context length of 8192 tokens"):
+        VLLMBackend(model_dir).check(GenerationRequest(HUGE, SamplingParams(), "x"))
+
+
+def test_max_cpu_loras_holds_a_batch_of_adapters() -> None:
+    with pytest.raises(ValueError, match=r"max_cpu_loras \(2\) must be at least max_loras \(4\)"):
+        VLLMSettings(max_loras=4, max_cpu_loras=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_without_vllm_starting_says_how_to_install_it(model_dir: Path) -> None:
+    with pytest.raises(ModelError, match=r"needs a CUDA GPU and the optional extra installed by infra/gpu/install.sh"):
+        asyncio.run(VLLMBackend(model_dir).start(GatewayMetrics()))
