@@ -6,6 +6,7 @@ flywheel topics create
 flywheel model prepare
 flywheel gateway                 serve the OpenAI-compatible API
 flywheel worker                  run the DuckDB sink and the worker API
+flywheel proxy --upstream URL --upstream URL [--port N]   round-robin proxy in front of gateway replicas
 flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
 flywheel query "SQL"             analyst SQL over the lake, sandboxed
 flywheel refresh [--now|--dry-run] [--force]   the daily refresh now, a dry run, or the ledger
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -159,12 +160,37 @@ def worker(
     _serve(create_app(settings), bind_host, bind_port, "FLYWHEEL_WORKER__PORT")
 
 
-def _serve(application: object, host: str, port: int, port_setting: str) -> None:
+@app.command()
+def proxy(
+    upstream: Annotated[
+        list[str], typer.Option("--upstream", help="A gateway replica's base URL (http://host:port); repeat it.")
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
+) -> None:
+    """Spread requests over gateway replicas in turn, streaming answers through (services/proxy)."""
+    from pydantic import ValidationError
+
+    from services.proxy.app import create_app
+    from services.proxy.config import ProxyConfig
+
+    try:
+        config = ProxyConfig(upstreams=tuple(upstream))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise fail(f"proxy.{where}: {error['msg'].removeprefix('Value error, ')}", code=2) from exc
+    # proxy_headers off: the client address the proxy appends to X-Forwarded-For is the connection's own
+    _serve(create_app(config), host, port, None, proxy_headers=False)
+
+
+def _serve(application: object, host: str, port: int, port_setting: str | None, **server: Any) -> None:
     if port_in_use(host, port):
-        raise fail(f"port {port} on {host} is already in use; choose another with --port or {port_setting}")
+        alternative = f" or {port_setting}" if port_setting else ""
+        raise fail(f"port {port} on {host} is already in use; choose another with --port{alternative}")
     configure_logging()
     try:
-        uvicorn.run(application, host=host, port=port, log_level="info")  # type: ignore[arg-type]
+        uvicorn.run(application, host=host, port=port, log_level="info", **server)  # type: ignore[arg-type]
     except FlywheelError as exc:
         raise fail(str(exc)) from exc
 

@@ -1,6 +1,6 @@
-"""A service (``flywheel gateway`` or ``flywheel worker``) as a child process: the demo and benchmarks start them.
+"""A service (``flywheel gateway``, ``worker`` or ``proxy``) as a child process: the demo and benchmarks start them.
 
-The child runs ``python -m services.cli.main <name> --port <free port>`` with the given environment
+The child runs ``python -m services.cli.main <name> [args] --port <free port>`` with the given environment
 (its settings), writes its log to ``<workdir>/<name>.log``, and counts as ready once ``/healthz``
 answers 200. Leaving the block stops it with SIGTERM (SIGKILL after 30 s).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +32,13 @@ class Service:
 
 
 @contextmanager
-def service_process(name: str, workdir: Path, env: dict[str, str]) -> Iterator[Service]:
-    """Start ``flywheel <name>`` on a free port, wait until it is ready, stop it at the end."""
+def service_process(name: str, workdir: Path, env: dict[str, str], args: Sequence[str] = ()) -> Iterator[Service]:
+    """Start ``flywheel <name> [args]`` on a free port, wait until it is ready, stop it at the end."""
     port = free_port()
     log_path = workdir / f"{name}.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", name, "--port", str(port)],
+            [sys.executable, "-m", "services.cli.main", name, *args, "--port", str(port)],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -60,12 +60,12 @@ class Outcome:
         return "5xx" if self.status >= 500 else "other 4xx"
 
 
-def payload(n: int) -> dict[str, Any]:
-    """Request ``n``: a short question, greedy, ``MAX_TOKENS`` tokens, a user of its own; some streamed."""
+def payload(n: int, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
+    """Request ``n``: a short question, greedy, ``max_tokens`` tokens, a user of its own; some streamed."""
     return {
         "model": "flywheel",
         "messages": [{"role": "user", "content": QUESTIONS[n % len(QUESTIONS)]}],
-        "max_tokens": MAX_TOKENS,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "user": f"load-{n}",
         "stream": n % STREAM_EVERY == 0,
@@ -77,9 +77,9 @@ def new_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=TIMEOUT_S, limits=httpx.Limits(max_connections=2000))
 
 
-async def send(client: httpx.AsyncClient, url: str, key: str) -> Outcome:
-    """Send the next request with ``key`` and read its whole answer."""
-    body = payload(next(_numbers))
+async def send(client: httpx.AsyncClient, url: str, key: str, max_tokens: int = MAX_TOKENS) -> Outcome:
+    """Send the next request with ``key`` (answers of ``max_tokens`` tokens) and read its whole answer."""
+    body = payload(next(_numbers), max_tokens)
     start = time.perf_counter()
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=bearer(key)) as response:
@@ -143,14 +143,14 @@ async def open_loop(name: str, url: str, keys: list[str], rate: float, seconds: 
     return Phase(name, rate, time.perf_counter() - start, outcomes)
 
 
-async def closed_loop(url: str, key: str, clients: int, seconds: float) -> Phase:
+async def closed_loop(url: str, key: str, clients: int, seconds: float, max_tokens: int = MAX_TOKENS) -> Phase:
     """``clients`` clients, each sending its next request once its answer came, for ``seconds``."""
     deadline = time.perf_counter() + seconds
 
     async def client_loop(client: httpx.AsyncClient) -> list[Outcome]:
         outcomes = []
         while time.perf_counter() < deadline:
-            outcomes.append(await send(client, url, key))
+            outcomes.append(await send(client, url, key, max_tokens))
         return outcomes
 
     start = time.perf_counter()

@@ -1,0 +1,1 @@
+"""A round-robin HTTP proxy that runs several gateway replicas behind one address (``flywheel proxy``)."""
