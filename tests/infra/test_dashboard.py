@@ -2,9 +2,10 @@
 its queries name is one the gateway or the worker exports.
 
 What each service exports is read from the registries their ``GET /metrics`` routes render
-(``GatewayMetrics`` in the gateway, ``WorkerMetrics`` in the worker; test_worker_api scrapes the
-worker's route), expanded the way the text format names samples: a counter ``x`` as ``x_total``, a
-histogram as ``x_bucket``, ``x_sum`` and ``x_count``.
+(``GatewayMetrics`` in the gateway, ``WorkerMetrics`` in the worker, and the process-wide registry
+both add, :func:`feedback.metrics.exposition`; test_worker_api scrapes the worker's route),
+expanded the way the text format names samples: a counter ``x`` as ``x_total``, a histogram as
+``x_bucket``, ``x_sum`` and ``x_count``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from services.gateway.metrics import GatewayMetrics
 from services.worker.metrics import WorkerMetrics
@@ -47,7 +48,7 @@ def sample_names(registry: CollectorRegistry) -> set[str]:
 
 def exported() -> set[str]:
     worker = WorkerMetrics(SinkStats, lambda: ([], None), lambda: False)
-    return sample_names(GatewayMetrics().registry) | sample_names(worker.registry)
+    return sample_names(GatewayMetrics().registry) | sample_names(worker.registry) | sample_names(REGISTRY)
 
 
 def missing_metrics(board: dict[str, Any], names: set[str]) -> set[str]:
@@ -75,6 +76,8 @@ def test_the_dashboard_shows_every_area_of_the_service() -> None:
         "flywheel_shadow_total",
         "flywheel_key_limited_total",
         "flywheel_challenger_fallbacks_total",
+        "flywheel_wal_fill_ratio",  # the gateways' write-ahead logs (a broker outage fills them)
+        "flywheel_wal_pending_events",
         "flywheel_sink_events_total",  # ingest
         "flywheel_sink_lag_events",
         "flywheel_refresh_outcomes_total",
