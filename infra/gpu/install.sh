@@ -9,6 +9,9 @@
 #                                                 then check what imports from where
 #   infra/gpu/install.sh test     [WHEELS] [ARGS] install, then run the GPU tests and the backend
 #                                                 contract suite (vLLM included); ARGS go to pytest
+#   infra/gpu/install.sh bench    [WHEELS] SCRIPT [ARGS]
+#                                                 install, then run tests/bench/SCRIPT with ARGS on the GPU
+#                                                 (bench_gpu_serving.py, bench_training.py)
 #
 # WHEELS defaults to infra/gpu/wheels (git-ignored), FLYWHEEL_GPU_SITE to .flywheel/gpu-site, PYTHON to
 # python3 (the interpreter that holds the machine's torch). Run from anywhere; paths are the repo's.
@@ -38,8 +41,14 @@ download() {
 install() {
   local wheels=("$WHEELS"/*.whl)
   [[ -e "${wheels[0]}" ]] || { echo "no wheels in $WHEELS: run '$0 download' where an index is reachable" >&2; exit 1; }
+  # the same wheels installed before: nothing to do (the marker lists them)
+  if [[ -f "$SITE/.installed" ]] && [[ "$(cat "$SITE/.installed")" == "$(basename -a "${wheels[@]}")" ]]; then
+    check
+    return
+  fi
   mkdir -p "$SITE"
   "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$SITE" "${wheels[@]}"
+  basename -a "${wheels[@]}" >"$SITE/.installed"
   check
 }
 
@@ -72,9 +81,20 @@ run_tests() {
     "$PYTHON" -m pytest tests/gpu tests/services/gateway/test_backend_contract.py -ra "$@"
 }
 
+run_bench() {
+  shift $(( $# < 2 ? $# : 2 ))
+  [[ $# -ge 1 ]] || { echo "name the benchmark: $0 bench WHEELS SCRIPT [ARGS]" >&2; exit 2; }
+  local script="$1"
+  shift
+  cd "$REPO"
+  PYTHONPATH="$SITE:$REPO:$REPO/tests:$REPO/tests/bench" HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+    PYTHONUNBUFFERED=1 "$PYTHON" "tests/bench/$script" "$@"
+}
+
 case "$MODE" in
   download) download ;;
   install) install ;;
   test) install && run_tests "$@" ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  bench) install && run_bench "$@" ;;
+  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from feedback.registry import AdapterRegistry
 from feedback.settings import ModelSettings, Settings
 from services.cli.ports import free_port
 from services.gateway.app import create_app
-from services.gateway.backend import TransformersBackend
+from services.gateway.backend import InferenceBackend, TransformersBackend
 
 KEY, RECORD = new_key("bench", "user", created_by="bench")  # Kafka is unreachable here: the app starts with it
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -70,6 +70,20 @@ def body(request: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 @contextmanager
 def gateway(runtime: ModelRuntime, workdir: Path, **gateway_settings: Any) -> Iterator[tuple[str, Any]]:
+    """The gateway on the transformers backend over ``runtime``, under uvicorn in this process: (url, app)."""
+
+    def backend(settings: Settings) -> InferenceBackend:
+        return TransformersBackend(runtime, settings.gateway, AdapterRegistry(workdir / "registry"))
+
+    with serve(backend, workdir, **gateway_settings) as served:
+        yield served
+
+
+@contextmanager
+def serve(
+    backend_for: Callable[[Settings], InferenceBackend], workdir: Path, **gateway_settings: Any
+) -> Iterator[tuple[str, Any]]:
+    """The gateway on the backend ``backend_for`` builds from its settings, Kafka unreachable: (url, app)."""
     settings = Settings.model_validate(
         {
             "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "bootstrap_timeout_ms": 200},
@@ -83,13 +97,14 @@ def gateway(runtime: ModelRuntime, workdir: Path, **gateway_settings: Any) -> It
             "model": {"registry_dir": workdir / "registry"},
         }
     )
-    backend = TransformersBackend(runtime, settings.gateway, AdapterRegistry(workdir / "registry"))
-    app = create_app(settings, backend=backend, keys=KeyBook([RECORD]))
+    app = create_app(settings, backend=backend_for(settings), keys=KeyBook([RECORD]))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the gateway did not start (its error is above)")
         time.sleep(0.05)
     try:
         yield f"http://127.0.0.1:{port}", app

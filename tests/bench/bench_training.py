@@ -9,7 +9,9 @@ them. Tokens/s counts prompt and completion tokens (padding excluded), the same 
 One warm-up run each, then REPEATS runs alternating the two; prints the medians and their ratio
 (target: ours / bare >= 0.9).
 
-``BENCH_TRAINING_STEPS`` (default 8) and ``BENCH_TRAINING_REPEATS`` (default 3) scale it.
+``BENCH_TRAINING_STEPS`` (default 8) and ``BENCH_TRAINING_REPEATS`` (default 3) scale it. Both sides
+train on a CUDA GPU where one is visible (batches of 16 there), else on the CPU (batches of 4);
+``BENCH_TRAINING_DEVICE=cpu`` keeps them on the CPU.
 
 ``python tests/bench/bench_training.py variants`` instead measures ``feedback.training.train``
 under the settings that decide its speed on CPU, side by side (batches of 8, 2 threads, the
@@ -34,7 +36,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from feedback.examples import tokenize_examples
-from feedback.model.runtime import ModelRuntime, resolve_precision
+from feedback.model.runtime import ModelRuntime, resolve_device, resolve_precision
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings, TrainingSettings
 from feedback.train_data import collate, read_dataset
@@ -42,7 +44,12 @@ from feedback.training import TrainingJob, autocast, batch_indices, resolve_atte
 
 STEPS = int(os.environ.get("BENCH_TRAINING_STEPS", "8"))
 REPEATS = int(os.environ.get("BENCH_TRAINING_REPEATS", "3"))
-SETTINGS = TrainingSettings(rank=8, alpha=16, dropout=0.0, batch_size=4, max_steps=STEPS, epochs=100, threads=1)
+DEVICE = resolve_device(os.environ.get("BENCH_TRAINING_DEVICE", "auto"))  # a CUDA GPU where there is one
+# batches of 16 on a GPU: the 2-core CPU's batches of 4 would measure kernel launches there
+SETTINGS = TrainingSettings.model_validate(
+    {"rank": 8, "alpha": 16, "dropout": 0.0, "batch_size": 16 if DEVICE == "cuda" else 4, "max_steps": STEPS}
+    | {"epochs": 100, "threads": 1, "device": DEVICE}
+)
 PRODUCTS = ["lamp", "chair", "desk", "mug", "sofa", "shelf", "rug", "clock"]
 
 
@@ -86,11 +93,11 @@ def bare_loop(model_dir: Path, dataset: Path, out: Path, settings: TrainingSetti
     The clock starts before the model loads, as the refresh's training time includes its load.
     """
     start = time.perf_counter()
-    runtime = ModelRuntime.load(model_dir)
+    runtime = ModelRuntime.load(model_dir, device=DEVICE)
     examples = tokenize_examples(runtime, read_dataset(dataset))
     # the attention kernel ours picks for this data, so the ratio measures the loop and not the kernel
     longest = max(len(e.prompt_ids) + len(e.completion_ids) for e in examples)
-    runtime.model.set_attn_implementation(resolve_attention(settings.attention, "cpu", longest))
+    runtime.model.set_attn_implementation(resolve_attention(settings.attention, DEVICE, longest))
     torch.manual_seed(settings.seed)
     config = LoraConfig(  # the same adapter as ours: rank, alpha, dropout and target modules from ``settings``
         r=settings.rank,
@@ -103,15 +110,16 @@ def bare_loop(model_dir: Path, dataset: Path, out: Path, settings: TrainingSetti
         model = get_peft_model(runtime.model, config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     model.train()
-    precision = resolve_precision(settings.precision, "cpu")
+    precision = resolve_precision(settings.precision, DEVICE)
     tokens = 0
     for step in range(steps):
         batch = collate([examples[i] for i in batch_indices(step, len(examples), settings)], runtime.pad_id)
         # labels in the transformers convention: the token itself, shifted inside the model
         labels = torch.full_like(batch.input_ids, -100)
         labels[:, 1:] = batch.targets[:, :-1]
-        with autocast("cpu", precision):  # the precision the refresh trains in, so both do the same arithmetic
-            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        inputs = {"input_ids": batch.input_ids.to(DEVICE), "attention_mask": batch.attention_mask.to(DEVICE)}
+        with autocast(DEVICE, precision):  # the precision the refresh trains in, so both do the same arithmetic
+            loss = model(**inputs, labels=labels.to(DEVICE)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()
@@ -162,14 +170,16 @@ def main() -> None:
         variants(prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir))
         return
     torch.set_num_threads(SETTINGS.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads 1")
+    gpu = f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else ""
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus{gpu}, torch threads 1")
     model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)
     print(
-        f"model: {DEFAULT_MODEL}, LoRA r={SETTINGS.rank}, batch {SETTINGS.batch_size}, {STEPS} steps, {REPEATS} repeats"
+        f"model: {DEFAULT_MODEL} on {DEVICE}, LoRA r={SETTINGS.rank}, batch {SETTINGS.batch_size}, {STEPS} steps, "
+        f"{REPEATS} repeats"
     )
     rates: dict[str, list[float]] = {"ours": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = write_dataset(Path(tmp) / "data.jsonl")
+        dataset = write_dataset(Path(tmp) / "data.jsonl", n=max(32, SETTINGS.batch_size * 4))
         runs = {"ours": ours, "bare": bare}
         for repeat in range(REPEATS + 1):  # repeat 0 warms both up
             for name, run in runs.items():

@@ -1,0 +1,417 @@
+"""GPU serving benchmarks: the gateway on vLLM against raw vLLM, the transformers backend, shadow and load.
+
+Needs a CUDA GPU and the GPU extra (``infra/gpu/install.sh bench`` installs it and runs this). The
+gateway runs in this process under uvicorn, Kafka unreachable (events go to the write-ahead log,
+as they do whenever Kafka is away); its clients run in other processes, so the client's own
+Python is not counted against the gateway. Every comparison runs its sides in the same run, after
+a warm-up, with ``BENCH_REPEATS`` (default 3) repeats, and prints medians and ratios.
+
+Parts (``python tests/bench/bench_gpu_serving.py [PARTS] [--large]``; all by default):
+
+1. ``throughput``: generated tokens/s of N greedy requests (short prompts, ``max_tokens`` 64)
+   through the gateway at 1, 16, 64 and 256 concurrent clients, against raw vLLM offline
+   generation of the same prompt token ids (``LLM.generate`` on all of them at once, the same
+   engine settings as the backend). ``transformers``: the same through the transformers backend
+   on the same GPU (bf16), fewer requests per run.
+   ``--large`` runs the chosen parts on a model of SmolLM2-1.7B's shape built from the default model's
+   configuration with random weights.
+2. ``shadow``: served p50/p99 at 64 clients with 100% shadow (a LoRA challenger) against shadow
+   off, alternating; the share of shadow copies completed.
+3. ``latency``: open-loop arrivals of short requests (16 generated tokens) at rising rates; p50,
+   p99, refusals and failures per rate, and the GPU's utilisation sampled during each step.
+
+``BENCH_VLLM_EAGER=1`` (the default) starts both vLLM engines without compilation or CUDA graphs
+(seconds instead of minutes, slower decoding for both); ``0`` compiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench_serving import KEY, make_challenger, quantiles, serve, shadow_counts, with_shadow
+from load_client import Phase, open_loop
+from replicas import machine
+
+from feedback.model.runtime import ModelRuntime, render_chat
+from feedback.model.source import DEFAULT_MODEL, prepare_model
+from feedback.registry import AdapterRegistry
+from feedback.settings import ModelSettings, Settings
+from services.cli.credentials import bearer
+from services.gateway.backend import InferenceBackend, TransformersBackend
+
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+EAGER = os.environ.get("BENCH_VLLM_EAGER", "1") == "1"
+CLIENT_PROCESSES = 4  # the clients' Python is spread over this many processes
+LEVELS = (1, 16, 64, 256)  # concurrent clients
+MAX_TOKENS = 64
+GPU_SHARE = 0.5  # of the GPU's memory, for each vLLM engine (they run one after the other)
+SUBJECTS = ["sleep", "water", "exercise", "reading", "music", "friends", "maths", "history", "cooking", "rain"]
+ASKS = ["Explain why {} matters.", "Give two tips about {}.", "What is surprising about {}?", "Describe {} briefly."]
+LARGE_SHAPE = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24}  # SmolLM2-1.7B
+LARGE_SHAPE |= {"num_attention_heads": 32, "num_key_value_heads": 32}
+
+
+def requests(n: int, max_tokens: int = MAX_TOKENS) -> list[dict[str, Any]]:
+    """``n`` greedy chat requests with short prompts (under 64 tokens), each of its own user."""
+    out = []
+    for i in range(n):
+        ask = ASKS[i % len(ASKS)].format(SUBJECTS[(i // len(ASKS)) % len(SUBJECTS)])
+        content = f"{ask} (question {i})"
+        out.append(
+            {"model": "flywheel", "messages": [{"role": "user", "content": content}], "temperature": 0}
+            | {"max_tokens": max_tokens, "user": f"u{i}"}
+        )
+    return out
+
+
+def engine_settings() -> dict[str, Any]:
+    """The vLLM engine settings both the backend and the raw engine use."""
+    return {"enforce_eager": EAGER, "gpu_memory_utilization": GPU_SHARE, "max_num_seqs": 256}
+
+
+# ----- raw vLLM, in a process of its own (it frees the GPU when it ends) -----
+
+
+def raw_vllm(model_dir: Path, n: int) -> dict[str, Any]:
+    """Seconds and generated tokens of raw vLLM offline generation of :func:`requests`, as JSON from a child."""
+    child = subprocess.run(
+        [sys.executable, __file__, "raw", str(model_dir), str(n)], capture_output=True, text=True, check=False
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"raw vLLM failed:\n{child.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    return result
+
+
+def raw_child(model_dir: Path, n: int) -> None:
+    """In the child: the same engine settings as the backend, the prompts rendered by the same template."""
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    prompts = [{"prompt_token_ids": render_chat(tokenizer, r["messages"])} for r in requests(n)]
+    settings = engine_settings()
+    llm = LLM(
+        model=str(model_dir),
+        dtype="bfloat16",
+        enable_lora=True,
+        max_lora_rank=16,
+        enforce_eager=settings["enforce_eager"],
+        gpu_memory_utilization=settings["gpu_memory_utilization"],
+        max_num_seqs=settings["max_num_seqs"],
+        generation_config="vllm",
+    )
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
+    llm.generate(prompts[:64], params, use_tqdm=False)  # warm-up
+    seconds, tokens = [], 0
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        seconds.append(time.perf_counter() - start)
+        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    print(json.dumps({"seconds": seconds, "tokens": tokens}), flush=True)
+
+
+# ----- clients, in other processes -----
+
+
+def closed_client(url: str, key: str, payloads: list[dict[str, Any]], clients: int) -> tuple[int, list[float], int]:
+    """``clients`` clients sending ``payloads`` in turn: (completion tokens, latencies, failures).
+
+    The key comes from the parent: a client process imports the benchmark modules afresh, new keys and all.
+    """
+    return asyncio.run(_closed(url, key, payloads, clients))
+
+
+async def _closed(url: str, key: str, payloads: list[dict[str, Any]], clients: int) -> tuple[int, list[float], int]:
+    queue = list(reversed(payloads))
+    latencies: list[float] = []
+    tokens = failures = 0
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal tokens, failures
+        while queue:
+            start = time.perf_counter()
+            response = await client.post(f"{url}/v1/chat/completions", json=queue.pop())
+            if response.status_code != 200:
+                failures += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+            tokens += response.json()["usage"]["completion_tokens"]
+
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
+    async with httpx.AsyncClient(headers=bearer(key), timeout=600, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+    return tokens, latencies, failures
+
+
+def open_client(url: str, key: str, rate: float, seconds: float) -> Phase:
+    """Open-loop arrivals at ``rate`` per second for ``seconds`` (load_client's short requests)."""
+    return asyncio.run(open_loop(f"{rate:.0f}/s", url, [key], rate, seconds))
+
+
+class Clients:
+    """A pool of client processes: closed loops split into even shares, open loops into even rates."""
+
+    def __init__(self) -> None:
+        self._pool = ProcessPoolExecutor(CLIENT_PROCESSES, mp_context=get_context("spawn"))
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def closed(self, url: str, payloads: list[dict[str, Any]], clients: int) -> tuple[float, int, list[float], int]:
+        """Wall seconds, tokens, latencies and failures of ``payloads`` sent by ``clients`` clients."""
+        shares = min(CLIENT_PROCESSES, clients)
+        start = time.perf_counter()
+        futures = [
+            self._pool.submit(closed_client, url, KEY, payloads[i::shares], clients // shares + (i < clients % shares))
+            for i in range(shares)
+        ]
+        results = [f.result() for f in futures]
+        seconds = time.perf_counter() - start
+        return seconds, sum(r[0] for r in results), [x for r in results for x in r[1]], sum(r[2] for r in results)
+
+    def open(self, url: str, rate: float, seconds: float) -> Phase:
+        """All processes' outcomes of open-loop arrivals at ``rate`` in all."""
+        futures = [
+            self._pool.submit(open_client, url, KEY, rate / CLIENT_PROCESSES, seconds) for _ in range(CLIENT_PROCESSES)
+        ]
+        phases = [f.result() for f in futures]
+        return Phase(f"{rate:.0f}/s", rate, max(p.seconds for p in phases), [o for p in phases for o in p.outcomes])
+
+
+# ----- the gateway on either backend -----
+
+
+def vllm_backend_for(model_dir: Path, workdir: Path) -> Callable[[Settings], InferenceBackend]:
+    from services.gateway.vllm_backend import VLLMBackend
+
+    return lambda settings: VLLMBackend(model_dir, settings.gateway, AdapterRegistry(workdir / "registry"))
+
+
+def transformers_backend_for(model_dir: Path, workdir: Path) -> Callable[[Settings], InferenceBackend]:
+    runtime = ModelRuntime.load(model_dir, device="cuda", dtype="bfloat16")
+    return lambda settings: TransformersBackend(runtime, settings.gateway, AdapterRegistry(workdir / "registry"))
+
+
+def gateway_settings(backend: str) -> dict[str, Any]:
+    """Room for every client's request and shadow copy: the engine's capacity is measured, not our bounds."""
+    return {
+        "backend": backend,
+        "vllm": engine_settings(),
+        "max_batch_size": 256,
+        "max_queued_requests": 4096,
+        "shadow_queue_size": 1024,
+        "shadow_concurrency": 256,
+        "shadow_preempt_depth": 1024,
+        "wal": {"max_bytes": 8 * 1024**3},
+    }
+
+
+@contextmanager
+def gateway(backend_for: Callable[[Settings], InferenceBackend], workdir: Path, backend: str) -> Iterator[Any]:
+    with serve(backend_for, workdir, **gateway_settings(backend)) as served:
+        yield served
+
+
+def gateway_levels(clients: Clients, url: str, n_of: Callable[[int], int]) -> dict[int, list[float]]:
+    """Tokens/s at each level (warm-up, then REPEATS runs, levels alternating), failures fail the bench."""
+    rates: dict[int, list[float]] = {level: [] for level in LEVELS}
+    clients.closed(url, requests(64), 16)  # warm-up
+    for _ in range(REPEATS):
+        for level in LEVELS:
+            seconds, tokens, _, failures = clients.closed(url, requests(n_of(level)), level)
+            if failures:
+                raise RuntimeError(f"{failures} requests failed at {level} clients")
+            rates[level].append(tokens / seconds)
+    return rates
+
+
+N_REQUESTS = 1024  # per level and run (32 at 1 client)
+TRANSFORMERS_REQUESTS = {1: 4, 16: 32, 64: 128, 256: 512}  # the slower backend gets fewer per run
+
+
+def print_levels(title: str, rates: dict[int, list[float]], baseline: dict[int, float], against: str) -> None:
+    print(f"  {'clients':>7} {title:>28} {against:>22}")
+    for level, values in rates.items():
+        print(f"  {level:>7} {statistics.median(values):>28.1f} {statistics.median(values) / baseline[level]:>22.2f}")
+
+
+def throughput(url: str, clients: Clients, raw: dict[str, Any]) -> dict[int, float]:
+    """Tokens/s of the vLLM gateway per level against the raw engine; returns the medians."""
+    raw_rate = raw["tokens"] / statistics.median(raw["seconds"])
+    print(f"throughput: {N_REQUESTS} requests per level (32 at 1 client), max_tokens {MAX_TOKENS}, {REPEATS} runs")
+    print(f"  raw vLLM offline, all {N_REQUESTS} at once: {raw_rate:.1f} tok/s ({raw['tokens']} tokens per run)")
+    rates = gateway_levels(clients, url, lambda level: N_REQUESTS if level > 1 else 32)
+    print_levels("gateway on vLLM, tok/s", rates, dict.fromkeys(LEVELS, raw_rate), "/ raw vLLM (>= 0.9)")
+    return {level: statistics.median(values) for level, values in rates.items()}
+
+
+def transformers_throughput(model_dir: Path, workdir: Path, clients: Clients, vllm: dict[int, float]) -> None:
+    """The transformers backend on the same GPU (bf16), against the vLLM gateway's medians."""
+    with gateway(transformers_backend_for(model_dir, workdir), workdir, "transformers") as (url, _):
+        rates = gateway_levels(clients, url, TRANSFORMERS_REQUESTS.__getitem__)
+    print(f"transformers backend on the same GPU, bf16, requests per run {TRANSFORMERS_REQUESTS}")
+    print_levels("gateway on transformers, tok/s", rates, vllm, "vLLM / transformers")
+    for level in LEVELS:
+        print(f"  at {level} clients the vLLM gateway is {vllm[level] / statistics.median(rates[level]):.1f}x")
+
+
+def shadow(url: str, app: Any, clients: Clients, challenger: str) -> None:
+    payloads = requests(512, max_tokens=32)
+    print(f"shadow overhead: 64 clients, {len(payloads)} requests per run (max_tokens 32), {REPEATS} runs each side")
+    with_shadow(app, challenger, 1.0)
+    clients.closed(url, payloads[:128], 64)  # warm-up, loads the adapter
+    settle(app)
+    before = shadow_counts(app)
+    latencies: dict[str, list[float]] = {"off": [], "100%": []}
+    for _ in range(REPEATS):
+        for label in latencies:
+            with_shadow(app, challenger if label == "100%" else None, 1.0)
+            _, _, values, failures = clients.closed(url, payloads, 64)
+            if failures:
+                raise RuntimeError(f"{failures} served requests failed with shadow {label}")
+            latencies[label] += values
+            settle(app)
+    after = shadow_counts(app)
+    (p50_off, p99_off), (p50, p99) = (quantiles(latencies[label]) for label in ("off", "100%"))
+    print(f"  served p50 {p50:.4f} s vs off {p50_off:.4f} s: ratio {p50 / p50_off:.3f} (target <= 1.05)")
+    print(f"  served p99 {p99:.4f} s vs off {p99_off:.4f} s: ratio {p99 / p99_off:.3f}")
+    done = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    print(f"  shadow copies: {done}; completed {done.get('completed', 0) / max(sum(done.values()), 1):.1%}")
+
+
+def settle(app: Any) -> None:
+    """Wait until no shadow copy is in flight."""
+    while app.state.chat.shadow.in_flight:
+        time.sleep(0.05)
+
+
+def latency(url: str, clients: Clients) -> None:
+    rates = [float(r) for r in os.environ.get("BENCH_RATES", "100,250,500,1000,1500").split(",")]
+    print("latency: open-loop short requests (16 tokens, one in four streamed), 10 s per rate")
+    print(f"  {'offered/s':>9} {'served/s':>9} {'p50 s':>7} {'p99 s':>7} {'429':>6} {'failed':>6} {'GPU util':>8}")
+    clients.open(url, 50, 3)  # warm-up
+    for rate in rates:
+        with gpu_utilisation() as samples:
+            phase = clients.open(url, rate, 10)
+        p50, p99 = phase.latency()
+        refused = sum(o.status == 429 for o in phase.outcomes)
+        util = statistics.mean(samples) if samples else float("nan")
+        print(
+            f"  {rate:>9.0f} {phase.served_per_s():>9.1f} {p50:>7.3f} {p99:>7.3f} {refused:>6}"
+            f" {len(phase.failures):>6} {util:>7.0f}%"
+        )
+
+
+@contextmanager
+def gpu_utilisation(every_s: float = 0.1) -> Iterator[list[float]]:
+    """The GPU's utilisation (percent) sampled every ``every_s`` while the block runs."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every_s):
+            samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+        pynvml.nvmlShutdown()
+
+
+def large_model(model_dir: Path, out: Path) -> Path:
+    """A model of SmolLM2-1.7B's shape from the default model's configuration, random bf16 weights, same tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    for name, value in LARGE_SHAPE.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+    for extra in ("generation_config.json",):
+        if (model_dir / extra).exists():
+            (out / extra).write_bytes((model_dir / extra).read_bytes())
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+PARTS = ("throughput", "transformers", "shadow", "latency")
+
+
+def run(parts: list[str], model_dir: Path, workdir: Path, clients: Clients) -> None:
+    """The chosen parts; the vLLM ones share one gateway, started after raw vLLM has ended."""
+    raw = raw_vllm(model_dir, N_REQUESTS) if "throughput" in parts else None
+    challenger = make_challenger(model_dir, workdir / "registry") if "shadow" in parts else ""
+    vllm: dict[int, float] = {}
+    with gateway(vllm_backend_for(model_dir, workdir), workdir, "vllm") as (url, app):
+        if raw is not None:
+            vllm = throughput(url, clients, raw)
+        if "shadow" in parts:
+            shadow(url, app, clients, challenger)
+        if "latency" in parts:
+            latency(url, clients)
+    if "transformers" in parts and vllm:
+        transformers_throughput(model_dir, workdir, clients, vllm)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["raw"]:
+        raw_child(Path(argv[1]), int(argv[2]))
+        return
+    warnings.filterwarnings("ignore")  # vLLM's and its dependencies' deprecation warnings
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the unreachable Kafka is on purpose
+    large = "--large" in argv  # SmolLM2-1.7B's shape, random weights
+    parts = [a for a in argv if not a.startswith("--")] or list(PARTS)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"unknown parts {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    import torch
+
+    print(f"{machine()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, eager {EAGER}")
+    model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)
+    clients = Clients()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            if large:
+                model_dir = large_model(model_dir, workdir / "smollm2-1.7b-shape")
+            print(f"model: {model_dir.name}")
+            run(parts, model_dir, workdir, clients)
+    finally:
+        clients.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
