@@ -34,11 +34,11 @@ from typing import Any
 import httpx
 import torch
 import uvicorn
-from peft import LoraConfig, get_peft_model
+from lora_adapters import random_lora
 
 from feedback import deployments
 from feedback.apikeys import KeyBook, new_key
-from feedback.model.runtime import ModelRuntime
+from feedback.model.runtime import ModelRuntime, model_name
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.registry import AdapterRegistry
 from feedback.settings import ModelSettings, Settings
@@ -175,15 +175,10 @@ def bench_batching(runtime: ModelRuntime, workdir: Path) -> None:
 
 
 def make_challenger(model_dir: Path, registry: Path) -> str:
-    torch.manual_seed(1)
-    fresh = ModelRuntime.load(model_dir)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    out = registry.parent / "lora"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        get_peft_model(fresh.model, config).save_pretrained(out)
+    """A LoRA challenger (rank 8 on the query and value projections, random weights), registered: its version."""
+    out = random_lora(model_dir, registry.parent / "lora", seed=1, modules=("q_proj", "v_proj"))
     version = AdapterRegistry(registry).register(out, dataset_manifest={"bench": True}, lineage={})
-    return f"{fresh.name}+{version}"
+    return f"{model_name(model_dir)}+{version}"
 
 
 def with_shadow(app: Any, challenger: str | None, rate: float) -> None:

@@ -8,13 +8,14 @@ seconds to start) on an event loop of its own and keeps it for all its tests.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from peft import LoraConfig, PeftModel, get_peft_model
+from lora_adapters import random_lora
+from peft import PeftModel
+from vllm_extra import preload_vllm
 
 from feedback.model.runtime import ModelRuntime
 from feedback.registry import AdapterRegistry
@@ -26,30 +27,7 @@ from services.gateway.metrics import GatewayMetrics
 Score = Callable[[str | None, Sequence[int], Sequence[int]], tuple[float, ...]]
 """The reference log-probabilities: (adapter or None, prompt ids, completion ids) -> one per completion token."""
 
-if vllm_backend.available():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # vLLM's dependencies warn while they import (deprecations), not ours to fix
-        # ... and so do the modules vLLM imports while it checks a model (torch.jit deprecations)
-        for module in ("vllm.v1.engine.async_llm", "vllm.model_executor.model_loader", "torch._inductor.compile_fx"):
-            importlib.import_module(module)
-
-
-def make_lora(model_dir: Path, out_dir: Path, seed: int) -> Path:
-    """A LoRA adapter like the refresh's (rank 8 on the attention projections) with random weights.
-
-    Random, not zero, so that its answers differ from the base model's and from another seed's.
-    """
-    import torch
-
-    torch.manual_seed(seed)
-    runtime = ModelRuntime.load(model_dir)
-    config = LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        get_peft_model(runtime.model, config).save_pretrained(str(out_dir))
-    return out_dir
+preload_vllm()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +42,7 @@ def new_adapter(
     """Registers a new random adapter: (name, seed) -> its version."""
 
     def register(name: str, seed: int) -> str:
-        adapter = make_lora(model_dir, tmp_path_factory.mktemp("lora") / name, seed)
+        adapter = random_lora(model_dir, tmp_path_factory.mktemp("lora") / name, seed)
         return registry.register(adapter, dataset_manifest={"name": name}, lineage={"parent": None})
 
     return register

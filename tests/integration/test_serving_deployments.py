@@ -9,7 +9,6 @@ route to the challenger; promotion makes it the champion everywhere.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 from api_keys import Keys, bearer
 from fastapi import FastAPI
-from peft import LoraConfig, get_peft_model
+from lora_adapters import random_lora
 from test_serving_openai import interaction_events
 from typer.testing import CliRunner
 
@@ -43,16 +42,8 @@ CHAT = {
 
 
 def make_lora(model_dir: Path, out_dir: Path, seed: int) -> Path:
-    """A real LoRA adapter with random (not zero) weights, so its answers differ from the base model's."""
-    import torch
-
-    torch.manual_seed(seed)
-    runtime = ModelRuntime.load(model_dir)
-    config = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        get_peft_model(runtime.model, config).save_pretrained(out_dir)
-    return out_dir
+    """The integration tests' adapter: rank 4 on the query and value projections, random weights."""
+    return random_lora(model_dir, out_dir, seed, rank=4, alpha=32, modules=("q_proj", "v_proj"))
 
 
 @pytest.fixture(scope="module")

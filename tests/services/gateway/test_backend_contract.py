@@ -9,13 +9,12 @@ of the dtype it computes in.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 import pytest
+from vllm_extra import preload_vllm
 
 from feedback.events import ChatMessage
 from feedback.model.runtime import ModelRuntime, SamplingParams
@@ -59,12 +58,7 @@ def _vllm(runtime: ModelRuntime) -> InferenceBackend:
 FACTORIES: dict[str, Contender] = {
     "transformers": Contender(lambda runtime: TransformersBackend(runtime, GatewaySettings(batch_wait_ms=20)), 1e-3),
 }
-if vllm_backend.available():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # vLLM's dependencies warn while they import (deprecations), not ours to fix
-        # ... and so do the modules vLLM imports while it checks a model (torch.jit deprecations)
-        for module in ("vllm.v1.engine.async_llm", "vllm.model_executor.model_loader", "torch._inductor.compile_fx"):
-            importlib.import_module(module)
+if preload_vllm():
     FACTORIES["vllm"] = Contender(_vllm, BF16_LOGPROB_TOLERANCE)
 
 
