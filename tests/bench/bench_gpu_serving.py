@@ -244,7 +244,8 @@ def gateway_levels(clients: Clients, url: str, n_of: Callable[[int], int]) -> di
     return rates
 
 
-N_REQUESTS = 1024  # per level and run (32 at 1 client)
+PER_CLIENT = 8  # requests per client and run at each level (16 at 1 client)
+N_REQUESTS = PER_CLIENT * max(LEVELS)  # raw vLLM's prompts: the 256-client level's, the others send the first ones
 TRANSFORMERS_REQUESTS = {1: 4, 16: 32, 64: 128, 256: 512}  # the slower backend gets fewer per run
 
 
@@ -257,9 +258,9 @@ def print_levels(title: str, rates: dict[int, list[float]], baseline: dict[int, 
 def throughput(url: str, clients: Clients, raw: dict[str, Any]) -> dict[int, float]:
     """Tokens/s of the vLLM gateway per level against the raw engine; returns the medians."""
     raw_rate = raw["tokens"] / statistics.median(raw["seconds"])
-    print(f"throughput: {N_REQUESTS} requests per level (32 at 1 client), max_tokens {MAX_TOKENS}, {REPEATS} runs")
+    print(f"throughput: {PER_CLIENT} requests per client (16 at 1 client), max_tokens {MAX_TOKENS}, {REPEATS} runs")
     print(f"  raw vLLM offline, all {N_REQUESTS} at once: {raw_rate:.1f} tok/s ({raw['tokens']} tokens per run)")
-    rates = gateway_levels(clients, url, lambda level: N_REQUESTS if level > 1 else 32)
+    rates = gateway_levels(clients, url, lambda level: max(16, PER_CLIENT * level))
     print_levels("gateway on vLLM, tok/s", rates, dict.fromkeys(LEVELS, raw_rate), "/ raw vLLM (>= 0.9)")
     return {level: statistics.median(values) for level, values in rates.items()}
 
