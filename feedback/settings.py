@@ -134,6 +134,9 @@ class VLLMSettings(_Section):
     # training on the same GPU and to other engines (a challenger on another base model starts its own)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95)
     dtype: Literal["bfloat16", "float16"] = "bfloat16"  # weights and activations (vLLM's LoRA kernels need 16-bit)
+    # weights quantized as the engine loads them: "fp8" (8-bit floats with a scale per tensor, computed by the fp8
+    # units of Hopper and newer GPUs; half the weight memory) or "none" (dtype above); LoRA adapters stay 16-bit
+    quantization: Literal["none", "fp8"] = "none"
     max_num_seqs: int = Field(256, ge=1, le=4096)  # most requests (served and shadow) decoding in one batch
     max_model_len: int | None = Field(None, ge=16)  # context length, tokens; None: the model's own
     max_loras: int = Field(4, ge=1, le=64)  # adapters in one batch (champion, challenger, versions being swapped)

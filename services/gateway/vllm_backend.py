@@ -164,28 +164,33 @@ class VLLMBackend:
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise ModelError(f"{INSTALL_HINT}: {exc}") from exc
-        engine = self._settings.vllm
-        args = AsyncEngineArgs(
-            model=str(self._model_dir),
-            served_model_name=[self._name],
-            dtype=engine.dtype,
-            max_model_len=self._context_length,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            max_num_seqs=engine.max_num_seqs,
-            enable_lora=True,
-            max_loras=engine.max_loras,
-            max_cpu_loras=engine.max_cpu_loras,
-            max_lora_rank=engine.max_lora_rank,
-            enforce_eager=engine.enforce_eager,
-            logprobs_mode="raw_logprobs",
-            scheduling_policy="priority",
-            generation_config="vllm",  # no sampling defaults from the model: requests say everything
-            disable_log_stats=True,  # vLLM's own loggers; ours below still gets every step's statistics
-        )
+        args = AsyncEngineArgs(**self.engine_arguments())
         try:
             return AsyncLLM.from_engine_args(args, stat_loggers=[_step_logger(metrics)])
         except Exception as exc:  # vLLM raises many kinds while it starts (config, CUDA, memory)
             raise ModelError(f"vLLM could not start on {str(self._model_dir)!r}: {exc}") from exc
+
+    def engine_arguments(self) -> dict[str, Any]:
+        """The engine's arguments (vLLM's ``AsyncEngineArgs``) from the settings."""
+        engine = self._settings.vllm
+        return {
+            "model": str(self._model_dir),
+            "served_model_name": [self._name],
+            "dtype": engine.dtype,
+            "quantization": None if engine.quantization == "none" else engine.quantization,
+            "max_model_len": self._context_length,
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "max_num_seqs": engine.max_num_seqs,
+            "enable_lora": True,
+            "max_loras": engine.max_loras,
+            "max_cpu_loras": engine.max_cpu_loras,
+            "max_lora_rank": engine.max_lora_rank,
+            "enforce_eager": engine.enforce_eager,
+            "logprobs_mode": "raw_logprobs",
+            "scheduling_policy": "priority",
+            "generation_config": "vllm",  # no sampling defaults from the model: requests say everything
+            "disable_log_stats": True,  # vLLM's own loggers; ours (``_step_logger``) still gets every step's statistics
+        }
 
     async def _lora(self, model_version: str) -> Any | None:
         adapter = split_version(model_version)[1]

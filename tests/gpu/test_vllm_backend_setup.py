@@ -50,3 +50,17 @@ def test_max_cpu_loras_holds_a_batch_of_adapters() -> None:
 def test_without_vllm_starting_says_how_to_install_it(model_dir: Path) -> None:
     with pytest.raises(ModelError, match=r"needs a CUDA GPU and the optional extra installed by infra/gpu/install.sh"):
         asyncio.run(VLLMBackend(model_dir).start(GatewayMetrics()))
+
+
+def test_engine_arguments_follow_the_settings(model_dir: Path) -> None:
+    backend = VLLMBackend(model_dir)
+    arguments = backend.engine_arguments()
+    assert arguments["model"] == str(model_dir)
+    assert (arguments["quantization"], arguments["dtype"], arguments["max_num_seqs"]) == (None, "bfloat16", 256)
+    assert (arguments["enable_lora"], arguments["logprobs_mode"], arguments["scheduling_policy"]) == (
+        True,
+        "raw_logprobs",
+        "priority",
+    )
+    fp8 = VLLMBackend(model_dir, GatewaySettings(vllm=VLLMSettings(quantization="fp8", max_model_len=1024)))
+    assert (fp8.engine_arguments()["quantization"], fp8.engine_arguments()["max_model_len"]) == ("fp8", 1024)
