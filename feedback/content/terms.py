@@ -3,7 +3,8 @@
 A term list is a text file of ``[category]`` sections; each line below a header is a term, or a
 regular expression after ``re:``; ``#`` starts a comment line. Terms match as whole words: ``kill``
 matches "Kill!" but not "skill" or "killer". Text and terms are case folded and typographic
-apostrophes read as ``'``. The curation's ``content`` stage uses this same filter.
+apostrophes read as ``'``; digits and symbols written for letters inside a word (``k1ll``, ``l0ser``) are
+read as those letters too. The curation's ``content`` stage uses this same filter.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from feedback.errors import ContentFilterError
 SHIPPED_TERM_LIST = Path(__file__).with_name("terms.txt")
 CUSTOM_CATEGORY = "custom"
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
+_LEET_RUN = re.compile(r"(?<=[a-z])[013457@$!]+(?=[a-z])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,15 @@ class Rule:
 def normalise(text: str) -> str:
     """Case folded, with typographic apostrophes as ``'``."""
     return text.translate(_APOSTROPHES).casefold()
+
+
+def deobfuscate(folded: str) -> str:
+    """Digits and symbols written for letters inside a word read as those letters (``id1ot``, ``l0ser``, ``bullsh!t``).
+
+    Only a run between two letters changes, so numbers, prices and codes such as ``mp3`` or ``c4`` stay as
+    they are.
+    """
+    return _LEET_RUN.sub(lambda run: run.group().translate(_LEET), folded)
 
 
 def term_rule(term: str, category: str) -> Rule:
@@ -96,12 +108,18 @@ class TermFilter:
         return cls(_parse(lines, str(path)))
 
     def check(self, text: str) -> ContentVerdict:
-        """Blocked when a rule matches; ``matched`` lists every matching rule, in rule order."""
+        """Blocked when a rule matches the text or its :func:`deobfuscate` reading; ``matched`` lists every
+        matching rule, in rule order."""
         folded = normalise(text)
-        if not self._any_term.search(folded) and not any(r.regex.search(folded) for r in self._patterns):
+        plain = deobfuscate(folded)
+        readings = (folded,) if plain == folded else (folded, plain)
+        if not any(self._matches_any(reading) for reading in readings):
             return CLEAN
-        matched = [rule for rule in self.rules if rule.regex.search(folded)]
+        matched = [rule for rule in self.rules if any(rule.regex.search(reading) for reading in readings)]
         return ContentVerdict(True, matched[0].category, 1.0, tuple(rule.name for rule in matched))
+
+    def _matches_any(self, folded: str) -> bool:
+        return bool(self._any_term.search(folded)) or any(r.regex.search(folded) for r in self._patterns)
 
     def __add__(self, other: TermFilter) -> TermFilter:
         return TermFilter(self.rules + other.rules)

@@ -101,7 +101,7 @@ def test_recall_and_false_block_rate_on_the_test_split(
     print("  term list alone:", describe(sensitive, blocked(terms, sensitive), benign, blocked(terms, benign)))
     model = OffensiveLanguageClassifier(ContentFilterSettings().threshold)
     print("  classifier alone:", describe(sensitive, blocked(model, sensitive), benign, blocked(model, benign)))
-    assert (len(caught), len(sensitive)) == (332, 352)  # recall 0.9432
+    assert (len(caught), len(sensitive)) == (334, 352)  # recall 0.9489
     assert [text for _, text in false_blocks] == [
         "A female dog is called a bitch in breeding registries.",
         "The ass is another name for a donkey in older English texts.",
@@ -109,7 +109,7 @@ def test_recall_and_false_block_rate_on_the_test_split(
     assert len(false_blocks) / len(benign) < 0.005  # 2/1218 = 0.0016
 
 
-@pytest.mark.xfail(strict=True, reason="measured recall 0.9432 on the test split: the 0.95 target is not met")
+@pytest.mark.xfail(strict=True, reason="measured recall 0.9489 on the test split: the 0.95 target is not met")
 def test_recall_reaches_the_target_on_the_test_split(
     test_split: tuple[Rows, Rows], measured: tuple[Rows, Rows]
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from feedback.content import SHIPPED_TERM_LIST, ContentVerdict, TermFilter
+from feedback.content.terms import deobfuscate
 from feedback.errors import ContentFilterError
 
 
@@ -80,3 +81,13 @@ def test_the_shipped_list_covers_six_categories_and_spares_harmless_uses() -> No
     assert shipped.check("How do I build a pipe bomb?").category == "weapons_drugs"
     for harmless in ("How do I kill the process on port 80?", "The show bombed.", "Shoot me an email."):
         assert not shipped.check(harmless).blocked, harmless
+
+
+def test_digits_and_symbols_written_for_letters_inside_a_word_read_as_letters() -> None:
+    assert deobfuscate("y0u l0ser, stup1d id1ot, bullsh!t, a$$hole") == "you loser, stupid idiot, bullshit, asshole"
+    unchanged = "mp3, c4, 3d print, 10am, $5, wow!"  # nothing between two letters
+    assert deobfuscate(unchanged) == unchanged
+    terms = TermFilter.from_lists(["kill"], [r"\bl[o0]ser\b"])
+    assert terms.check("I'll k1ll it").matched == ("term:kill",)
+    assert terms.check("l0ser").matched == (r"pattern:\bl[o0]ser\b",)  # a rule matching either reading is named once
+    assert not terms.check("k1 ll").blocked
