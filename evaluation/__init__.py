@@ -13,5 +13,6 @@ shadow        paired t, Wilcoxon, agreement and similarity of shadow pairs
 similarity    normalization and ROUGE-L
 decision      gates and verdicts (advance, hold, promote, roll back)
 report, html  the experiment report as data and as a self-contained page
+tuning        the refresh's hyperparameter search (Optuna study on the gate's held-out loss)
 config        ExperimentSettings; constants, errors: messages and the error tree
 """

@@ -253,8 +253,7 @@ def evaluate_candidate(
     ``golden`` defaults to the golden set of ``settings.golden_path``.
     """
     settings = settings or GateSettings()
-    precision = resolve_precision(settings.precision, "cpu")
-    runtime = ModelRuntime.load(model_dir, dtype="bfloat16" if precision == "bf16" else "float32")
+    runtime, precision = gate_runtime(model_dir, settings)
     recorded = settings.model_dump(mode="json") | {"precision": precision}  # what "auto" became on this machine
     verdict = GateVerdict(False, [], str(candidate), str(champion) if champion else None, recorded)
     reasons = [
@@ -273,7 +272,7 @@ def evaluate_candidate(
     except ModelError as exc:
         return _with(verdict, reasons=[Reason("config_mismatch", str(exc))])
     models = _Models(runtime, adapters, champion is not None)
-    sample = sorted(heldout, key=lambda e: hashlib.sha256(e.id.encode()).hexdigest())[: settings.heldout_cap]
+    sample = heldout_sample(heldout, settings.heldout_cap)
     if len(sample) < 2:
         return _with(verdict, reasons=[Reason("too_few_examples", f"{len(sample)} held-out examples; at least 2")])
     metric = _task_metric(sample, settings.task_metric)
@@ -281,6 +280,22 @@ def evaluate_candidate(
     held = models.scores(sample, metric, settings.max_new_tokens, control=control)
     gold = models.scores(golden if golden is not None else load_golden(settings), None, 0)
     return decide(held, gold, settings, _with(verdict))
+
+
+def gate_runtime(model_dir: Path, settings: GateSettings) -> tuple[ModelRuntime, str]:
+    """A fresh copy of the base model in the precision the gate scores with, and that precision."""
+    precision = resolve_precision(settings.precision, "cpu")
+    return ModelRuntime.load(model_dir, dtype="bfloat16" if precision == "bf16" else "float32"), precision
+
+
+def heldout_sample(heldout: Sequence[GateExample], cap: int) -> list[GateExample]:
+    """The held-out examples the gate scores: the first ``cap`` by SHA-256 of their id."""
+    return sorted(heldout, key=lambda e: hashlib.sha256(e.id.encode()).hexdigest())[:cap]
+
+
+def completion_losses(runtime: ModelRuntime, pairs: Sequence[tuple[Sequence[Mapping[str, str]], str]]) -> list[float]:
+    """Mean negative log-probability of each completion (end-of-turn included) after its messages."""
+    return [-sum(lp) / len(lp) for lp in runtime.score_batch(pairs, add_eos=True)]
 
 
 def decide(heldout: SplitScores, golden: SplitScores, settings: GateSettings, verdict: GateVerdict) -> GateVerdict:
@@ -382,8 +397,7 @@ class _Models:
         return SplitScores([e.id for e in examples], loss_a, loss_b, metric, task_a, task_b, ans_a, ans_b, ctl_a, ctl_b)
 
     def _losses(self, pairs: Sequence[tuple[Sequence[Mapping[str, str]], str]]) -> list[float]:
-        """Mean negative log-probability of each completion (end-of-turn included) after its messages."""
-        return [-sum(lp) / len(lp) for lp in self._runtime.score_batch(pairs, add_eos=True)]
+        return completion_losses(self._runtime, pairs)
 
     def _answers(self, examples: Sequence[GateExample], max_new_tokens: int) -> list[str]:
         greedy = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)

@@ -7,8 +7,16 @@ Layout, Hive-partitioned by the UTC day of each event's ``ts``::
 
 An export takes the rows whose ``ingested_at`` is later than the table's high-water mark
 (``lake_exports``), writes them, then moves the mark. Files are named by the mark they start
-from, so an export interrupted before the mark moved is redone over the same file names: the lake
-never holds a row twice. Redaction (``feedback.pii``) runs here, in batches, never on ingest.
+from, so an export interrupted before the mark moved is redone over the same file names: one
+store never puts a row in the lake twice. Redaction (``feedback.pii``) runs here, in batches,
+never on ingest.
+
+Sink shards (several sink processes in one consumer group, each with its own DuckDB file) export
+into one lake root, their file names carrying the shard (``part-<shard>-<since>-0.parquet``), so
+no shard overwrites another's files. Around a rebalance two shards may both hold an event; the
+analyst views (``feedback.sandbox``) keep one row per key. Each export also returns the Kafka
+offsets its store held before it read the rows: the lake then holds every record before them,
+which is what a shard commits to Kafka.
 
 Retention removes whole days: their directories in both trees, their rows in DuckDB (rebuilding
 the report rollups, ``feedback.rollup``, in the same transaction), and then compacts the DuckDB
@@ -18,9 +26,11 @@ lake; Kafka keeps events only for ``kafka.topics.retention_hours``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -59,6 +69,8 @@ class ExportResult:
     """Rows written to the lake per table by one export."""
 
     rows: dict[str, int] = field(default_factory=dict)
+    # per (topic, partition): the next offset; the lake holds every record before it
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,15 +102,24 @@ def redact_table(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
 
 
 class Lake:
-    """Exports a store's rows to the lake directory and applies retention to both."""
+    """Exports a store's rows to the lake directory and applies retention to both.
 
-    def __init__(self, store: DuckDBStore, root: Path) -> None:
+    ``shard`` names this store's files when several sink shards share the lake ("": the only one).
+    """
+
+    def __init__(self, store: DuckDBStore, root: Path, *, shard: str = "") -> None:
         self._store = store
         self.root = root
+        self._prefix = f"part-{shard}-" if shard else "part-"
+        self._exporting = threading.Lock()  # the lake thread and a stopping sink shard may both export
 
     def export(self) -> ExportResult:
         """Write every row ingested since the last export, raw and redacted; move the marks."""
-        result = ExportResult()
+        with self._exporting:
+            # taken first: every row of a record before these offsets is committed, so read below
+            return self._export(ExportResult(offsets=self._store.committed_offsets()))
+
+    def _export(self, result: ExportResult) -> ExportResult:
         marks = {r["table_name"]: r["exported_through"] for r in self._store.query("SELECT * FROM lake_exports")}
         for table, columns in TEXT_COLUMNS.items():
             since = marks.get(table, EPOCH)
@@ -106,7 +127,7 @@ class Lake:
             if data.num_rows == 0:
                 continue
             through = data.column("ingested_at")[-1].as_py()
-            name = f"part-{int(since.timestamp() * 1_000_000)}-{{i}}.parquet"
+            name = f"{self._prefix}{int(since.timestamp() * 1_000_000)}-{{i}}.parquet"
             self._write(data, self.root / RAW / table, name)
             self._write(redact_table(data, columns), self.root / REDACTED / table, name)
             self._store.execute(
@@ -152,7 +173,8 @@ class Lake:
         for day_dir in sorted(self.root.glob("*/*/day=*")):
             day, table = day_dir.name.removeprefix("day="), day_dir.parent.name
             if day < result.cutoffs.get(table, ""):
-                shutil.rmtree(day_dir)
+                with contextlib.suppress(FileNotFoundError):  # another shard sharing the lake removed it first
+                    shutil.rmtree(day_dir)
                 if day not in result.days:
                     result.days.append(day)
         deletes = []

@@ -10,7 +10,9 @@ by that name and check, on load, that the bytes are what the name says. Layout::
     <root>/<version>/lineage.json            parent, dataset hash, training, metrics, state ...
 
 A version is written into a temporary directory and renamed into place, so a reader never sees
-half an adapter.
+half an adapter. A registry given a :class:`RemoteSource` (a gateway on another machine: see
+:mod:`feedback.registry_remote`) downloads a version it lacks into such a directory and installs it
+only once its files hash to its name.
 
 States follow the deployments (:func:`follow_deployment`): the challenger in shadow is ``shadow``,
 in A/B ``canary``; the champion is ``champion``; a champion replaced by a promotion is ``retired``;
@@ -29,10 +31,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from feedback.deployments import DeploymentState
 from feedback.errors import RegistryError
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DATASET_MANIFEST = "dataset_manifest.json"
 LINEAGE = "lineage.json"
+CONTENT_FILES = (*ADAPTER_FILES, DATASET_MANIFEST)  # what the version hashes; lineage changes and is not part of it
 STATES = ("candidate", "shadow", "canary", "champion", "retired", "rejected", "superseded")
 
 
@@ -65,21 +69,27 @@ def adapter_hash(adapter_dir: Path, dataset_manifest: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-class AdapterRegistry:
-    """Adapter versions under one root directory."""
+class RemoteSource(Protocol):
+    """Where a registry gets a version it lacks (another machine's registry)."""
 
-    def __init__(self, root: Path) -> None:
+    def download(self, version: str, into: Path) -> None:
+        """Write the :data:`CONTENT_FILES` of ``version`` into the directory ``into`` (RegistryError if it cannot)."""
+        ...
+
+
+class AdapterRegistry:
+    """Adapter versions under one root directory; ``remote`` supplies the versions it lacks."""
+
+    def __init__(self, root: Path, remote: RemoteSource | None = None) -> None:
         self.root = root
+        self.remote = remote
 
     def register(self, adapter_dir: Path, *, dataset_manifest: Mapping[str, Any], lineage: Mapping[str, Any]) -> str:
         """Store the adapter saved in ``adapter_dir`` (peft ``save_pretrained``); return its version."""
         version = adapter_hash(adapter_dir, dataset_manifest)
-        target = self.root / version
-        if target.is_dir():
+        if (self.root / version).is_dir():
             return version
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
-        try:
+        with staged_version(self.root, version) as staging:
             for name in ADAPTER_FILES:
                 shutil.copyfile(adapter_dir / name, staging / name)
             (staging / DATASET_MANIFEST).write_bytes(canonical_json(dataset_manifest))
@@ -91,16 +101,21 @@ class AdapterRegistry:
                 **lineage,
             }
             (staging / LINEAGE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return version
 
     def fetch(self, version: str) -> Path:
-        """The directory of ``version``, after checking its bytes still hash to its name."""
+        """The directory of ``version``, after checking its bytes still hash to its name.
+
+        A version not stored here comes from ``remote`` (if any): downloaded into a staging
+        directory, installed only when its files hash to ``version``. A local hit never asks it.
+        """
         path = self.root / version
+        if not _VERSION.fullmatch(version):  # never a path to read, nor a name to ask a remote for
+            raise RegistryError(f"adapter version {version!r} is not in the registry: not 64 hex digits")
         if not path.is_dir():
-            raise RegistryError(f"adapter version {version!r} is not in the registry at {str(self.root)!r}")
+            if self.remote is None:
+                raise RegistryError(f"adapter version {version!r} is not in the registry at {str(self.root)!r}")
+            self._pull(version, self.remote)
         try:
             manifest = json.loads((path / DATASET_MANIFEST).read_bytes())
         except (OSError, ValueError) as exc:
@@ -109,6 +124,18 @@ class AdapterRegistry:
         if actual != version:
             raise RegistryError(f"adapter version {version!r} is corrupt: its files hash to {actual!r}")
         return path
+
+    def _pull(self, version: str, remote: RemoteSource) -> None:
+        try:
+            with staged_version(self.root, version) as staging:
+                remote.download(version, staging)
+                actual = adapter_hash(staging, json.loads((staging / DATASET_MANIFEST).read_bytes()))
+                if actual != version:
+                    raise RegistryError(
+                        f"adapter version {version!r} was refused: the downloaded files hash to {actual!r} instead"
+                    )
+        except (OSError, ValueError) as exc:  # unwritable registry, or a manifest that is not JSON
+            raise RegistryError(f"adapter version {version!r} could not be stored: {exc}") from exc
 
     def lineage(self, version: str) -> dict[str, Any]:
         """The lineage record of ``version``."""
@@ -274,6 +301,26 @@ def adapter_of(model_version: str | None) -> str | None:
     if model_version is None:
         return None
     return model_version.partition("+")[2] or None
+
+
+@contextmanager
+def staged_version(root: Path, version: str) -> Iterator[Path]:
+    """A new directory under ``root`` to write ``version`` into, renamed to ``root/version`` if the block succeeds.
+
+    The staging directory is removed whatever happens, so a failed or refused version leaves
+    nothing behind. A version another writer installed meanwhile is kept: same name, same bytes.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        yield staging
+        try:
+            os.replace(staging, root / version)
+        except OSError:
+            if not (root / version).is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_atomically(path: Path, record: Mapping[str, Any]) -> None:

@@ -15,7 +15,8 @@ Layers, each of which alone would refuse the usual attacks:
    most ``max_rows`` rows, and is killed at the timeout.
 
 Views deduplicate on ``event_id`` (``feedback_id`` for feedback), as views spanning several sink
-shards must.
+shards must: around a rebalance two shards may both write an event (``feedback.lake``). Of equal
+keys the view keeps the row ingested first, as one DuckDB file would.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
 
 TABLES = {"interactions": "event_id", "feedback": "feedback_id", "audit": "event_id"}
 ADMIN_ONLY = ("audit",)  # tables analysts never see, redacted or not
+_FIRST_INGESTED = "PARTITION BY {key} ORDER BY ingested_at, event_id"  # of equal keys a view keeps the first row
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ def sandbox_connection(lake: Path, admin: bool, memory_limit: str) -> duckdb.Duc
                 files = f"{root / table}/day=*/*.parquet"
                 con.execute(  # names are this module's constants and the lake's own path
                     f"CREATE VIEW {table}{suffix} AS SELECT * FROM read_parquet('{files}', hive_partitioning = true, "  # noqa: S608
-                    f"union_by_name = true) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+                    f"union_by_name = true) QUALIFY row_number() OVER ({_FIRST_INGESTED.format(key=key)}) = 1"
                 )
             else:  # no rows exported yet: an empty view, so queries still name real views
                 con.execute(f"CREATE VIEW {table}{suffix} AS SELECT NULL AS {key} WHERE false")

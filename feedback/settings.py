@@ -13,7 +13,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from feedback.errors import ConfigError
+from feedback.errors import ConfigError, FlywheelError
 
 CONFIG_ENV = "FLYWHEEL_CONFIG"
 DEFAULT_CONFIG_FILE = Path("flywheel.toml")
@@ -105,6 +114,15 @@ class ModelSettings(_Section):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
     max_new_tokens: int = Field(256, ge=1, le=8192)  # upper bound on max_tokens a request may ask
     registry_dir: Path = Path(".flywheel/registry")  # content-addressed LoRA adapter versions (feedback.registry)
+    # a gateway on another machine: the worker's HTTP API (http://worker:8100) that serves the adapter versions
+    # missing from registry_dir, by hash (GET /v1/registry/{version}); each is verified, then kept in registry_dir.
+    # None: registry_dir only
+    registry_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    # the API key sent to registry_url: a developer's or an admin's (the models permission); production refuses
+    # none, or a placeholder, when registry_url is set
+    registry_key: SecretStr | None = None
+    registry_timeout_s: float = Field(30.0, gt=0)  # connecting to registry_url, and each read from it, seconds
+    registry_retries: int = Field(3, ge=0, le=10)  # retries of a failed connection, after 0.5 s, 1 s, 2 s ...
 
 
 class WalSettings(_Section):
@@ -192,6 +210,10 @@ class WorkerSettings(_Section):
     poll_timeout_ms: int = Field(500, ge=1)  # longest wait for new events per poll, milliseconds
     max_event_bytes: int = Field(1024 * 1024, ge=1024)  # larger events are dead-lettered unread, bytes
     fetch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # most bytes the sink fetches per partition, bytes
+    # this sink's shard name when several sink processes share the consumer group ("": the only sink); a shard
+    # writes its own DuckDB file, names its lake files after the shard, and commits to Kafka what the lake holds
+    sink_shard: str = Field("", pattern=r"^([a-z0-9][a-z0-9_-]{0,31})?$")
+    sink_session_timeout_ms: int = Field(45_000, ge=6000)  # a sink silent this long loses its partitions, ms
     lake_dir: Path = Path(".flywheel/lake")  # Parquet lake: raw/ (admins only) and redacted/ (analysts)
     lake_export_interval_s: float = Field(5.0, gt=0)  # export new rows to the lake this often, seconds
     rollup_interval_s: float = Field(5.0, gt=0)  # roll up new rows for reports this often (bounds their tail), seconds
@@ -343,6 +365,9 @@ class TrainingSettings(_Section):
     learning_rate: float = Field(2e-4, gt=0, le=1)  # AdamW peak learning rate
     weight_decay: float = Field(0.0, ge=0, le=1)  # AdamW decoupled weight decay
     warmup_steps: int = Field(0, ge=0)  # learning rate rises linearly over these optimizer steps, then decays to 0
+    # ... or over this share of the run's optimizer steps (rounded up), whichever is longer; flywheel tune searches
+    # 0.05-0.10
+    warmup_share: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)  # gradients are clipped to this global L2 norm
     epochs: int = Field(1, ge=1, le=100)  # passes over the dataset (fewer when max_steps is reached first)
     batch_size: int = Field(8, ge=1, le=1024)  # examples per optimizer step
@@ -440,6 +465,67 @@ class RefreshSettings(_Section):
     publish_timeout_s: float = Field(30.0, gt=0)  # wait this long to see the new deployment applied
 
 
+_Range = tuple[float, float]
+
+
+class TuningSettings(_Section):
+    """Hyperparameter search of the refresh's training settings (``flywheel tune``, ``evaluation.tuning``).
+
+    Each range is ``[low, high]``, inclusive; ``low == high`` fixes the parameter. The learning rate,
+    rank, alpha ratio and batch size are searched on a log scale. Defaults are for LoRA, not full
+    fine-tuning: LoRA's best learning rate is about ten times full fine-tuning's (1e-5..5e-5 becomes
+    1e-4..5e-4), so the range spans 5e-5..2e-3 around it, and holds this project's default 2e-4.
+    """
+
+    study: str = Field("refresh", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # the study's name; the refresh applies its best
+    storage_dir: Path | None = None  # where studies are stored (one SQLite file); None: <model.registry_dir>/studies
+    apply_to_refresh: bool = True  # the refresh trains with the study's best settings once it has a finished trial
+    learning_rate: _Range = (5e-5, 2e-3)  # AdamW peak learning rate, log scale
+    rank: tuple[int, int] = (4, 32)  # LoRA rank of a new adapter, log scale (a continued adapter keeps its own)
+    alpha_ratio: _Range = (1.0, 4.0)  # LoRA alpha / rank (the update's scale), log scale; alpha = round(rank x ratio)
+    epochs: tuple[int, int] = (1, 3)  # passes over the training split
+    batch_size: tuple[int, int] = (4, 16)  # examples per optimizer step, log scale
+    warmup_share: _Range = (0.05, 0.10)  # share of the optimizer steps the learning rate warms up over
+    coarse_trials: int = Field(8, ge=1, le=1000)  # first stage: quasi-random (scrambled Sobol) trials over the ranges
+    top_k: int = Field(3, ge=1, le=100)  # the refinement searches (TPE) around the best this many coarse trials
+    widen: float = Field(0.25, ge=0, le=1)  # ... in their bounding box widened by this share of each full range
+    max_trials: int = Field(30, ge=1, le=10_000)  # trials of the whole study, resumed runs included
+    max_minutes: float = Field(240.0, gt=0)  # one run's wall time, minutes (a trial already started finishes)
+    patience: int = Field(5, ge=1, le=1000)  # refinement ends when the best value improved by less than min_delta
+    min_delta: float = Field(0.001, ge=0)  # ... over the last `patience` trials; held-out loss, nats per token
+    prune: bool = True  # stop trials whose training loss diverges or trails the median of earlier trials
+    prune_startup_trials: int = Field(3, ge=0)  # median pruning starts once this many trials have finished
+    report_points: int = Field(5, ge=1, le=100)  # training-loss reports per trial (where pruning may stop it)
+    divergence_factor: float = Field(1.5, gt=1)  # prune a trial whose training loss rises above this x its first
+    seed: int = 0  # seeds the coarse sequence and the refinement's sampler
+    schedule_enabled: bool = False  # the worker holding the refresh lease runs the study weekly
+    # when the weekly study runs (crontab syntax, in scheduler.timezone): Saturday 01:00. Name the day: the
+    # scheduler numbers days from Monday = 0, so a crontab's 6 would be Sunday
+    cron: str = "0 1 * * sat"
+
+    @field_validator("learning_rate", "rank", "alpha_ratio", "epochs", "batch_size", "warmup_share")
+    @classmethod
+    def _range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        low, high = value
+        allowed = TUNABLE_BOUNDS[str(info.field_name)]
+        if low > high:
+            raise ValueError(f"low ({low}) must not exceed high ({high})")
+        if not (allowed[0] <= low and high <= allowed[1]):
+            raise ValueError(f"[{low}, {high}] must lie within [{allowed[0]}, {allowed[1]}]")
+        return value
+
+
+# the widest range each tuned parameter may have (the training settings' own bounds; the warm-up share below 1)
+TUNABLE_BOUNDS: dict[str, tuple[float, float]] = {
+    "learning_rate": (1e-7, 1.0),
+    "rank": (1, 256),
+    "alpha_ratio": (0.0625, 16.0),
+    "epochs": (1, 100),
+    "batch_size": (1, 1024),
+    "warmup_share": (0.0, 0.5),
+}
+
+
 class Settings(BaseSettings):
     """All settings of a flywheel process; each deployable reads the sections it needs."""
 
@@ -461,6 +547,7 @@ class Settings(BaseSettings):
     curation: CurationSettings = CurationSettings()
     gate: GateSettings = GateSettings()
     refresh: RefreshSettings = RefreshSettings()
+    tuning: TuningSettings = TuningSettings()
     content_filter: ContentFilterSettings = ContentFilterSettings()
 
     @classmethod
@@ -516,6 +603,17 @@ def _refuse_dev_secrets(settings: Settings) -> None:
         return
     if security.signing_key == SecuritySettings().signing_key:
         raise ConfigError("security.signing_key: must be set in production (the default is for development)")
+    if settings.model.registry_url is not None:
+        from feedback.apikeys import parse_key  # apikeys imports this module
+
+        key = settings.model.registry_key
+        try:
+            parse_key(key.get_secret_value() if key is not None else "")
+        except FlywheelError as exc:
+            raise ConfigError(
+                "model.registry_key: must be a developer's or an admin's API key (fwk_<id>_<secret>) in production "
+                "when model.registry_url is set"
+            ) from exc
 
 
 @lru_cache(maxsize=1)

@@ -155,7 +155,7 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     total = total_steps(len(examples), settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _LinearSchedule(settings.warmup_steps, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _LinearSchedule(warmup_steps(settings, total), total))
     state = TrainState(fingerprint=_fingerprint(job))
     checkpoints = job.output_dir / CHECKPOINTS_DIR
     latest = latest_checkpoint(checkpoints)
@@ -215,6 +215,11 @@ def total_steps(n_examples: int, settings: TrainingSettings) -> int:
     """Optimizer steps of a run: every epoch's batches, capped by ``max_steps``."""
     steps = settings.epochs * math.ceil(n_examples / settings.batch_size)
     return steps if settings.max_steps is None else min(steps, settings.max_steps)
+
+
+def warmup_steps(settings: TrainingSettings, total: int) -> int:
+    """Warm-up steps of a run of ``total`` steps: ``warmup_steps`` or ``warmup_share`` of them (rounded up), if more."""
+    return max(settings.warmup_steps, math.ceil(settings.warmup_share * total))
 
 
 def batch_indices(step: int, n_examples: int, settings: TrainingSettings) -> list[int]:

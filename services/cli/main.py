@@ -8,8 +8,10 @@ flywheel gateway                 serve the OpenAI-compatible API
 flywheel worker                  run the DuckDB sink and the worker API
 flywheel proxy --upstream URL --upstream URL [--port N]   round-robin proxy in front of gateway replicas
 flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
+flywheel sink run --shard NAME   one more sink process (a shard with its own DuckDB file) in the sink's group
 flywheel query "SQL"             analyst SQL over the lake, sandboxed
 flywheel refresh [--now|--dry-run] [--force]   the daily refresh now, a dry run, or the ledger
+flywheel tune [--dataset --study --parent --trials --minutes]   search the refresh's training settings
 flywheel audit [--actor --action --resource --outcome --since --until]   the audit trail (admins)
 flywheel keys create|list|revoke API keys and their roles
 flywheel config show
@@ -33,6 +35,7 @@ from services.cli.audit import audit
 from services.cli.ports import port_in_use
 from services.cli.refresh import refresh
 from services.cli.report import report
+from services.cli.tune import tune
 
 app = typer.Typer(help="flywheel: a continuous-learning feedback service for LLMs.", no_args_is_help=True)
 kafka_app = typer.Typer(help="The local Kafka broker (infra/kafka).", no_args_is_help=True)
@@ -45,6 +48,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 app.command()(report)
 app.command()(refresh)
+app.command()(tune)
 app.command()(audit)
 app.add_typer(deploy.app, name="deploy")
 app.add_typer(models.app, name="models")

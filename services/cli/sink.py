@@ -1,21 +1,30 @@
-"""``flywheel sink status``: the sink's lag, rows and dead letters, and the local write-ahead log.
+"""``flywheel sink status``: the sink's lag, rows and dead letters, and the local write-ahead log;
+``flywheel sink run --shard NAME``: one more sink process in the sink's consumer group.
 
 The worker owns its DuckDB file, and no other process may open it while the worker runs, so the
 status is read through the worker's HTTP API (``GET /v1/sink/status``). The write-ahead log size
 is read from a local gateway's log directory without opening the log. It needs a developer's or
 an admin's API key (``--key`` or ``FLYWHEEL_API_KEY``); a refused key exits 1.
+
+A sink shard (``services.worker.shard``) writes a DuckDB file of its own and exports into the
+shared lake; it runs until SIGTERM or SIGINT, then exports what it stored, commits the offsets
+to Kafka and leaves the group, so another shard takes its partitions where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
+from pydantic import ValidationError
 
-from feedback.settings import Settings
+from feedback.errors import FlywheelError
+from feedback.settings import Settings, WorkerSettings
 from feedback.wal import disk_usage
 from services.cli.credentials import KeyOption, bearer
 
@@ -88,5 +97,37 @@ def register(main: typer.Typer, settings_or_exit: Any, fail: Any) -> None:
             )
         else:
             typer.echo(render(data, directory, settings.gateway.wal.max_bytes))
+
+    @app.command("run")
+    def run(
+        shard: Annotated[
+            str | None, typer.Option(help="This shard's name, unique in the group (default: worker.sink_shard).")
+        ] = None,
+        db: Annotated[
+            Path | None, typer.Option(help="Its DuckDB file (default: duckdb.path with the shard's name added).")
+        ] = None,
+        progress_s: Annotated[float, typer.Option(help="Log the shard's counts this often, seconds.")] = 60.0,
+    ) -> None:
+        """Run one sink shard (sink, lake export, retention) beside the worker, until SIGTERM or SIGINT."""
+        from services.cli.main import configure_logging
+        from services.worker.shard import run_shard, shard_db_path
+
+        settings: Settings = settings_or_exit()
+        name = shard or settings.worker.sink_shard
+        if not name:
+            raise fail("a sink beside the worker is one shard of several: name it with --shard", 2)
+        try:
+            worker = WorkerSettings.model_validate(settings.worker.model_dump() | {"sink_shard": name})
+        except ValidationError as exc:
+            raise fail(f"--shard: {exc.errors()[0]['msg']} (lowercase letters, digits, - and _)", 2) from exc
+        settings = settings.model_copy(update={"worker": worker})
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        configure_logging()
+        try:
+            run_shard(settings, db or shard_db_path(settings), stop, progress_s)
+        except FlywheelError as exc:
+            raise fail(str(exc)) from exc
 
     main.add_typer(app, name="sink")

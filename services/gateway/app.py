@@ -22,7 +22,7 @@ from feedback.deployments import DeploymentState, DeploymentWatcher
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
 from feedback.producer import open_producer
-from feedback.registry import AdapterRegistry
+from feedback.registry_remote import open_registry
 from feedback.settings import Settings, get_settings
 from services.gateway.audit import install_audit
 from services.gateway.backend import InferenceBackend, TransformersBackend
@@ -52,7 +52,7 @@ def load_backend(settings: Settings, source: str | None = None) -> InferenceBack
     """
     model = settings.model
     model_dir = prepare_model(source or model.source, model.cache_dir)
-    registry = AdapterRegistry(model.registry_dir)
+    registry = open_registry(model)  # adapters missing locally come from model.registry_url, if set
     if settings.gateway.backend == "vllm":
         return VLLMBackend(model_dir, settings.gateway, registry)
     runtime = ModelRuntime.load(model_dir, device=model.device, dtype=model.dtype, threads=model.threads)

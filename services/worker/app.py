@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -17,8 +16,7 @@ from fastapi import FastAPI
 from feedback.apikeys import KeyBook, KeyWatcher
 from feedback.audit import AuditTrail
 from feedback.deployments import DeploymentError, DeploymentState, DeploymentWatcher, initial_state, publish_state
-from feedback.errors import FlywheelError, KafkaUnavailableError
-from feedback.lake import Lake, PurgeResult
+from feedback.errors import FlywheelError
 from feedback.lease import KafkaLease
 from feedback.model.runtime import model_name
 from feedback.model.source import prepare_model
@@ -27,61 +25,25 @@ from feedback.registry import AdapterRegistry, follow_deployment
 from feedback.rollup import refresh_rollup
 from feedback.settings import Settings, get_settings
 from feedback.store import DuckDBStore
-from feedback.topics import ensure_topics
 from services.http_access import AuthOffHeader, warn_if_auth_off
 from services.worker.audit import install_audit
 from services.worker.audit import router as audit_router
-from services.worker.audit_events import deployment_published, purged, record, refresh_decided, refresh_started
+from services.worker.audit_events import deployment_published, record, refresh_decided, refresh_started
+from services.worker.loops import run_lake_forever, run_sink_forever
 from services.worker.metrics import WorkerMetrics
 from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
 from services.worker.refresh_api import router as refresh_router
 from services.worker.refresh_schedule import RefreshSchedule
+from services.worker.registry_api import router as registry_router
 from services.worker.reports import router as reports_router
 from services.worker.routes import router
-from services.worker.sink import Sink
+from services.worker.shard import open_ingest
 from services.worker.status import EndOffsets, partition_lags
+from services.worker.weekly_study import run_weekly_study
 
 log = logging.getLogger(__name__)
 
-_RETRY_SECONDS = 2.0  # wait between attempts to reach Kafka
 _KEYS_WAIT_SECONDS = 5.0  # at start, wait this long to read the keys topic to its end
-_PURGE_EVERY_SECONDS = 3600.0  # retention runs hourly: it removes whole days, so more often is useless
-
-
-def run_sink_forever(sink: Sink, settings: Settings, stop: threading.Event) -> None:
-    """Create topics and run the sink, reconnecting while Kafka is unreachable, until ``stop``."""
-    while not stop.is_set():
-        try:
-            ensure_topics(settings.kafka)
-            sink.run()
-        except KafkaUnavailableError as exc:
-            log.warning("sink waiting for Kafka: %s", exc)
-        except Exception:  # a crashed sink restarts from DuckDB's offsets; nothing is lost
-            log.exception("sink stopped with an error; restarting")
-        stop.wait(_RETRY_SECONDS)
-
-
-def run_lake_forever(lake: Lake, settings: Settings, stop: threading.Event, trail: AuditTrail | None = None) -> None:
-    """Export new rows every ``worker.lake_export_interval_s``; apply retention every hour (audited)."""
-    last_purge = float("-inf")
-    while not stop.wait(settings.worker.lake_export_interval_s):
-        try:
-            lake.export()
-            if time.monotonic() - last_purge > _PURGE_EVERY_SECONDS:
-                last_purge = time.monotonic()
-                purge(lake, settings, trail)
-        except (FlywheelError, OSError) as exc:  # the next round retries; rows wait in DuckDB
-            log.warning("lake export failed: %s", exc)
-
-
-def purge(lake: Lake, settings: Settings, trail: AuditTrail | None) -> PurgeResult:
-    """Apply retention (``worker.retention_days``; ``audit.retention_days`` for the audit trail) and audit the run."""
-    keep, audit_keep = settings.worker.retention_days, settings.audit.retention_days
-    result = lake.purge(keep, audit_keep_days=audit_keep)
-    if result.days or any(result.rows.values()):
-        log.info("retention purged days %s, rows %s", result.days, result.rows)
-    record(trail, purged(result, keep, audit_keep))
-    return result
 
 
 class Deployments:
@@ -161,20 +123,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = DuckDBStore(
             resolved.duckdb.path, memory_limit=resolved.duckdb.memory_limit, threads=resolved.duckdb.threads
         )
-        worker = resolved.worker
         producer = open_producer(resolved, resolved.audit.wal_dir or resolved.duckdb.path.parent / "audit-wal")
         producer.start()
         trail = AuditTrail(producer, resolved.kafka.topics.audit)
-        sink = Sink(
-            resolved.kafka,
-            store,
-            batch_max=worker.batch_max_events,
-            poll_timeout_ms=worker.poll_timeout_ms,
-            max_event_bytes=worker.max_event_bytes,
-            fetch_max_bytes=worker.fetch_max_bytes,
-        )
+        ingest = open_ingest(resolved, store)  # one shard of several when worker.sink_shard is set
+        sink, lake = ingest.sink, ingest.lake
         stop = threading.Event()
-        lake = Lake(store, worker.lake_dir)
         deployments = Deployments(resolved, trail)
         refresher = Refresher(
             resolved,
@@ -196,9 +150,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         deployments.on_change.append(_waiting_deployer(refresher, deployments, lease.held))
         schedule = RefreshSchedule(resolved.scheduler, lease.held, lambda key: run_refresh(refresher, key, trail))
+        if resolved.tuning.schedule_enabled:
+            study = functools.partial(run_weekly_study, refresher, deployments.current)
+            schedule.add_study(resolved.tuning.cron, study, resolved.scheduler.misfire_grace_s)
         threads = [
             threading.Thread(target=run_sink_forever, args=(sink, resolved, stop), name="sink", daemon=True),
-            threading.Thread(target=run_lake_forever, args=(lake, resolved, stop, trail), name="lake", daemon=True),
+            threading.Thread(
+                target=run_lake_forever, args=(lake, resolved, stop, trail, ingest.exported), name="lake", daemon=True
+            ),
             threading.Thread(target=run_rollup_forever, args=(store, resolved, stop), name="rollup", daemon=True),
         ]
         if resolved.scheduler.enabled:
@@ -240,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(reports_router)
     app.include_router(refresh_router)
+    app.include_router(registry_router)
     return app
 
 

@@ -50,6 +50,8 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from evaluation.gate import GateVerdict, SplitScores, evaluate_candidate
+from evaluation.tuning.best import tuned_training
+from evaluation.tuning.study import TuningError
 from feedback.curation import HELD_OUT_FILE, TRAIN_FILE, curate_to_dir
 from feedback.deployments import DeploymentError, DeploymentState, join_version, set_challenger, split_version
 from feedback.errors import FlywheelError, RegistryError
@@ -59,7 +61,7 @@ from feedback.model.runtime import ModelRuntime, model_name
 from feedback.model.source import prepare_model
 from feedback.registry import AdapterRegistry
 from feedback.selection import Selection, mark_used, select
-from feedback.settings import Settings
+from feedback.settings import Settings, TrainingSettings
 from feedback.store import DuckDBStore
 from feedback.train_job import run_training
 from feedback.training import TrainingError, TrainingJob, TrainingResult, total_steps
@@ -178,11 +180,26 @@ class Refresher:
                 examples = prepared.train_examples
                 outcome["plan"] = {
                     "train_examples": examples,
-                    "steps": total_steps(examples, self.settings.training),
+                    "steps": total_steps(examples, prepared.training),
                     "parent_adapter": prepared.parent_version,
-                    "training": self.settings.training.model_dump(mode="json"),
+                    "training": prepared.training.model_dump(mode="json"),
+                    "tuning": prepared.tuning,
                 }
                 return outcome | {"status": "dry-run", "message": f"a refresh now would train on {examples} examples"}
+        finally:
+            self._busy.release()
+
+    @contextmanager
+    def holding(self, what: str) -> Iterator[None]:
+        """Run ``what`` (the weekly study) while no refresh runs here, and start none meanwhile.
+
+        Raises:
+            RefreshBusy: a refresh is running in this worker.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise RefreshBusy(f"a refresh is running in this worker; {what} waits for its next time")
+        try:
+            yield
         finally:
             self._busy.release()
 
@@ -324,7 +341,18 @@ class Refresher:
                     f"{held_n} held out (at least {settings.min_held_out}); they stay for the next refresh",
                     consumed=False,
                 )
-        return _Prepared(base, parent_version, parent_dir, model_dir, selection, dataset_dir, manifest, train_n)
+        tuned = self._tuned()
+        outcome["tuning"] = tuned[1]
+        return _Prepared(base, parent_version, parent_dir, model_dir, selection, dataset_dir, manifest, train_n, *tuned)
+
+    def _tuned(self) -> tuple[TrainingSettings, dict[str, Any] | None]:
+        """The newest study's best training settings (``flywheel tune``) when one has a result, else the configured."""
+        try:
+            tuned = tuned_training(self.settings)
+        except TuningError as exc:  # a broken study file must not stop the daily refresh: it trains as configured
+            log.warning("the refresh trains with the configured settings: %s", exc)
+            return self.settings.training, {"error": str(exc)}
+        return (self.settings.training, None) if tuned is None else (tuned.training, tuned.record)
 
     def _parent(self, version: str | None) -> Path | None:
         if version is None:
@@ -340,7 +368,7 @@ class Refresher:
             output_dir=run_dir / TRAINING_DIR,
             model_dir=prepared.model_dir,
             parent_adapter=prepared.parent_dir,
-            settings=self.settings.training,
+            settings=prepared.training,
         )
         try:
             return run_training(job, echo=self._echo)
@@ -409,7 +437,8 @@ class Refresher:
             "refresh": run.run,
             "dataset_dir": str(prepared.dataset_dir.resolve()),
             "selection": {k: v for k, v in outcome["selection"].items() if k != "strata"},
-            "training": {"settings": self.settings.training.model_dump(mode="json"), **outcome["training"]},
+            "training": {"settings": prepared.training.model_dump(mode="json"), **outcome["training"]},
+            "tuning": prepared.tuning,  # the study whose best settings it trained with; None: the configured ones
             "gate_passed": verdict.passed,
             "gate": outcome["gate"],
             "code_version": importlib.metadata.version("flywheel"),
@@ -435,6 +464,8 @@ class _Prepared:
     dataset_dir: Path
     manifest: dict[str, Any]
     train_examples: int
+    training: TrainingSettings  # the settings it trains with (a study's best, or the configured ones)
+    tuning: dict[str, Any] | None  # which study's best they are
 
 
 def gate_summary(verdict: GateVerdict) -> dict[str, Any]:

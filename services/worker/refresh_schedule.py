@@ -25,6 +25,7 @@ from feedback.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 
 JOB_ID = "daily-refresh"
+STUDY_JOB_ID = "weekly-study"
 
 
 class RefreshSchedule:
@@ -72,6 +73,21 @@ class RefreshSchedule:
         log.info("starting the scheduled refresh %s", key)
         self._refresh(key)
         return True
+
+    def add_study(self, cron: str, study: Callable[[str], object], misfire_grace_s: int) -> None:
+        """Also run ``study(date_key)`` on ``cron`` (``tuning.cron``) in the same time zone, while holding the lease."""
+        try:
+            trigger = CronTrigger.from_crontab(cron, timezone=self.timezone)
+        except ValueError as exc:
+            raise ConfigError(f"tuning.cron: {cron!r} is not a crontab expression: {exc}") from exc
+
+        def fire() -> None:
+            if self._lease.is_set():
+                study(self.date_key())
+
+        self._scheduler.add_job(
+            fire, trigger, id=STUDY_JOB_ID, coalesce=True, misfire_grace_time=misfire_grace_s, max_instances=1
+        )
 
     def next_run(self) -> datetime | None:
         """When the job fires next (None before ``start``)."""

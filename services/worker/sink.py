@@ -8,6 +8,9 @@ dead-letter topic with the reason (acknowledged by Kafka before the batch commit
 in DuckDB's ``dead_letters`` table in the batch's transaction, and is counted; the good records
 around it keep flowing.
 
+Sink shards (``services.worker.checkpoints``) also commit to Kafka the offsets the lake holds,
+and on assignment resume at the group's commit unless their own DuckDB is ahead of it.
+
 Speed: events are validated by msgspec structs generated from the pydantic schema
 (``feedback.codec``), written as JSON columns that DuckDB parses outside the GIL
 (``feedback.ingest``), and the next batch is fetched from Kafka while the current one is written.
@@ -23,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -33,6 +37,9 @@ from feedback.errors import EventError, UnknownSchemaError
 from feedback.ingest import EventBatch
 from feedback.settings import KafkaSettings
 from feedback.store import DeadLetter, DuckDBStore
+
+if TYPE_CHECKING:
+    from services.worker.checkpoints import KafkaCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +94,18 @@ class Sink:
         poll_timeout_ms: int,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+        session_timeout_ms: int = 45_000,
+        checkpoints: KafkaCheckpoints | None = None,
     ) -> None:
+        """``checkpoints``: this sink is one shard of several in its group (None: the only sink)."""
         self._kafka = kafka
         self._store = store
         self._batch_max = batch_max
         self._poll_timeout_ms = poll_timeout_ms
         self._max_event_bytes = max_event_bytes
         self._fetch_max_bytes = fetch_max_bytes
+        self._session_timeout_ms = session_timeout_ms
+        self.checkpoints = checkpoints
         self._stop = threading.Event()
         self._writing = threading.Lock()  # held while a batch is written and committed
         self._consumer: KafkaConsumer | None = None
@@ -123,15 +135,23 @@ class Sink:
             fetch_max_bytes=max(self._fetch_max_bytes * 4, self._max_event_bytes * 2),
             request_timeout_ms=max(self._kafka.request_timeout_ms, 30_000),
             bootstrap_timeout_ms=self._kafka.bootstrap_timeout_ms,
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=min(3000, self._session_timeout_ms // 3),
         )
 
     def seek_to_stored(self, partitions: Iterable[TopicPartition]) -> None:
-        """Position each assigned partition at the offset after the last row DuckDB holds."""
+        """Position each assigned partition at the offset after the last row DuckDB holds.
+
+        A shard does so only where that is ahead of the group's commit on Kafka; elsewhere it
+        resumes at the commit (another shard owned the partition meanwhile).
+        """
+        partitions = list(partitions)
         stored = self._store.committed_offsets()
+        group = self.checkpoints.committed(partitions) if self.checkpoints is not None else {}
         assert self._consumer is not None
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
+            if offset is not None and offset > group.get((tp.topic, tp.partition), -1):
                 self._consumer.seek(tp, offset)
 
     def run(self) -> None:
@@ -152,12 +172,21 @@ class Sink:
                         if decoded is not None:
                             self._commit(decoded)
             finally:  # after the poll in flight, whose records are read again at the next start
-                kafka.submit(self._consumer.close, autocommit=False).result()
+                kafka.submit(self._leave).result()
                 if self._dead_letter is not None:
                     self._dead_letter.close()
 
+    def _leave(self) -> None:
+        assert self._consumer is not None
+        if self.checkpoints is not None:
+            self.checkpoints.commit_final(self._consumer)
+            self.checkpoints.close()
+        self._consumer.close(autocommit=False)
+
     def _fetch(self) -> Decoded | None:
         assert self._consumer is not None
+        if self.checkpoints is not None:
+            self.checkpoints.commit_pending(self._consumer)
         polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_max)
         return self.decode(polled) if polled else None
 

@@ -35,7 +35,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared event factory
 
-from local_kafka import fresh_topics, local_broker
+from local_kafka import fill, fresh_topics, local_broker
 from pipeline_events import interaction
 
 from feedback.codec import decode_fast
@@ -56,22 +56,6 @@ FRESHNESS_RATE = 200  # events/s
 FRESHNESS_SECONDS = 10
 LAKE_INTERVAL_S = 2.0  # lake export interval during the freshness runs
 PUBLISH_EVENTS = 5_000
-
-
-def fill(kafka: KafkaSettings, count: int) -> None:
-    """``count`` realistic interactions on the interactions topic, lz4-compressed as the gateway sends them."""
-    producer = KafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        batch_size=256 * 1024,
-        compression_type="lz4",
-    )
-    for n in range(count):
-        event = interaction(n)
-        producer.send(kafka.topics.interactions, key=event.kafka_key(), value=event.encode())
-    producer.flush(120)
-    producer.close()
 
 
 def bare_consumer_rate(kafka: KafkaSettings, count: int) -> tuple[float, float]:

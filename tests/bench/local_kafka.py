@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kafka import KafkaProducer
+
 from feedback.settings import KafkaSettings, LocalKafkaSettings, TopicSettings
 from feedback.topics import ensure_topics
 from services.cli import broker
@@ -31,10 +33,29 @@ def local_broker() -> Iterator[KafkaSettings]:
             broker.run_script("stop", local, capture=True)
 
 
-def fresh_topics(kafka: KafkaSettings) -> KafkaSettings:
-    """Topics and a consumer group of their own (3 partitions, as in production defaults)."""
+def fresh_topics(kafka: KafkaSettings, partitions: int = 3) -> KafkaSettings:
+    """Topics and a consumer group of their own (3 partitions by default, as in production defaults)."""
     suffix = uuid.uuid4().hex[:8]
     names = {f: f"{d}-{suffix}" for f, d in TopicSettings().model_dump().items() if isinstance(d, str)}
-    isolated = kafka.model_copy(update={"topics": TopicSettings(**names), "consumer_group": f"sink-{suffix}"})
+    topics = TopicSettings(**names, partitions=partitions)
+    isolated = kafka.model_copy(update={"topics": topics, "consumer_group": f"sink-{suffix}"})
     ensure_topics(isolated)
     return isolated
+
+
+def fill(kafka: KafkaSettings, count: int) -> None:
+    """``count`` realistic interactions on the interactions topic, lz4-compressed as the gateway sends them."""
+    from pipeline_events import interaction  # tests/ is on the path of the benchmarks that fill topics
+
+    producer = KafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        compression_type="lz4",
+    )
+    for n in range(count):
+        event = interaction(n)
+        producer.send(kafka.topics.interactions, key=event.kafka_key(), value=event.encode())
+    producer.flush(120)
+    producer.close()

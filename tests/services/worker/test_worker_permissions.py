@@ -24,6 +24,7 @@ from feedback.settings import KafkaSettings
 from services.worker.app import create_app
 
 ServeApp = Callable[[FastAPI], AbstractContextManager[str]]
+UNKNOWN_VERSION = "0" * 64  # a well-formed adapter version no registry holds
 # (method, path) -> (permission, path asked, request body, status when allowed)
 ROUTES: dict[tuple[str, str], tuple[Permission | str, str, dict[str, Any] | None, int]] = {
     ("GET", "/healthz"): (PUBLIC, "/healthz", None, 200),
@@ -37,6 +38,13 @@ ROUTES: dict[tuple[str, str], tuple[Permission | str, str, dict[str, Any] | None
     ("GET", "/v1/refreshes"): (Permission.MODELS, "/v1/refreshes", None, 200),
     ("GET", "/v1/refreshes/{key}"): (Permission.MODELS, "/v1/refreshes/1999-01-01", None, 404),
     ("GET", "/v1/audit"): (Permission.AUDIT, "/v1/audit", None, 200),
+    ("GET", "/v1/registry/{version}"): (Permission.MODELS, f"/v1/registry/{UNKNOWN_VERSION}", None, 404),
+    ("GET", "/v1/registry/{version}/{name}"): (
+        Permission.MODELS,
+        f"/v1/registry/{UNKNOWN_VERSION}/adapter_config.json",
+        None,
+        404,
+    ),
 }
 
 
