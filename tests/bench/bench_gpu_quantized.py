@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_gpu_serving import MAX_TOKENS, N_REQUESTS, REPEATS, engine_settings, requests
-from replicas import machine
+from bench_gpu_serving import MAX_TOKENS, N_REQUESTS, REPEATS, engine_settings, machine, requests
 from scipy.stats import binomtest
 
 from evaluation.gate import GOLDEN_PATH

@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,6 @@ from typing import Any
 import httpx
 from bench_serving import KEY, make_challenger, quantiles, serve, shadow_counts, with_shadow
 from load_client import Phase, open_loop
-from replicas import machine
 
 from feedback.model.runtime import ModelRuntime, render_chat
 from feedback.model.source import DEFAULT_MODEL, prepare_model
@@ -66,6 +66,11 @@ SUBJECTS = ["sleep", "water", "exercise", "reading", "music", "friends", "maths"
 ASKS = ["Explain why {} matters.", "Give two tips about {}.", "What is surprising about {}?", "Describe {} briefly."]
 LARGE_SHAPE = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24}  # SmolLM2-1.7B
 LARGE_SHAPE |= {"num_attention_heads": 32, "num_key_value_heads": 32}
+
+
+def machine() -> str:
+    """The machine line (the GPU machine has no DuckDB, so not the CPU benchmarks' helper)."""
+    return f"machine: {platform.machine()}, {os.cpu_count()} cpus"
 
 
 def requests(n: int, max_tokens: int = MAX_TOKENS) -> list[dict[str, Any]]:
@@ -90,17 +95,17 @@ def engine_settings() -> dict[str, Any]:
 
 
 def raw_vllm(model_dir: Path, n: int) -> dict[str, Any]:
-    """Seconds and generated tokens of raw vLLM offline generation of :func:`requests`, as JSON from a child."""
-    child = subprocess.run(
-        [sys.executable, __file__, "raw", str(model_dir), str(n)], capture_output=True, text=True, check=False
-    )
-    if child.returncode != 0:
-        raise RuntimeError(f"raw vLLM failed:\n{child.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    """Seconds and generated tokens of raw vLLM offline generation of :func:`requests`, from a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "raw.json"
+        child = subprocess.run([sys.executable, __file__, "raw", str(model_dir), str(n), str(out)], check=False)
+        if child.returncode != 0 or not out.exists():
+            raise RuntimeError("raw vLLM failed (its output is above)")
+        result: dict[str, Any] = json.loads(out.read_text())
     return result
 
 
-def raw_child(model_dir: Path, n: int) -> None:
+def raw_child(model_dir: Path, n: int, out: Path) -> None:
     """In the child: the same engine settings as the backend, the prompts rendered by the same template."""
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
@@ -126,7 +131,7 @@ def raw_child(model_dir: Path, n: int) -> None:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         seconds.append(time.perf_counter() - start)
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    print(json.dumps({"seconds": seconds, "tokens": tokens}), flush=True)
+    out.write_text(json.dumps({"seconds": seconds, "tokens": tokens}))
 
 
 # ----- clients, in other processes -----
@@ -211,6 +216,11 @@ def transformers_backend_for(model_dir: Path, workdir: Path) -> Callable[[Settin
     return lambda settings: TransformersBackend(runtime, settings.gateway, AdapterRegistry(workdir / "registry"))
 
 
+# The GPU extra does not install the content filter's classifier package (its model pins scikit-learn): the term
+# list still checks every prompt and answer
+CLASSIFIER_OFF = {"content_filter": {"classifier": False}}
+
+
 def gateway_settings(backend: str) -> dict[str, Any]:
     """Room for every client's request and shadow copy: the engine's capacity is measured, not our bounds."""
     return {
@@ -227,7 +237,7 @@ def gateway_settings(backend: str) -> dict[str, Any]:
 
 @contextmanager
 def gateway(backend_for: Callable[[Settings], InferenceBackend], workdir: Path, backend: str) -> Iterator[Any]:
-    with serve(backend_for, workdir, **gateway_settings(backend)) as served:
+    with serve(backend_for, workdir, CLASSIFIER_OFF, **gateway_settings(backend)) as served:
         yield served
 
 
@@ -388,7 +398,7 @@ def run(parts: list[str], model_dir: Path, workdir: Path, clients: Clients) -> N
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["raw"]:
-        raw_child(Path(argv[1]), int(argv[2]))
+        raw_child(Path(argv[1]), int(argv[2]), Path(argv[3]))
         return
     warnings.filterwarnings("ignore")  # vLLM's and its dependencies' deprecation warnings
     logging.basicConfig(level=logging.ERROR)
