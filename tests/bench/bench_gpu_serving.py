@@ -216,11 +216,6 @@ def transformers_backend_for(model_dir: Path, workdir: Path) -> Callable[[Settin
     return lambda settings: TransformersBackend(runtime, settings.gateway, AdapterRegistry(workdir / "registry"))
 
 
-# The GPU extra does not install the content filter's classifier package (its model pins scikit-learn): the term
-# list still checks every prompt and answer
-CLASSIFIER_OFF = {"content_filter": {"classifier": False}}
-
-
 def gateway_settings(backend: str) -> dict[str, Any]:
     """Room for every client's request and shadow copy: the engine's capacity is measured, not our bounds."""
     return {
@@ -237,7 +232,7 @@ def gateway_settings(backend: str) -> dict[str, Any]:
 
 @contextmanager
 def gateway(backend_for: Callable[[Settings], InferenceBackend], workdir: Path, backend: str) -> Iterator[Any]:
-    with serve(backend_for, workdir, CLASSIFIER_OFF, **gateway_settings(backend)) as served:
+    with serve(backend_for, workdir, **gateway_settings(backend)) as served:
         yield served
 
 

@@ -81,18 +81,11 @@ def gateway(runtime: ModelRuntime, workdir: Path, **gateway_settings: Any) -> It
 
 @contextmanager
 def serve(
-    backend_for: Callable[[Settings], InferenceBackend],
-    workdir: Path,
-    sections: dict[str, Any] | None = None,
-    **gateway_settings: Any,
+    backend_for: Callable[[Settings], InferenceBackend], workdir: Path, **gateway_settings: Any
 ) -> Iterator[tuple[str, Any]]:
-    """The gateway on the backend ``backend_for`` builds from its settings, Kafka unreachable: (url, app).
-
-    ``sections`` sets other sections of the settings (``{"content_filter": {...}}``).
-    """
+    """The gateway on the backend ``backend_for`` builds from its settings, Kafka unreachable: (url, app)."""
     settings = Settings.model_validate(
-        (sections or {})
-        | {
+        {
             "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "bootstrap_timeout_ms": 200},
             "gateway": {
                 "wal": {"dir": workdir / f"wal-{time.monotonic_ns()}"},
