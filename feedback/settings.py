@@ -380,6 +380,9 @@ class TrainingSettings(_Section):
     threads: int = Field(1, ge=1, le=256)
     niceness: int = Field(10, ge=0, le=19)  # the training process lowers its priority by this (os.nice)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    # data-parallel training processes (torchrun; feedback.distributed), each on a GPU of its own on CUDA; 0: one per
+    # visible GPU when training on CUDA, else 1. Each takes batch_size examples a step: a step's batch grows with them
+    processes: int = Field(0, ge=0, le=64)
     # auto: bf16 autocast where the device computes bf16 natively (CUDA, AMX / AVX-512 BF16 CPUs), else fp32;
     # LoRA weights and optimizer state stay fp32
     precision: Literal["auto", "bf16", "fp32"] = "auto"

@@ -29,7 +29,9 @@ from typing import IO
 
 import torch
 
+from feedback.distributed import processes_for
 from feedback.errors import FlywheelError
+from feedback.model.runtime import resolve_device
 from feedback.training import RESULT_FILE, TrainingError, TrainingJob, TrainingResult, train
 
 JOB_FILE = "job.json"
@@ -58,8 +60,9 @@ def run_training(
     job_file.write_text(job.to_json(), encoding="utf-8")
     (job.output_dir / RESULT_FILE).unlink(missing_ok=True)
     failure = ""
+    processes = processes_for(job.settings.processes, resolve_device(job.settings.device))
     for _attempt in range(job.settings.restarts + 1):
-        code, tail = _run_once(job_file, job.settings.threads, on_spawn, echo)
+        code, tail = _run_once(job_file, job.settings.threads, processes, on_spawn, echo)
         if code == 0:
             return TrainingResult.from_json((job.output_dir / RESULT_FILE).read_text(encoding="utf-8"))
         if code == EXIT_CANNOT_RUN:
@@ -68,9 +71,13 @@ def run_training(
     raise TrainingError(f"training crashed {job.settings.restarts + 1} times; the last crash: {failure}")
 
 
-def command(job_file: Path) -> list[str]:
-    """The command line of the training subprocess for the job in ``job_file``."""
-    return [sys.executable, "-m", "feedback.train_job", str(job_file)]
+def command(job_file: Path, processes: int = 1) -> list[str]:
+    """The command line of the training subprocess for the job in ``job_file``: torchrun for several processes."""
+    trainer = ["-m", "feedback.train_job", str(job_file)]
+    if processes == 1:
+        return [sys.executable, *trainer]
+    # one machine, a rendezvous of its own on a free port, one process per rank
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *trainer]
 
 
 def environment(threads: int) -> dict[str, str]:
@@ -79,11 +86,14 @@ def environment(threads: int) -> dict[str, str]:
     return {**os.environ, **bounded, "HF_HUB_OFFLINE": "1", PARENT_ENV: str(os.getpid())}
 
 
-def exit_with_parent(parent: int, interval_s: float = 0.5) -> None:
-    """End this process (``EXIT_ORPHANED``) as soon as ``parent`` is no longer its parent, from a daemon thread."""
+def exit_with_parent(parent: int, interval_s: float = 0.5, *, launched: bool = False) -> None:
+    """End this process (``EXIT_ORPHANED``) as soon as ``parent`` is no longer its parent, from a daemon thread.
+
+    ``launched``: a rank that torchrun started, whose own parent is torchrun: it ends when ``parent`` has.
+    """
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while _alive(parent) if launched else os.getppid() == parent:
             time.sleep(interval_s)
         print("training stopped: the process that started it is gone", file=sys.stderr)
         os._exit(EXIT_ORPHANED)  # no cleanup to run: checkpoints are written whole or not at all
@@ -91,11 +101,25 @@ def exit_with_parent(parent: int, interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 def _run_once(
-    job_file: Path, threads: int, on_spawn: Callable[[int], None] | None, echo: IO[str] | None
+    job_file: Path, threads: int, processes: int, on_spawn: Callable[[int], None] | None, echo: IO[str] | None
 ) -> tuple[int, str]:
     with subprocess.Popen(
-        command(job_file), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment(threads), text=True
+        command(job_file, processes),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment(threads),
+        text=True,
     ) as process:
         try:
             if on_spawn is not None:
@@ -129,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m feedback.train_job JOB.json", file=sys.stderr)
         return EXIT_CANNOT_RUN
     if PARENT_ENV in os.environ:
-        exit_with_parent(int(os.environ[PARENT_ENV]))
+        exit_with_parent(int(os.environ[PARENT_ENV]), launched="LOCAL_RANK" in os.environ)
     try:
         job = TrainingJob.from_json(Path(args[0]).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError) as exc:

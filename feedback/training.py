@@ -54,6 +54,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
+from feedback.distributed import join_group
 from feedback.examples import tokenize_examples
 from feedback.model.runtime import ModelRuntime, resolve_device, resolve_precision
 from feedback.settings import TrainingSettings
@@ -120,6 +121,7 @@ class TrainingResult:
     seconds: float  # wall time of this process's part of the run
     precision: str = "fp32"  # "bf16" (autocast) or "fp32"
     attention: str = "sdpa"  # attention kernel: "eager" or "sdpa"
+    processes: int = 1  # data-parallel processes that trained it together (feedback.distributed)
 
     def to_json(self) -> str:
         """The result as JSON (paths as strings)."""
@@ -144,7 +146,8 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     raw_examples = read_dataset(job.dataset)  # before the model loads, so bad data fails fast
-    runtime = ModelRuntime.load(job.model_dir, device=device)
+    group = join_group(device)  # one process, or this one's place among torchrun's (feedback.distributed)
+    runtime = ModelRuntime.load(job.model_dir, device=group.device(device))
     examples = tokenize_examples(runtime, raw_examples)
     check_lengths(examples, runtime.context_length, job.dataset)
     longest = max(len(e.prompt_ids) + len(e.completion_ids) for e in examples)
@@ -154,9 +157,10 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     model = _lora_model(runtime, job)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    total = total_steps(len(examples), settings)
+    batches = settings.model_copy(update={"batch_size": settings.batch_size * group.world})  # global batches
+    total = total_steps(len(examples), batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _LinearSchedule(warmup_steps(settings, total), total))
-    state = TrainState(fingerprint=_fingerprint(job))
+    state = TrainState(fingerprint=_fingerprint(job, group.world))
     checkpoints = job.output_dir / CHECKPOINTS_DIR
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
@@ -164,22 +168,33 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
     resumed_from = state.step
     padding = runtime.pad_id
     model.train()
+    trainer = group.wrap(model)  # averages gradients over the group's processes
+    progress = progress and group.main
     bar = tqdm(total=total, initial=state.step, desc="training", unit="step", file=sys.stderr, disable=not progress)
     last_checkpoint = time.monotonic()
     with bar:
         while state.step < total:
-            batch = collate([examples[i] for i in batch_indices(state.step, len(examples), settings)], padding)
+            indices = group.share(batch_indices(state.step, len(examples), batches))
+            batch = collate([examples[i] for i in indices], padding)
             with autocast(device, precision):
-                loss_sum, n_tokens = completion_loss(model, batch)
-            loss = _optimizer_step(params, optimizer, scheduler, loss_sum / n_tokens, settings.max_grad_norm)
-            state.advance(loss, batch.tokens, batch.completion_tokens)
+                loss_sum, n_tokens = completion_loss(trainer, batch)
+            n_global = group.total(n_tokens)
+            # Scaled so that the group's average gradient is the gradient of the global batch's mean loss.
+            scaled = loss_sum * group.world / n_global
+            local = _optimizer_step(params, optimizer, scheduler, scaled, settings.max_grad_norm)
+            loss = group.total(local) / group.world
+            state.advance(loss, int(group.total(batch.tokens)), int(n_global))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             due = state.step % settings.checkpoint_every == 0
-            if due or time.monotonic() - last_checkpoint >= settings.checkpoint_every_s or state.step == total:
+            timely = time.monotonic() - last_checkpoint >= settings.checkpoint_every_s
+            if group.main and (due or timely or state.step == total):
                 write_checkpoint(checkpoints, model, optimizer, scheduler, state)
                 last_checkpoint = time.monotonic()
-    adapter_dir = _save_adapter(model, job.output_dir / ADAPTER_DIR, runtime.name)
+    group.leave()
+    adapter_dir = job.output_dir / ADAPTER_DIR
+    if group.main:
+        _save_adapter(model, adapter_dir, runtime.name)
     result = TrainingResult(
         adapter_dir=adapter_dir,
         steps=state.step,
@@ -194,8 +209,10 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
         seconds=time.monotonic() - started,
         precision=precision,
         attention=attention,
+        processes=group.world,
     )
-    _write_atomically(job.output_dir / RESULT_FILE, result.to_json())
+    if group.main:
+        _write_atomically(job.output_dir / RESULT_FILE, result.to_json())
     return result
 
 
@@ -304,11 +321,15 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _fingerprint(job: TrainingJob) -> str:
+def _fingerprint(job: TrainingJob, processes: int = 1) -> str:
     """SHA-256 of what decides the trained bytes, so a checkpoint is only resumed by the same job."""
     digest = hashlib.sha256()
+    if processes > 1:  # each step's batch is ``processes`` times larger
+        digest.update(f"processes={processes}".encode())
     digest.update(job.dataset.read_bytes())
-    decisive = job.settings.model_dump(exclude={"checkpoint_every", "checkpoint_every_s", "niceness", "restarts"})
+    # the processes count as the run resolved them (``processes``), not as asked (0 is "one per GPU")
+    skip = {"checkpoint_every", "checkpoint_every_s", "niceness", "restarts", "processes"}
+    decisive = job.settings.model_dump(exclude=skip)
     digest.update(json.dumps(decisive, sort_keys=True).encode())
     digest.update(str(job.model_dir.resolve()).encode())
     if job.parent_adapter is not None:

@@ -13,6 +13,10 @@ One warm-up run each, then REPEATS runs alternating the two; prints the medians 
 train on a CUDA GPU where one is visible (batches of 16 there), else on the CPU (batches of 4);
 ``BENCH_TRAINING_DEVICE=cpu`` keeps them on the CPU.
 
+``python tests/bench/bench_training.py scaling`` measures weak scaling: the refresh's training
+subprocess with one process and with one per GPU (two Gloo processes on a CPU), the same batch per
+process, and prints the ratio of their tokens/s (target on two GPUs: >= 1.7).
+
 ``python tests/bench/bench_training.py variants`` instead measures ``feedback.training.train``
 under the settings that decide its speed on CPU, side by side (batches of 8, 2 threads, the
 refresh benchmark's shape): LoRA dropout 0.05 (the earlier default) against 0, and the fused
@@ -40,6 +44,7 @@ from feedback.model.runtime import ModelRuntime, resolve_device, resolve_precisi
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings, TrainingSettings
 from feedback.train_data import collate, read_dataset
+from feedback.train_job import run_training
 from feedback.training import TrainingJob, autocast, batch_indices, resolve_attention, train
 
 STEPS = int(os.environ.get("BENCH_TRAINING_STEPS", "8"))
@@ -165,9 +170,35 @@ def variants(model_dir: Path) -> None:
         print(f"{name:<40} {statistics.median(values):>9.1f} {statistics.median(values) / first:>10.2f}")
 
 
+def scaling(model_dir: Path) -> None:
+    """Weak scaling: tokens/s of the refresh's training subprocess with 1 and N processes at the same per-process batch.
+
+    N is the visible GPUs (at least 2; on the CPU two Gloo processes of one thread each). Each side
+    runs STEPS steps of its own global batches; tokens/s is the trainer's own count over its own
+    wall time (model load included, as in a refresh). Target on 2 GPUs: >= 1.7.
+    """
+    n = max(2, torch.cuda.device_count())
+    rates: dict[int, list[float]] = {1: [], n: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = write_dataset(Path(tmp) / "data.jsonl", n=SETTINGS.batch_size * n * 4)
+        for repeat in range(REPEATS + 1):  # repeat 0 warms both up
+            for processes in rates:
+                settings = SETTINGS.model_copy(update={"processes": processes})
+                job = TrainingJob(dataset, Path(tmp) / f"{processes}-{repeat}", model_dir, settings=settings)
+                result = run_training(job, echo=None)
+                if repeat:
+                    rates[processes].append(result.tokens / result.seconds)
+    one, many = (statistics.median(rates[p]) for p in (1, n))
+    print(f"weak scaling on {DEVICE}, batch {SETTINGS.batch_size} per process, {STEPS} steps, {REPEATS} repeats")
+    print(f"  1 process: {one:.1f} tokens/s; {n} processes: {many:.1f} tokens/s; ratio {many / one:.2f}")
+
+
 def main() -> None:
     if sys.argv[1:] == ["variants"]:
         variants(prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir))
+        return
+    if sys.argv[1:] == ["scaling"]:
+        scaling(prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir))
         return
     torch.set_num_threads(SETTINGS.threads)
     gpu = f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else ""
