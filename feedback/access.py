@@ -10,7 +10,7 @@ worker's decision engine in auto mode), holds no key and cannot be authenticated
                  raw text, the audit trail, reports and analytics, chat and feedback
     developer    models and the refresh ledger, deploy a challenger in shadow, force an arm,
                  reports and redacted analytics, chat and feedback (to try models)
-    analyst      read-only: reports and redacted analytics; no chat
+    analyst      read-only: reports, redacted analytics and the dashboard's views; no chat
     user         chat and feedback
 """
 
@@ -44,9 +44,10 @@ class Permission(StrEnum):
     RAW_AUDIT = "raw-audit"  # unredacted audit records
     AUDIT = "audit"  # read the audit trail (who did what, when, and why)
     OPERATIONS = "operations"  # the sink's lag and counters
+    DASHBOARD = "dashboard"  # the dashboard's read-only views: deployment, experiments, models, refreshes, feedback
 
 
-_READ = frozenset({Permission.REPORTS, Permission.ANALYTICS})
+_READ = frozenset({Permission.REPORTS, Permission.ANALYTICS, Permission.DASHBOARD})
 _SERVE = frozenset({Permission.CHAT, Permission.FEEDBACK})
 
 PERMISSIONS: dict[str, frozenset[Permission]] = {

@@ -221,6 +221,10 @@ class WorkerSettings(_Section):
     query_timeout_s: float = Field(10.0, gt=0)  # analyst query: wall-clock limit, seconds
     query_memory_limit: str = "512MB"  # analyst query: DuckDB memory_limit of the query process
     query_max_rows: int = Field(10_000, ge=1)  # analyst query: most rows returned
+    # the gateway the dashboard's deployment actions go through, with the admin's own key (the CLI's admin API);
+    # "": http://{gateway.host}:{gateway.port}, as the CLI's default
+    dashboard_gateway_url: str = ""
+    dashboard_report_ttl_s: float = Field(30.0, gt=0)  # the dashboard recomputes a cached report this often, seconds
 
 
 class SchedulerSettings(_Section):

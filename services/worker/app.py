@@ -29,6 +29,8 @@ from services.http_access import AuthOffHeader, warn_if_auth_off
 from services.worker.audit import install_audit
 from services.worker.audit import router as audit_router
 from services.worker.audit_events import deployment_published, record, refresh_decided, refresh_started
+from services.worker.dashboard.routes import router as dashboard_router
+from services.worker.dashboard.views import DashboardViews
 from services.worker.loops import run_lake_forever, run_sink_forever
 from services.worker.metrics import WorkerMetrics
 from services.worker.refresh import RefreshBusy, Refresher, RefreshRefused
@@ -165,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings, app.state.store, app.state.sink, app.state.lake = resolved, store, sink, lake
         app.state.refresher, app.state.deployments, app.state.audit = refresher, deployments, trail
         app.state.metrics, app.state.end_offsets = metrics, end_offsets
+        app.state.dashboard = DashboardViews(store, resolved)  # cached views, computed in the background
         key_watcher = KeyWatcher(resolved.kafka, KeyBook())
         app.state.keys = key_watcher.book
         warn_if_auth_off(resolved, "worker")
@@ -189,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 thread.join(timeout=30)
             log.info("sink stopped: %s", asdict(sink.stats))
             end_offsets.close()
+            app.state.dashboard.close()
             store.close()
             producer.close(timeout_s=resolved.gateway.drain_timeout_s)
 
@@ -200,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports_router)
     app.include_router(refresh_router)
     app.include_router(registry_router)
+    app.include_router(dashboard_router)
     return app
 
 

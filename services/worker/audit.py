@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from feedback.audit import API_DOCS, AuditMiddleware, Outcome
 from feedback.store import DuckDBStore
 from services.worker.auth import Auditor
+from services.worker.dashboard.routes import PAGE_PATHS
 from services.worker.protocol import AuditRecord
 
 ACTIONS: dict[tuple[str, str], str] = {
@@ -28,8 +29,15 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/refreshes"): "refresh.list",
     ("GET", "/v1/refreshes/{key}"): "refresh.read",
     ("GET", "/v1/audit"): "audit.query",
+    ("GET", "/v1/dashboard/overview"): "dashboard.read",
+    ("GET", "/v1/dashboard/experiments/{experiment}"): "dashboard.read",
+    ("GET", "/v1/dashboard/experiments/{experiment}/shadow"): "dashboard.read",
+    ("GET", "/v1/dashboard/models"): "dashboard.read",
+    ("GET", "/v1/dashboard/refreshes"): "dashboard.read",
+    ("GET", "/v1/dashboard/feedback"): "dashboard.read",
+    ("POST", "/v1/dashboard/deployments/{action}"): "dashboard.deployment",
 }
-EXEMPT = ("/healthz", "/metrics", "/v1/sink/status", *API_DOCS)
+EXEMPT = ("/healthz", "/metrics", "/v1/sink/status", *PAGE_PATHS, *API_DOCS)
 
 DEFAULT_LIMIT = 100  # rows GET /v1/audit returns without a limit (at most audit.query_max_rows)
 FILTERS = ("actor", "action", "resource", "outcome")  # columns GET /v1/audit filters on, by equality

@@ -16,9 +16,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
+from evaluation.config import ExperimentSettings
 from evaluation.errors import EvaluationError, UnknownExperimentError
 from evaluation.html import render_html
-from evaluation.metrics import parse_split
+from evaluation.metrics import Queryable, parse_split
 from evaluation.report import build_report, require_arms, to_json
 from services.worker.auth import Reader
 
@@ -50,18 +51,25 @@ class ReportCache:
 _cache = ReportCache()
 
 
+def report_json(
+    db: Queryable, settings: ExperimentSettings, experiment: str, metrics: list[str] | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The report as JSON-safe data, as this API and the dashboard serve it; raises ``EvaluationError``."""
+    expected = parse_split(split) if split else None
+    report = build_report(db, experiment, settings, metrics=metrics or None, split=expected)
+    require_arms(report)
+    return to_json(report)
+
+
 def compute(request: Request, experiment: str, metrics: list[str], split: str | None) -> dict[str, Any]:
     """The report as JSON-safe data; evaluation errors become 404/400."""
-    settings = request.app.state.settings.experiment
     try:
-        expected = parse_split(split) if split else None
-        report = build_report(request.app.state.store, experiment, settings, metrics=metrics or None, split=expected)
-        require_arms(report)
+        return report_json(request.app.state.store, request.app.state.settings.experiment, experiment, metrics, split)
     except UnknownExperimentError as exc:
         raise HTTPException(404, str(exc)) from exc
     except EvaluationError as exc:
         raise HTTPException(400, str(exc)) from exc
-    return to_json(report)
 
 
 class Refusal(BaseModel):

@@ -29,6 +29,7 @@ def test_the_table_gives_each_permission_to_exactly_these_roles() -> None:
         Permission.RAW_AUDIT: {"admin"},
         Permission.AUDIT: {"admin"},
         Permission.OPERATIONS: {"admin", "developer"},
+        Permission.DASHBOARD: {"admin", "developer", "analyst"},
     }
 
 

@@ -110,8 +110,10 @@ def head_bytes(case: Any, url: str, headers: dict[str, str]) -> int:
 
 
 @pytest.fixture
-def worker_url(tmp_path: Path, kafka_isolated: KafkaSettings, serve_app: ServeApp) -> Iterator[str]:
-    with serve_app(create_worker(worker_settings_in(tmp_path, kafka_isolated))) as url:
+def worker_url(tmp_path: Path, kafka_isolated: KafkaSettings, serve_app: ServeApp, gateway_url: str) -> Iterator[str]:
+    """A worker whose dashboard acts through a live gateway (with no challenger, every change is refused)."""
+    settings = worker_settings_in(tmp_path / "worker", kafka_isolated, dashboard_gateway_url=gateway_url)
+    with serve_app(create_worker(settings)) as url:
         yield url
 
 
@@ -132,14 +134,23 @@ WORKER_OPERATIONS = [
     "GET /healthz",
     "GET /metrics",
     "GET /v1/audit",
+    "GET /v1/dashboard/experiments/{experiment}",
+    "GET /v1/dashboard/experiments/{experiment}/shadow",
+    "GET /v1/dashboard/feedback",
+    "GET /v1/dashboard/models",
+    "GET /v1/dashboard/overview",
+    "GET /v1/dashboard/refreshes",
     "GET /v1/interactions",
     "GET /v1/refreshes",
     "GET /v1/refreshes/{key}",
+    "GET /v1/registry/{version}",
+    "GET /v1/registry/{version}/{name}",
     "GET /v1/reports/{experiment}",
     "GET /v1/sink/status",
     "GET /v1/summary",
     "POST /v1/admin/refresh",
     "POST /v1/analytics/query",
+    "POST /v1/dashboard/deployments/{action}",
 ]
 
 

@@ -45,6 +45,30 @@ ROUTES: dict[tuple[str, str], tuple[Permission | str, str, dict[str, Any] | None
         None,
         404,
     ),
+    ("GET", "/dashboard"): (PUBLIC, "/dashboard", None, 200),
+    ("GET", "/dashboard/static/{name}"): (PUBLIC, "/dashboard/static/style.css", None, 200),
+    ("GET", "/v1/dashboard/overview"): (Permission.DASHBOARD, "/v1/dashboard/overview", None, 200),
+    ("GET", "/v1/dashboard/experiments/{experiment}"): (
+        Permission.DASHBOARD,
+        "/v1/dashboard/experiments/a%20b",
+        None,
+        422,
+    ),
+    ("GET", "/v1/dashboard/experiments/{experiment}/shadow"): (
+        Permission.DASHBOARD,
+        "/v1/dashboard/experiments/a%20b/shadow",
+        None,
+        422,
+    ),
+    ("GET", "/v1/dashboard/models"): (Permission.DASHBOARD, "/v1/dashboard/models", None, 200),
+    ("GET", "/v1/dashboard/refreshes"): (Permission.DASHBOARD, "/v1/dashboard/refreshes", None, 200),
+    ("GET", "/v1/dashboard/feedback"): (Permission.DASHBOARD, "/v1/dashboard/feedback", None, 200),
+    ("POST", "/v1/dashboard/deployments/{action}"): (
+        Permission.DEPLOY_RAMP,
+        "/v1/dashboard/deployments/nothing",
+        None,
+        422,
+    ),
 }
 
 
