@@ -105,7 +105,8 @@ def record_refresh(registry: AdapterRegistry, key: str, version: str) -> None:
             "curation": {
                 "stages": {"input": 420, "pii_redacted": 12, "too_long": 8, "near_duplicates": 31, "output": 381}
             },
-            "training": {"steps": 48, "examples": 343, "tokens": 51_200, "first_loss": 2.31, "last_loss": 1.12},
+            "training": {"steps": 48, "examples": 343, "tokens": 51_200, "first_loss": 2.31, "last_loss": 1.12}
+            | {"loss_curve": [2.31, 1.84, 1.52, 1.3, 1.12]},
             "gate": {"passed": True, "reasons": [], "heldout": {"n": 38, "champion_loss": 1.9, "candidate_loss": 1.2}},
             "seconds": {"select": 0.4, "curate": 2.1, "train": 310.0, "gate": 95.0},
         },

@@ -503,6 +503,7 @@ def _training_summary(result: TrainingResult) -> dict[str, Any]:
         "tokens": result.tokens,
         "first_loss": curve[0] if curve else None,
         "last_loss": curve[-1] if curve else None,
+        "loss_curve": list(curve),  # each optimizer step's mean completion loss (the dashboard draws it)
         "resumed_from_step": result.resumed_from_step,
         "device": result.device,
         "seconds": result.seconds,

@@ -222,6 +222,9 @@ def check_other_pages(page: Any, loop: Loop, shots: Path) -> None:
     page.goto(f"{loop.worker}/dashboard#/refreshes")
     page.wait_for_selector("#refreshes h3:has-text('2026-01-02: deployed')")
     assert "near_duplicates: 31" in text(page, "#refreshes")
+    curve = page.locator("#refreshes svg[aria-label^='Training loss of 2026-01-02, step by step']")
+    assert curve.get_attribute("aria-label") == "Training loss of 2026-01-02, step by step: 2.310 to 1.120"
+    assert curve.locator("polyline").get_attribute("points").count(",") == 5  # one point per step
     page.screenshot(path=shots / "refreshes.png", full_page=True)
     page.goto(f"{loop.worker}/dashboard#/feedback")
     page.wait_for_selector("#feedback tbody tr")

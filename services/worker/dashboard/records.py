@@ -2,7 +2,7 @@
 
 Models: every registry version as a node of the lineage graph (parent to child) with its dataset
 manifest, training settings, gate metrics and state. Refreshes: each ledger record's selection and
-curation counts per stage, training summary (first and last loss; the ledger keeps no per-step
+curation counts per stage, training summary (with each step's loss, which the page draws as a
 curve) and gate result. Feedback: the latest feedback rows with their response's arm and model,
 text PII-redacted, filtered in SQL.
 """

@@ -93,6 +93,8 @@ def test_a_refresh_trains_gates_registers_and_deploys_its_candidate_as_the_shado
         == 48 - sum(s["in"] - s["out"] for s in stages)
     )
     assert outcome["training"]["steps"] == 6
+    curve = outcome["training"]["loss_curve"]
+    assert (len(curve), curve[0], curve[-1]) == (6, outcome["training"]["first_loss"], outcome["training"]["last_loss"])
     assert outcome["gate"]["passed"] is True
     assert outcome["gate"]["heldout"]["candidate_loss"] < outcome["gate"]["heldout"]["champion_loss"]
     state = deployments.current()

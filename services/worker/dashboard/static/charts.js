@@ -113,6 +113,23 @@ function lineChart(series, label, yFmt = (v) => fmt.pct(v, 0)) {
 }
 
 /** A legend naming each series with its line style. */
+// One value per optimizer step (a training loss curve): x is the step, 1 to n.
+function curveChart(values, label, yFmt) {
+  const width = 640, height = 200, left = 60, right = 16, top = 14, bottom = 30;
+  const svg = chartFrame(width, height, label);
+  const ys = values.filter((v) => v !== null && isFinite(v));
+  if (ys.length < 2) return svg;
+  const y0 = Math.min(...ys), y1 = Math.max(...ys, y0 + 1e-9);
+  const x = (i) => left + (i / (values.length - 1)) * (width - left - right);
+  const y = (v) => top + (1 - (v - y0) / (y1 - y0)) * (height - top - bottom);
+  for (const v of [y0, y1]) svg.append(s("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, yFmt(v)));
+  svg.append(s("text", { x: left, y: height - 8 }, "step 1"));
+  svg.append(s("text", { x: width - right, y: height - 8, "text-anchor": "end" }, `step ${values.length}`));
+  const line = values.map((v, i) => `${x(i)},${y(v)}`).join(" ");
+  svg.append(s("polyline", { points: line, fill: "none", stroke: PALETTE[0], "stroke-width": 2 }));
+  return svg;
+}
+
 function legend(names) {
   return h("div", { class: "legend" }, names.map((name, i) => h("span", {},
     (() => { const sw = s("svg", { width: 28, height: 10, "aria-hidden": "true" });

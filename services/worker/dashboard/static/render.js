@@ -107,7 +107,7 @@ function renderRefreshes(ctx, view) {
   const runs = view.runs.map((r) => {
     const stages = r.curation ? Object.entries(r.curation).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`) : [];
     const t = r.training || {};
-    const curve = t.first_loss !== undefined && t.first_loss !== null ? lineChart([{ name: "loss", points: [{ t: r.starts.length ? r.starts[0].at : r.key, y: t.first_loss }, { t: r.finished || r.key, y: t.last_loss }] }], `Training loss of ${r.key}: first and last step`, (v) => fmt.num(v, 3)) : h("p", { class: "muted" }, "no training");
+    const curve = (t.loss_curve || []).length > 1 ? curveChart(t.loss_curve, `Training loss of ${r.key}, step by step: ${fmt.num(t.first_loss, 3)} to ${fmt.num(t.last_loss, 3)}`, (v) => fmt.num(v, 3)) : t.first_loss !== undefined && t.first_loss !== null ? lineChart([{ name: "loss", points: [{ t: r.starts.length ? r.starts[0].at : r.key, y: t.first_loss }, { t: r.finished || r.key, y: t.last_loss }] }], `Training loss of ${r.key}: first and last step`, (v) => fmt.num(v, 3)) : h("p", { class: "muted" }, "no training");
     const gate = r.gate ? h("p", {}, r.gate.passed ? "✔ gate passed" : "✖ gate refused", h("ul", { class: "reasons" }, (r.gate.reasons || []).map((x) => h("li", {}, typeof x === "string" ? x : x.message || JSON.stringify(x))))) : h("p", { class: "muted" }, "no gate");
     return card(`${r.key}: ${r.status}`, h("p", {}, r.message || ""), h("div", { class: "grid" },
       h("div", {}, h("h3", {}, "Selection"), kv(Object.entries(r.selection).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]))),
