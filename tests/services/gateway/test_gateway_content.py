@@ -93,7 +93,7 @@ def test_a_blocked_prompt_gets_a_400_before_inference_and_is_counted_and_audited
 
 
 def test_the_classifier_blocks_an_insult_no_term_names(client: TestClient) -> None:
-    insult = {"role": "user", "content": "this bot is a stupid ugly idiot"}
+    insult = {"role": "user", "content": "this bot sucks ass"}
     response = client.post("/v1/chat/completions", json=CHAT | {"messages": [insult]})
     assert (response.status_code, response.json()["error"]["message"]) == (
         400,
