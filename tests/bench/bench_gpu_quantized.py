@@ -17,11 +17,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench_gpu_serving import MAX_TOKENS, N_REQUESTS, REPEATS, engine_settings, machine, requests
+from bench_gpu_serving import (
+    MAX_TOKENS,
+    N_REQUESTS,
+    engine_settings,
+    greedy,
+    machine,
+    raw_engine,
+    requests,
+    timed_generation,
+)
 from scipy.stats import binomtest
 
 from evaluation.gate import GOLDEN_PATH
@@ -29,7 +37,7 @@ from feedback.catalogue import build_catalogue, correct, make_questions, parse_q
 from feedback.examples import read_examples
 from feedback.model.runtime import render_chat
 from feedback.model.source import DEFAULT_MODEL, prepare_model
-from feedback.settings import ModelSettings, VLLMSettings
+from feedback.settings import ModelSettings
 
 HELD_OUT_SEED = 20261207  # catalogues of their own, not the golden set's nor the demo's
 SIDES = ("none", "fp8")
@@ -49,30 +57,13 @@ def questions() -> list[list[dict[str, str]]]:
 def child(model_dir: Path, quantization: str, out: Path) -> None:
     """In a process of its own: answers and timing of one engine, written to ``out`` as JSON."""
     from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     asked = [{"prompt_token_ids": render_chat(tokenizer, messages)} for messages in questions()]
     prompts = [{"prompt_token_ids": render_chat(tokenizer, r["messages"])} for r in requests(N_REQUESTS)]
-    settings = engine_settings() | {"max_lora_rank": VLLMSettings().max_lora_rank}
-    llm = LLM(
-        model=str(model_dir),
-        dtype="bfloat16",
-        quantization=None if quantization == "none" else quantization,
-        enable_lora=True,
-        generation_config="vllm",
-        **settings,
-    )
-    greedy = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
-    answers = [o.outputs[0].text for o in llm.generate(asked, greedy, use_tqdm=False)]
-    llm.generate(prompts[:64], greedy, use_tqdm=False)  # warm-up
-    seconds, tokens = [], 0
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        outputs = llm.generate(prompts, greedy, use_tqdm=False)
-        seconds.append(time.perf_counter() - start)
-        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    out.write_text(json.dumps({"answers": answers, "seconds": seconds, "tokens": tokens}))
+    llm = raw_engine(model_dir, quantization)
+    answers = [o.outputs[0].text for o in llm.generate(asked, greedy(), use_tqdm=False)]
+    out.write_text(json.dumps({"answers": answers} | timed_generation(llm, prompts)))
 
 
 def run_side(model_dir: Path, quantization: str, workdir: Path) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from load_client import Phase, open_loop
 from feedback.model.runtime import ModelRuntime, render_chat
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.registry import AdapterRegistry
-from feedback.settings import ModelSettings, Settings
+from feedback.settings import ModelSettings, Settings, VLLMSettings
 from services.cli.credentials import bearer
 from services.gateway.backend import InferenceBackend, TransformersBackend
 
@@ -108,30 +108,44 @@ def raw_vllm(model_dir: Path, n: int) -> dict[str, Any]:
 def raw_child(model_dir: Path, n: int, out: Path) -> None:
     """In the child: the same engine settings as the backend, the prompts rendered by the same template."""
     from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     prompts = [{"prompt_token_ids": render_chat(tokenizer, r["messages"])} for r in requests(n)]
-    settings = engine_settings()
-    llm = LLM(
+    out.write_text(json.dumps(timed_generation(raw_engine(model_dir), prompts)))
+
+
+def raw_engine(model_dir: Path, quantization: str = "none") -> Any:
+    """Raw vLLM (``LLM``) with the backend's engine settings, its weights quantized as asked."""
+    from vllm import LLM
+
+    return LLM(
         model=str(model_dir),
         dtype="bfloat16",
+        quantization=None if quantization == "none" else quantization,
         enable_lora=True,
-        max_lora_rank=16,
-        enforce_eager=settings["enforce_eager"],
-        gpu_memory_utilization=settings["gpu_memory_utilization"],
-        max_num_seqs=settings["max_num_seqs"],
+        max_lora_rank=VLLMSettings().max_lora_rank,
         generation_config="vllm",
+        **engine_settings(),
     )
-    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
-    llm.generate(prompts[:64], params, use_tqdm=False)  # warm-up
+
+
+def greedy() -> Any:
+    """The benchmarks' sampling: greedy, MAX_TOKENS tokens at most."""
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
+
+
+def timed_generation(llm: Any, prompts: list[dict[str, list[int]]]) -> dict[str, Any]:
+    """Seconds of each of REPEATS generations of all ``prompts`` at once (after a warm-up), and the tokens of one."""
+    llm.generate(prompts[:64], greedy(), use_tqdm=False)  # warm-up
     seconds, tokens = [], 0
     for _ in range(REPEATS):
         start = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
+        outputs = llm.generate(prompts, greedy(), use_tqdm=False)
         seconds.append(time.perf_counter() - start)
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    out.write_text(json.dumps({"seconds": seconds, "tokens": tokens}))
+    return {"seconds": seconds, "tokens": tokens}
 
 
 # ----- clients, in other processes -----
