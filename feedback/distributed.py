@@ -45,13 +45,13 @@ class Group:
         start = self.rank * size + min(self.rank, extra)
         return indices[start : start + size + (self.rank < extra)]
 
-    def total(self, value: float) -> float:
-        """The sum of ``value`` over all processes."""
+    def totals(self, *values: float) -> list[float]:
+        """The sum of each value over all processes, in one collective call."""
         if self.world == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(tensor)
-        return float(tensor.item())
+        return [float(v) for v in tensor.tolist()]
 
     def wrap(self, model: Any) -> Any:
         """The model that averages its gradients over the group (the model itself for one process)."""

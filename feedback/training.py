@@ -178,12 +178,12 @@ def train(job: TrainingJob, *, progress: bool = True) -> TrainingResult:
             batch = collate([examples[i] for i in indices], padding)
             with autocast(device, precision):
                 loss_sum, n_tokens = completion_loss(trainer, batch)
-            n_global = group.total(n_tokens)
+            n_global, tokens_global = group.totals(n_tokens, batch.tokens)
             # Scaled so that the group's average gradient is the gradient of the global batch's mean loss.
             scaled = loss_sum * group.world / n_global
             local = _optimizer_step(params, optimizer, scheduler, scaled, settings.max_grad_norm)
-            loss = group.total(local) / group.world
-            state.advance(loss, int(group.total(batch.tokens)), int(n_global))
+            loss = group.totals(local)[0] / group.world
+            state.advance(loss, int(tokens_global), int(n_global))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             due = state.step % settings.checkpoint_every == 0

@@ -49,7 +49,8 @@ def test_each_process_takes_its_contiguous_share_of_a_global_batch() -> None:
     assert [Group(rank, 2).share(batch) for rank in range(2)] == [[7, 3, 5], [1, 2]]
     assert [Group(rank, 3).share(batch) for rank in range(3)] == [[7, 3], [5, 1], [2]]
     assert Group().share(batch) == batch
-    assert (Group().total(2.5), Group(1, 2, 1).device("cuda"), Group(1, 2, 1).device("cpu")) == (2.5, "cuda:1", "cpu")
+    assert Group().totals(2.5, 3.0) == [2.5, 3.0]
+    assert (Group(1, 2, 1).device("cuda"), Group(1, 2, 1).device("cpu")) == ("cuda:1", "cpu")
 
 
 def test_several_processes_start_under_torchrun(tmp_path: Path) -> None:
