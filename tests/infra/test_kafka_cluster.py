@@ -8,66 +8,21 @@ taking writes with ``acks=all`` and losing none; restarted, it catches up and is
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaConnectionError
+from kafka_cluster import HOST, Cluster, cluster_settings, kafka_sh, replicas, running_cluster
 from pipeline_events import wait_until
-from test_kafka_script import HOST, free_ports, kafka_sh, script_env
 
-from feedback.settings import KafkaSettings
 from feedback.topics import ensure_topics, topic_specs
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A cluster started through the script, and the environment that names it."""
-
-    ports: list[int]
-    data_dir: Path
-    env: dict[str, str]
-
-    @property
-    def bootstrap(self) -> str:
-        return ",".join(f"{HOST}:{port}" for port in self.ports)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    data_dir = tmp_path_factory.mktemp("cluster") / "data"
-    ports = free_ports(6)
-    env = script_env(data_dir, ports[0], ports[3]) | {
-        "FLYWHEEL_KAFKA_NODES": "3",
-        "FLYWHEEL_KAFKA_PORTS": ",".join(map(str, ports[:3])),
-        "FLYWHEEL_KAFKA_CONTROLLER_PORTS": ",".join(map(str, ports[3:])),
-        "FLYWHEEL_KAFKA_HEAP": "320m",
-    }
-    try:
-        started = kafka_sh(env, "start")
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield Cluster(ports[:3], data_dir, env)
-    finally:
-        stopped = kafka_sh(env, "stop")
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-
-
-def replicas(admin: KafkaAdminClient, topic: str) -> list[tuple[int, int]]:
-    """(replicas, in-sync replicas) of each partition of ``topic``; empty while the node asked is unreachable.
-
-    Right after a node is killed, the admin client may still ask it: the connection is reset and the
-    next poll asks another node.
-    """
-    try:
-        [described] = admin.describe_topics([topic])
-    except KafkaConnectionError:
-        return []
-    partitions = sorted(described["partitions"], key=lambda p: p["partition_index"])
-    return [(len(p["replica_nodes"]), len(p["isr_nodes"])) for p in partitions]
+    with running_cluster(tmp_path_factory.mktemp("cluster") / "data") as started:
+        yield started
 
 
 def test_start_status_and_bootstrap_name_every_node(cluster: Cluster) -> None:
@@ -83,23 +38,7 @@ def test_start_status_and_bootstrap_name_every_node(cluster: Cluster) -> None:
 
 
 def test_topics_are_replicated_and_survive_a_killed_node(cluster: Cluster) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    kafka = KafkaSettings.model_validate(
-        {
-            "bootstrap_servers": cluster.bootstrap,
-            "topics": {
-                "interactions": f"interactions-{suffix}",
-                "feedback": f"feedback-{suffix}",
-                "audit": f"audit-{suffix}",
-                "deployments": f"deployments-{suffix}",
-                "keys": f"keys-{suffix}",
-                "scheduler": f"scheduler-{suffix}",
-                "dead_letter": f"dead-letter-{suffix}",
-                "replication_factor": 3,
-                "min_insync_replicas": 2,
-            },
-        }
-    )
+    kafka = cluster_settings(cluster)
     ensure_topics(kafka)
     admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
     topic = kafka.topics.interactions

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,9 +18,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-
-SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "kafka" / "kafka.sh"
-HOST = "127.0.0.1"
+from kafka_cluster import HOST, free_ports, kafka_sh
 
 
 @dataclass(frozen=True)
@@ -39,22 +36,6 @@ class Broker:
 
     def pid(self) -> int:
         return int((self.data_dir / "kafka.pid").read_text())
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: all sockets stay bound until every port is chosen."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def kafka_sh(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def script_env(data_dir: Path, port: int, controller_port: int) -> dict[str, str]:
