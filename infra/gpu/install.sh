@@ -11,7 +11,8 @@
 #                                                 contract suite (vLLM included); ARGS go to pytest
 #   infra/gpu/install.sh bench    [WHEELS] SCRIPT [ARGS]
 #                                                 install, then run tests/bench/SCRIPT with ARGS on the GPU
-#                                                 (bench_gpu_serving.py, bench_training.py)
+#                                                 (bench_gpu_serving.py, bench_gpu_quantized.py,
+#                                                 bench_training.py, bench_tune.py)
 #
 # WHEELS defaults to infra/gpu/wheels (git-ignored), FLYWHEEL_GPU_SITE to .flywheel/gpu-site, PYTHON to
 # python3 (the interpreter that holds the machine's torch). Run from anywhere; paths are the repo's.

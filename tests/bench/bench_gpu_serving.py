@@ -21,7 +21,8 @@ Parts (``python tests/bench/bench_gpu_serving.py [PARTS] [--large]``; all by def
    p99, refusals and failures per rate, and the GPU's utilisation sampled during each step.
 
 ``BENCH_VLLM_EAGER=1`` (the default) starts both vLLM engines without compilation or CUDA graphs
-(seconds instead of minutes, slower decoding for both); ``0`` compiles.
+(seconds instead of minutes, slower decoding for both); ``0`` compiles. ``BENCH_PER_CLIENT`` (default
+8) sets the requests per client and run of ``throughput``.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def gateway_levels(clients: Clients, url: str, n_of: Callable[[int], int]) -> di
     return rates
 
 
-PER_CLIENT = 8  # requests per client and run at each level (16 at 1 client)
+PER_CLIENT = int(os.environ.get("BENCH_PER_CLIENT", "8"))  # requests per client and run at each level (16 at 1)
 N_REQUESTS = PER_CLIENT * max(LEVELS)  # raw vLLM's prompts: the 256-client level's, the others send the first ones
 TRANSFORMERS_REQUESTS = {1: 4, 16: 32, 64: 128, 256: 512}  # the slower backend gets fewer per run
 
@@ -342,27 +343,32 @@ def latency(url: str, clients: Clients) -> None:
 
 
 @contextmanager
-def gpu_utilisation(every_s: float = 0.1) -> Iterator[list[float]]:
-    """The GPU's utilisation (percent) sampled every ``every_s`` while the block runs."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+def gpu_utilisation(every_ms: int = 100) -> Iterator[list[float]]:
+    """The GPU's utilisation (percent) sampled every ``every_ms`` by ``nvidia-smi`` while the block runs."""
+    query = [
+        "nvidia-smi",
+        "--query-gpu=utilization.gpu",
+        "--format=csv,noheader,nounits",
+        f"--loop-ms={every_ms}",
+        "--id=0",
+    ]
+    sampler = subprocess.Popen(query, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     samples: list[float] = []
-    stop = threading.Event()
 
-    def sample() -> None:
-        while not stop.wait(every_s):
-            samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+    def read() -> None:
+        assert sampler.stdout is not None
+        for line in sampler.stdout:
+            if line.strip().isdigit():
+                samples.append(float(line))
 
-    thread = threading.Thread(target=sample, daemon=True)
+    thread = threading.Thread(target=read, daemon=True)
     thread.start()
     try:
         yield samples
     finally:
-        stop.set()
+        sampler.terminate()
+        sampler.wait()
         thread.join()
-        pynvml.nvmlShutdown()
 
 
 def large_model(model_dir: Path, out: Path) -> Path:
