@@ -125,8 +125,10 @@ def create_app(
 
 
 def content_filter(settings: Settings) -> ContentFilter | None:
-    """The configured content filter, or None when it is off (a bad term list fails the start)."""
-    return build_filter(settings.content_filter) if settings.content_filter.enabled else None
+    """The configured content filter, or None when it is off (a bad term list or a missing model fails the start)."""
+    if not settings.content_filter.enabled:
+        return None
+    return build_filter(settings.content_filter, settings.model.cache_dir)
 
 
 def _base_name(backend: InferenceBackend) -> str:

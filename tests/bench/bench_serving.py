@@ -81,11 +81,18 @@ def gateway(runtime: ModelRuntime, workdir: Path, **gateway_settings: Any) -> It
 
 @contextmanager
 def serve(
-    backend_for: Callable[[Settings], InferenceBackend], workdir: Path, **gateway_settings: Any
+    backend_for: Callable[[Settings], InferenceBackend],
+    workdir: Path,
+    content_filter: dict[str, Any] | None = None,
+    **gateway_settings: Any,
 ) -> Iterator[tuple[str, Any]]:
-    """The gateway on the backend ``backend_for`` builds from its settings, Kafka unreachable: (url, app)."""
+    """The gateway on the backend ``backend_for`` builds from its settings, Kafka unreachable: (url, app).
+
+    ``content_filter`` overrides the content filter's settings (the shipped filter by default).
+    """
     settings = Settings.model_validate(
         {
+            "content_filter": content_filter or {},
             "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "bootstrap_timeout_ms": 200},
             "gateway": {
                 "wal": {"dir": workdir / f"wal-{time.monotonic_ns()}"},

@@ -3,8 +3,10 @@
 ``corpus/sensitive.tsv`` and ``corpus/benign.tsv`` are the TEST split: written by hand before the
 term list existed and never used to tune it. The benign side adds the project's catalogue
 questions, answers and prompts (``feedback.catalogue``) and the golden sets. The ``dev_`` files
-are the split the term list and the classifier threshold were tuned on. Run with ``-s`` to see
-the numbers:
+are the split the term list and the classifiers' thresholds were tuned on, and the only text the
+learned classifier was fitted on (``fit_learned.py``). ``corpus/round4_*.tsv`` is a batch written
+after the third round and never used to tune anything: text the filter has never seen. Run with
+``-s`` to see the numbers:
 
     .venv/bin/pytest -q -s tests/feedback/content/test_content_corpus.py
 """
@@ -18,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from feedback.catalogue import build_catalogue, make_questions
-from feedback.content import SHIPPED_TERM_LIST, ContentFilter, OffensiveLanguageClassifier, TermFilter, build_filter
+from feedback.content import (
+    CombinedFilter,
+    ContentFilter,
+    LearnedClassifier,
+    OffensiveLanguageClassifier,
+    TermFilter,
+    build_filter,
+)
 from feedback.settings import ContentFilterSettings
 
 CORPUS = Path(__file__).with_name("corpus")
@@ -74,12 +83,46 @@ def test_split() -> tuple[Rows, Rows]:
     return labelled("sensitive.tsv"), labelled("benign.tsv") + catalogue_text()
 
 
+Verdicts = dict[str, tuple[Rows, Rows]]  # filter name -> (sensitive rows blocked, benign rows blocked)
+
+
+def measure(sensitive: Rows, benign: Rows) -> Verdicts:
+    """What each part of the filter blocks, the shipped filter (term list and offensive-language model)
+    and the filter with the learned classifier turned on (``content_filter.learned``); a combination
+    blocks what any of its parts blocks."""
+    with_learned = build_filter(ContentFilterSettings(learned=True))
+    assert isinstance(with_learned, CombinedFilter)
+    terms, offensive, learned = with_learned.filters
+    assert isinstance(terms, TermFilter)
+    assert isinstance(offensive, OffensiveLanguageClassifier)
+    assert isinstance(learned, LearnedClassifier)
+    parts = {"term list": terms, "offensive-language classifier": offensive, "learned classifier": learned}
+    verdicts = {name: (blocked(f, sensitive), blocked(f, benign)) for name, f in parts.items()}
+
+    def union(*names: str) -> tuple[Rows, Rows]:
+        return (
+            [row for row in sensitive if any(row in verdicts[n][0] for n in names)],
+            [row for row in benign if any(row in verdicts[n][1] for n in names)],
+        )
+
+    verdicts["shipped"] = union("term list", "offensive-language classifier")
+    verdicts["with learned"] = union(*parts)
+    return verdicts
+
+
+def show(title: str, sensitive: Rows, benign: Rows, verdicts: Verdicts) -> None:
+    print(f"\ncontent filter on {title}:")
+    for name, (caught, false_blocks) in verdicts.items():
+        print(f"  {name}:", describe(sensitive, caught, benign, false_blocks))
+
+
 @pytest.fixture(scope="module")
-def measured(test_split: tuple[Rows, Rows]) -> tuple[Rows, Rows]:
-    """What the shipped filter blocks of the sensitive and of the benign test split."""
-    shipped = build_filter(ContentFilterSettings())
+def measured(test_split: tuple[Rows, Rows]) -> Verdicts:
+    """What each part and combination blocks of the sensitive and of the benign test split (printed)."""
     sensitive, benign = test_split
-    return blocked(shipped, sensitive), blocked(shipped, benign)
+    verdicts = measure(sensitive, benign)
+    show("the test split", sensitive, benign, verdicts)
+    return verdicts
 
 
 def test_the_corpora_are_large_enough_and_apart(test_split: tuple[Rows, Rows]) -> None:
@@ -89,28 +132,55 @@ def test_the_corpora_are_large_enough_and_apart(test_split: tuple[Rows, Rows]) -
     assert len({label for label, _ in sensitive}) == 6
     dev = {text for _, text in labelled("dev_sensitive.tsv") + labelled("dev_benign.tsv")}
     assert not dev & {text for _, text in sensitive + benign}  # no line of the dev split is tested on
+    round4 = [text.casefold() for _, text in labelled("round4_sensitive.tsv") + labelled("round4_benign.tsv")]
+    everything = {text.casefold() for _, text in sensitive + benign} | {text.casefold() for text in dev}
+    assert len(round4) == len(set(round4)) == 398
+    assert not set(round4) & everything  # round 4 repeats no line of any other corpus
 
 
-def test_recall_and_false_block_rate_on_the_test_split(
-    test_split: tuple[Rows, Rows], measured: tuple[Rows, Rows]
-) -> None:
-    """Pinned to the measured counts, so any change to the list or the threshold shows here (and in the README)."""
-    (sensitive, benign), (caught, false_blocks) = test_split, measured
-    print("\ncontent filter on the test split (shipped settings):", describe(sensitive, caught, benign, false_blocks))
-    terms = TermFilter.read(SHIPPED_TERM_LIST)
-    print("  term list alone:", describe(sensitive, blocked(terms, sensitive), benign, blocked(terms, benign)))
-    model = OffensiveLanguageClassifier(ContentFilterSettings().threshold)
-    print("  classifier alone:", describe(sensitive, blocked(model, sensitive), benign, blocked(model, benign)))
-    assert (len(caught), len(sensitive)) == (334, 352)  # recall 0.9489
-    assert [text for _, text in false_blocks] == [
+def test_recall_and_false_block_rate_on_the_test_split(test_split: tuple[Rows, Rows], measured: Verdicts) -> None:
+    """Pinned to the measured counts, so any change to the list or a threshold shows here (and in the README)."""
+    sensitive, benign = test_split
+    counts = {name: (len(caught), len(false_blocks)) for name, (caught, false_blocks) in measured.items()}
+    assert len(sensitive) == 352
+    assert counts == {
+        "term list": (334, 0),
+        "offensive-language classifier": (45, 2),
+        "learned classifier": (90, 0),
+        "shipped": (334, 2),  # recall 0.9489
+        "with learned": (335, 2),  # recall 0.9517
+    }
+    assert [text for _, text in measured["with learned"][1]] == [
         "A female dog is called a bitch in breeding registries.",
         "The ass is another name for a donkey in older English texts.",
     ]
-    assert len(false_blocks) / len(benign) < 0.005  # 2/1218 = 0.0016
+    assert len(measured["with learned"][1]) / len(benign) < 0.005  # 2/1218 = 0.0016
 
 
-@pytest.mark.xfail(strict=True, reason="measured recall 0.9489 on the test split: the 0.95 target is not met")
-def test_recall_reaches_the_target_on_the_test_split(
-    test_split: tuple[Rows, Rows], measured: tuple[Rows, Rows]
+@pytest.mark.xfail(strict=True, reason="shipped settings: recall 0.9489 (334/352) on the test split, short of 0.95")
+def test_recall_of_the_shipped_filter_reaches_the_target_on_the_test_split(
+    test_split: tuple[Rows, Rows], measured: Verdicts
 ) -> None:
-    assert len(measured[0]) / len(test_split[0]) >= 0.95
+    assert len(measured["shipped"][0]) / len(test_split[0]) >= 0.95
+
+
+def test_recall_with_the_learned_classifier_reaches_the_target_on_the_test_split(
+    test_split: tuple[Rows, Rows], measured: Verdicts
+) -> None:
+    """Met by one line (335 of 352, where 335 is needed); round 4 below shows how much that flatters the filter."""
+    assert len(measured["with learned"][0]) / len(test_split[0]) >= 0.95
+
+
+def test_recall_and_false_block_rate_on_the_round4_batch() -> None:
+    """Text written after every tuning round: pinned, and far from the target (see the README)."""
+    sensitive, benign = labelled("round4_sensitive.tsv"), labelled("round4_benign.tsv")
+    verdicts = measure(sensitive, benign)
+    show("the round-4 batch (never tuned on)", sensitive, benign, verdicts)
+    counts = {name: (len(caught), len(false_blocks)) for name, (caught, false_blocks) in verdicts.items()}
+    assert counts == {
+        "term list": (80, 6),
+        "offensive-language classifier": (6, 2),
+        "learned classifier": (12, 0),
+        "shipped": (80, 8),  # recall 80/150 = 0.533, false blocks 8/248 = 0.032
+        "with learned": (84, 8),  # recall 84/150 = 0.56
+    }

@@ -66,7 +66,9 @@ def test_a_combination_blocks_what_any_filter_blocks_and_the_first_names_the_cat
 
 
 def test_build_filter_joins_the_shipped_list_the_extra_terms_and_the_classifier(tmp_path: Path) -> None:
-    settings = ContentFilterSettings(terms=("threat:blue moon", "zebra"), patterns=(r"\bfoo\d+\b",), classifier=False)
+    settings = ContentFilterSettings(
+        terms=("threat:blue moon", "zebra"), patterns=(r"\bfoo\d+\b",), classifier=False, learned=False
+    )
     built = build_filter(settings)
     assert isinstance(built, TermFilter)
     assert built.check("once in a blue moon").category == "threat"
@@ -75,7 +77,7 @@ def test_build_filter_joins_the_shipped_list_the_extra_terms_and_the_classifier(
     assert built.check("Go fuck yourself").category == "profanity"  # the shipped list is still there
     own = tmp_path / "terms.txt"
     own.write_text("[mine]\nzebra\n", encoding="utf-8")
-    only_own = build_filter(ContentFilterSettings(term_list=own, classifier=False))
+    only_own = build_filter(ContentFilterSettings(term_list=own, classifier=False, learned=False))
     assert only_own.check("a zebra").category == "mine"
     assert not only_own.check("Go fuck yourself").blocked
     assert isinstance(build_filter(ContentFilterSettings()), CombinedFilter)
