@@ -9,9 +9,10 @@ the other serving benchmarks.
 
 Sides, in the same run, alternating, after a warm-up, ``BENCH_REPEATS`` (default 3) runs each:
 the content filter with its learned classifier turned on; the shipped settings (term list and the
-offensive-language classifier); the term list alone; the content filter off. ``BENCH_OVERHEAD_REQUESTS`` (default 1,000) requests per
-run from 32 concurrent clients in 2 processes of their own, one in four streamed. Prints each side's
-median requests/s, milliseconds of gateway time per request, and its ratio to the filter off.
+offensive-language classifier); the term list alone; the content filter off.
+``BENCH_OVERHEAD_REQUESTS`` (default 1,000) requests per run from 32 concurrent clients in 2
+processes of their own, one in four streamed. Prints each side's median requests/s, milliseconds per
+request (its inverse), and its ratio to the filter off.
 
     PYTHONPATH=tests python tests/bench/bench_gateway_overhead.py
 """
