@@ -20,10 +20,10 @@ import os
 import platform
 import random
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import torch
+from interleave import interleaved
 
 from feedback.curation import curate, drop_near_duplicates, jaccard, prompt_perplexities, shingles
 from feedback.examples import Example
@@ -74,16 +74,8 @@ def exact_all_pairs(examples: Sequence[Example], settings: CurationSettings) -> 
 
 
 def measure(competitors: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
-    """Warm each up once, then time them in turn within each repeat."""
-    for run in competitors.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in competitors}
-    for _ in range(REPEATS):
-        for name, run in competitors.items():
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
-    return times
+    """Warm each up once, then time them in turn within each repeat (wall seconds)."""
+    return interleaved(competitors, REPEATS)[0]
 
 
 def report(title: str, times: dict[str, list[float]], baseline: str) -> None:

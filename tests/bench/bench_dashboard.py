@@ -22,13 +22,13 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 from bench_report import GENERATE  # this folder is on sys.path when a benchmark runs
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from interleave import interleaved
 
 from feedback.rollup import refresh_rollup
 from feedback.settings import Settings
@@ -70,17 +70,6 @@ def build(tmp: Path, threads: int) -> DuckDBStore:
     return store
 
 
-def timed(competitors: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, list[float]]:
-    """Wall seconds of each competitor per repeat, taken in turn."""
-    times: dict[str, list[float]] = {name: [] for name in competitors}
-    for _ in range(repeats):
-        for name, run in competitors.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
     threads = os.cpu_count() or 1
     print(f"machine: {platform.processor() or platform.machine()}, {threads} cpus, duckdb {duckdb.__version__}")
@@ -101,14 +90,15 @@ def main() -> None:
             response = client.get("/v1/dashboard/experiments/bench")
             assert response.json()["status"] == "ready"
 
-        times = timed(
+        times, _ = interleaved(
             {
                 "cached: experiment page data (HTTP + JSON)": cached,
                 "on request: the report computed": lambda: report_json(store, settings.experiment, "bench"),
                 "live rates (overview)": lambda: live_rates(store),
                 "experiment list (overview)": lambda: experiments(store),
                 "feedback page: latest 50": lambda: feedback_view(store, "any", None, None, 50),
-            }
+            },
+            warm_up=False,  # the cache's first computation above warmed the store
         )
         base = statistics.median(times["on request: the report computed"])
         print(f"{'competitor':<44} {'best s':>8} {'median s':>9} {'vs on request':>14}")

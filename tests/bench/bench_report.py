@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from interleave import interleaved
 
 from evaluation.config import ExperimentSettings
 from evaluation.guards import adjust, check_srm
@@ -168,26 +169,6 @@ def largest_difference(db: Connection) -> float:
                 pairs += [(a.d.sum_squares, b.d.sum_squares), (a.sum_product, b.sum_product)]
                 worst = max([worst, *(abs(x - y) / max(abs(y), 1e-300) for x, y in pairs)])
     return worst
-
-
-Times = dict[str, list[float]]
-
-
-def interleaved(competitors: dict[str, Callable[[], object]], repeats: int = 5) -> tuple[Times, Times]:
-    """Wall and CPU seconds per repeat for each competitor, run in turn within each repeat (after one
-    warm-up each) so that a busy machine slows all of them alike. CPU time (all of this process's
-    threads, DuckDB's included) shifts less than wall time when other processes share the cores."""
-    for fn in competitors.values():
-        fn()
-    wall: Times = {name: [] for name in competitors}
-    cpu: Times = {name: [] for name in competitors}
-    for _ in range(repeats):
-        for name, fn in competitors.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
 
 
 def median_ratio(values: list[float], base: list[float]) -> float:
