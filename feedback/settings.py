@@ -136,7 +136,7 @@ class WalSettings(_Section):
 
 
 class KeyLimitSettings(BaseModel):
-    """Per API key, per gateway process (with N replicas a key may get N times these: README, Limits)."""
+    """Per API key, per gateway process (with N replicas or processes a key may get N times these: README, Limits)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -149,7 +149,8 @@ class VLLMSettings(_Section):
     """The vLLM engine of the GPU backend (``gateway.backend = "vllm"``; services/gateway/vllm_backend.py)."""
 
     # share of the GPU's memory this engine takes (weights, activations, KV cache); the rest is left to LoRA
-    # training on the same GPU and to other engines (a challenger on another base model starts its own)
+    # training on the same GPU and to other engines (a challenger on another base model starts its own); with
+    # gateway.processes N, the share of all N processes together: each process's engine takes 1/N of it
     gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95)
     dtype: Literal["bfloat16", "float16"] = "bfloat16"  # weights and activations (vLLM's LoRA kernels need 16-bit)
     # weights quantized as the engine loads them: "fp8" (8-bit floats with a scale per tensor, computed by the fp8
@@ -176,6 +177,9 @@ class GatewaySettings(_Section):
 
     host: str = "127.0.0.1"  # interface to bind
     port: int = Field(8000, ge=1, le=65535)  # TCP port to bind
+    # gateway processes accepting on the one port (uvicorn's supervisor restarts one that dies); each has its own
+    # event loop, model engine and write-ahead log (wal.dir/process-<i>); per-key limits hold per process
+    processes: int = Field(1, ge=1, le=64)
     # inference engine: "transformers" (CPU or GPU, continuous batching of our own) or "vllm" (CUDA GPU only,
     # the optional extra that infra/gpu/install.sh installs); both serve the same API, events and metrics
     backend: Literal["transformers", "vllm"] = "transformers"

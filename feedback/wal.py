@@ -58,8 +58,9 @@ class _Segment:
 
 
 def disk_usage(directory: Path) -> tuple[int, int]:
-    """Bytes and segment files of a log directory, read without opening the log (its owner may run)."""
-    sizes = [path.stat().st_size for path in directory.glob("*.wal")] if directory.is_dir() else []
+    """Bytes and segment files of a log directory and the logs beneath it (a gateway's per-process slots),
+    read without opening the logs (their owners may run)."""
+    sizes = [path.stat().st_size for path in directory.rglob("*.wal")] if directory.is_dir() else []
     return sum(sizes), len(sizes)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from feedback.access import ROLES
 from feedback.apikeys import KeyBook, KeyRecord, new_key, publish_key
 from feedback.settings import KafkaSettings
@@ -46,6 +49,22 @@ def kafka_env(kafka: KafkaSettings) -> dict[str, str]:
         if isinstance(name, str):
             env[f"FLYWHEEL_KAFKA__TOPICS__{field.upper()}"] = name
     return env
+
+
+def gateway_process_env(kafka: KafkaSettings, workdir: Path, registry: Path) -> dict[str, str]:
+    """A ``flywheel gateway`` process's environment: ``kafka``'s topics, a write-ahead log under ``workdir``, the
+    adapter ``registry``, one torch thread (two gateway processes on two cores)."""
+    return (
+        os.environ
+        | kafka_env(kafka)
+        | {
+            "HF_HUB_OFFLINE": "1",
+            "FLYWHEEL_GATEWAY__WAL__DIR": str(workdir / "wal"),
+            "FLYWHEEL_GATEWAY__DRAIN_TIMEOUT_S": "10",
+            "FLYWHEEL_MODEL__REGISTRY_DIR": str(registry),
+            "FLYWHEEL_MODEL__THREADS": "1",
+        }
+    )
 
 
 # One key per role in one book, for the unit tests of apps whose Kafka is unreachable (they only read it).

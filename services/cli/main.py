@@ -4,7 +4,7 @@ flywheel demo [--short]          the whole loop on real parts (Kafka, model, Duc
 flywheel kafka up|down|status|logs
 flywheel topics create
 flywheel model prepare
-flywheel gateway                 serve the OpenAI-compatible API
+flywheel gateway [--processes N] serve the OpenAI-compatible API (N processes on one port)
 flywheel worker                  run the DuckDB sink and the worker API
 flywheel proxy --upstream URL --upstream URL [--port N]   round-robin proxy in front of gateway replicas
 flywheel sink status             consumer lag, rows, dead letters, write-ahead log size
@@ -142,13 +142,28 @@ def model_prepare() -> None:
 def gateway(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default: gateway.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default: gateway.port).")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes serving the port, each with its own engine (default: gateway.processes)."),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API with the champion model."""
-    from services.gateway.app import create_app
-
     settings = settings_or_exit()
+    from services.gateway import processes as gateway_processes
+
     bind_host, bind_port = host or settings.gateway.host, port or settings.gateway.port
-    _serve(create_app(settings), bind_host, bind_port, "FLYWHEEL_GATEWAY__PORT")
+    count = processes or settings.gateway.processes
+    _check_port(bind_host, bind_port, "FLYWHEEL_GATEWAY__PORT")
+    if count > 1:
+        configure_logging()
+        if not gateway_processes.serve(bind_host, bind_port, count):
+            raise fail("a gateway process failed to start (its error is above); all were stopped")
+        return
+    try:
+        application = gateway_processes.create_single_app(settings)  # holds gateway.wal.dir
+    except FlywheelError as exc:
+        raise fail(str(exc)) from exc
+    _serve(application, bind_host, bind_port, "FLYWHEEL_GATEWAY__PORT")
 
 
 @app.command()
@@ -189,14 +204,18 @@ def proxy(
 
 
 def _serve(application: object, host: str, port: int, port_setting: str | None, **server: Any) -> None:
-    if port_in_use(host, port):
-        alternative = f" or {port_setting}" if port_setting else ""
-        raise fail(f"port {port} on {host} is already in use; choose another with --port{alternative}")
+    _check_port(host, port, port_setting)
     configure_logging()
     try:
         uvicorn.run(application, host=host, port=port, log_level="info", **server)  # type: ignore[arg-type]
     except FlywheelError as exc:
         raise fail(str(exc)) from exc
+
+
+def _check_port(host: str, port: int, port_setting: str | None) -> None:
+    if port_in_use(host, port):
+        alternative = f" or {port_setting}" if port_setting else ""
+        raise fail(f"port {port} on {host} is already in use; choose another with --port{alternative}")
 
 
 @app.command()

@@ -49,14 +49,13 @@ from typing import TypeVar
 import duckdb
 import httpx
 import pytest
-from api_keys import publish_keys
+from api_keys import gateway_process_env, publish_keys
 from cluster_traffic import TIMEOUT_S, Clock, Traffic
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka_cluster import Cluster, cluster_settings, replicas, running_cluster
 from pipeline_events import wait_until
 from sink_processes import ShardProcess, sink_shard
 from starlette.applications import Starlette
-from test_gateway_replicas import replica_env
 from test_sink_shards import all_committed, partitions_of
 
 from feedback.events import decode_event
@@ -87,7 +86,7 @@ def gateway_env(kafka: KafkaSettings, workdir: Path) -> dict[str, str]:
     """A replica's settings, its write-ahead log in ``workdir``; key limits far above the test's rate."""
     workdir.mkdir(parents=True, exist_ok=True)
     limits = {"RATE_PER_S": "10000", "BURST": "10000", "MAX_IN_FLIGHT": "64"}
-    return replica_env(kafka, workdir, workdir.parent / "registry") | {
+    return gateway_process_env(kafka, workdir, workdir.parent / "registry") | {
         f"FLYWHEEL_GATEWAY__LIMITS__{name}": value for name, value in limits.items()
     }
 

@@ -10,7 +10,6 @@ which replica served a request and in which arm, and the exposure events on Kafk
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_keys import Keys, bearer, kafka_env, label
+from api_keys import Keys, bearer, gateway_process_env, label
 from pipeline_events import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_serving_deployments import CHAT, make_lora
@@ -38,21 +37,6 @@ REPLICAS = ("a", "b")
 CHAMPION = "smollm2-135m-instruct"
 PUBLISHER = "integration-test"  # who the change published straight onto the topic names as its author
 USERS_PER_ARM = 2
-
-
-def replica_env(kafka: KafkaSettings, workdir: Path, registry: Path) -> dict[str, str]:
-    """One replica's settings: this test's topics, a write-ahead log of its own, the shared registry."""
-    return (
-        os.environ
-        | kafka_env(kafka)
-        | {
-            "HF_HUB_OFFLINE": "1",
-            "FLYWHEEL_GATEWAY__WAL__DIR": str(workdir / "wal"),
-            "FLYWHEEL_GATEWAY__DRAIN_TIMEOUT_S": "10",
-            "FLYWHEEL_MODEL__REGISTRY_DIR": str(registry),
-            "FLYWHEEL_MODEL__THREADS": "1",  # two replicas on two cores
-        }
-    )
 
 
 @pytest.fixture
@@ -74,7 +58,7 @@ def replicas(
         for name in REPLICAS:
             workdir = tmp_path / name
             workdir.mkdir()
-            env = replica_env(kafka_isolated, workdir, registry[0])
+            env = gateway_process_env(kafka_isolated, workdir, registry[0])
             started[name] = stack.enter_context(service_process("gateway", workdir, env))
         for service in started.values():
             wait_until(lambda s=service: httpx.get(f"{s.url}/readyz", timeout=10).status_code == 200, 120, "readiness")
