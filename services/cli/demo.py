@@ -82,7 +82,9 @@ class Sizes:
 
 
 FULL = Sizes(16, 6, 192, 96, 48, 64, 0.6, {"max_steps": 20, "batch_size": 4, "learning_rate": 1e-3}, 0.25, None)
-SHORT = Sizes(6, 2, 72, 12, 8, 48, 0.6, {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3}, 0.4, 10)
+# --short holds out half of its curated samples (about 19 of 39): with 0.4 of 72 questions, a draw of 7 held-out
+# examples left the gate's paired tests at p = 0.08 on a real fall of the loss, and CI's demo failed
+SHORT = Sizes(6, 2, 96, 12, 8, 48, 0.6, {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3}, 0.5, 10)
 
 
 def run_demo(settings: Settings, *, short: bool) -> int:
