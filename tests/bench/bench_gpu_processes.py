@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from load_client import Phase
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings
 from services.cli.ports import free_port
+from services.cli.processes import service_process
 
 GPU_SHARE = 0.8  # of the GPU's memory, for all of a gateway's processes together
 CLIENTS = 256  # closed loop
@@ -138,25 +138,18 @@ def gateway_env(workdir: Path, processes: int, eager: bool) -> dict[str, str]:
 @contextmanager
 def gateway(workdir: Path, processes: int, eager: bool) -> Iterator[tuple[str, float]]:
     """``flywheel gateway --processes P`` until every process is ready: (its URL, seconds it took to start)."""
-    port = free_port()
-    log_path = workdir / f"gateway-{processes}.log"
-    command = [sys.executable, "-m", "services.cli.main", "gateway", "--processes", str(processes)]
     start = time.perf_counter()
-    with log_path.open("w") as log_file:
-        # a session of its own: whatever happens, the whole group (workers, engine cores) is stopped below
-        proc = subprocess.Popen(
-            [*command, "--port", str(port)],
-            env=gateway_env(workdir, processes, eager),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, processes, proc, log_path)
-            yield url, time.perf_counter() - start
-        finally:
-            stop(proc)
+    with service_process(
+        "gateway",
+        workdir,
+        gateway_env(workdir, processes, eager),
+        ["--processes", str(processes)],
+        log_name=f"gateway-{processes}",
+        ready=lambda url: len(ready_slots(url, processes)) >= processes,
+        ready_timeout_s=START_S_PER_PROCESS * processes,
+        stop_timeout_s=STOP_S,
+    ) as service:
+        yield service.url, time.perf_counter() - start
     wait_gpu_released()
 
 
@@ -171,26 +164,6 @@ def ready_slots(url: str, processes: int) -> set[str]:
         if response.status_code == 200:
             seen.add(response.headers.get(PROCESS_HEADER, "0"))  # a single process names none
     return seen
-
-
-def wait_ready(url: str, processes: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Until each of the ``processes`` processes answered /readyz 200; the log's tail if the gateway ends."""
-    deadline = time.monotonic() + START_S_PER_PROCESS * processes
-    while len(ready_slots(url, processes)) < processes:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log_path.read_text()[-4000:]
-            raise SystemExit(f"gateway --processes {processes} did not get ready (exit {proc.returncode}):\n{tail}")
-        time.sleep(1)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the supervisor (it stops its processes), then SIGKILL to the group if it takes too long."""
-    proc.send_signal(signal.SIGTERM)
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_S)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # anything left of the group: workers, engine cores
-    proc.wait()
 
 
 def wait_gpu_released(timeout_s: float = 120.0) -> None:

@@ -88,8 +88,7 @@ def test_two_processes_share_the_port_with_a_log_each_and_a_killed_one_comes_bac
     wal = tmp_path / "wal"
     slots = [wal / "process-0", wal / "process-1"]
     env = gateway_process_env(kafka_isolated, tmp_path, tmp_path / "registry")
-    with service_process("gateway", tmp_path, env, ["--processes", "2"]) as gateway:
-        wait_until(lambda: both_ready(gateway.url), 120, "both processes to be ready")
+    with service_process("gateway", tmp_path, env, ["--processes", "2"], ready=both_ready) as gateway:
         responses = asyncio.run(chats(gateway.url, api_keys["user"], range(REQUESTS)))
         n = REQUESTS
         while {r.headers["X-Flywheel-Process"] for r in responses} != {"0", "1"} and n < REQUESTS + MORE:
