@@ -118,9 +118,9 @@ def test_analytics_query_over_the_exported_lake(
     with serve_app(create_app(settings)) as url:
 
         def exported() -> bool:
-            return httpx.post(f"{url}/v1/analytics/query", json=query, headers=analyst, timeout=30).json()["rows"] == [
-                {"n": 6, "top": 5}
-            ]
+            # before the first export the view has no columns but its key, and the query is refused (400)
+            answer = httpx.post(f"{url}/v1/analytics/query", json=query, headers=analyst, timeout=30)
+            return answer.status_code == 200 and answer.json()["rows"] == [{"n": 6, "top": 5}]
 
         wait_until(exported, what="the lake export")
         joined = httpx.post(
