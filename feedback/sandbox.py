@@ -100,9 +100,9 @@ def run_query(sql: str, lake: Path, *, admin: bool = False, limits: QueryLimits 
 @cache
 def _context() -> multiprocessing.context.ForkServerContext:
     """Children forked from a fork server: a clean, single-threaded interpreter of its own that has imported
-    only this module (and the main module). A query's process inherits none of the caller's memory (keys,
-    caches), threads or open files, as a spawned one would not, but skips the import of DuckDB and Arrow
-    that a spawned interpreter repeats for every query."""
+    only this module (and the main module). Like a spawned interpreter, a query's process inherits none of
+    the caller's memory (keys, caches), threads or open files; unlike one, it does not import DuckDB and
+    Arrow again for every query."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["__main__", __name__])
     return context
