@@ -15,9 +15,12 @@ the P processes together (each engine takes 0.8/P), with:
 - per-key limits out of the way and 4,096 queued requests per process (the engine's capacity is
   measured, not our bounds).
 
-It waits until every process answered ``/readyz`` (vLLM engines start one after another, so P
-processes take P engine starts; the first compiled one fills vLLM's compile cache for the rest), then
-measures, with clients in 4 processes of their own (``bench_gpu_serving.Clients``):
+First (unless ``--no-raw``) it times raw vLLM offline generation of the closed loop's prompts
+(``bench_gpu_serving.raw_vllm``: all at once, the same engine settings), the reference of the serving
+target (the gateway at 256 clients at least 0.9 of it); a compiled raw engine also fills vLLM's compile
+cache for the gateways. For each P it waits until every process answered ``/readyz`` (vLLM engines
+start one after another, so P processes take P engine starts), then measures, with clients in 4
+processes of their own (``bench_gpu_serving.Clients``):
 
 1. closed loop: 256 clients sending ``bench_gpu_serving.requests`` (greedy, ``max_tokens`` 64),
    ``BENCH_PER_CLIENT`` (8) requests per client and run, median tokens/s of ``BENCH_REPEATS`` (3) runs
@@ -53,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from bench_gpu_serving import PER_CLIENT, REPEATS, Clients, gpu_utilisation, machine, requests
+from bench_gpu_serving import PER_CLIENT, REPEATS, Clients, gpu_utilisation, machine, raw_vllm, requests
 from load_client import Phase
 
 from feedback.model.source import DEFAULT_MODEL, prepare_model
@@ -155,7 +158,7 @@ def gateway(workdir: Path, processes: int, eager: bool) -> Iterator[tuple[str, f
 
 def ready_slots(url: str, processes: int) -> set[str]:
     """The processes that answered /readyz 200, asking on a new connection each time."""
-    seen = set()
+    seen: set[str] = set()
     for _ in range(8 * processes):
         try:
             response = httpx.get(f"{url}/readyz", timeout=5)
@@ -223,18 +226,29 @@ def print_steps(steps: list[Step]) -> None:
         )
 
 
-def summary(results: list[Result]) -> None:
-    """One line per process count, tokens/s against the first count's."""
+def raw_tokens_per_s(model_dir: Path, eager: bool) -> float:
+    """Raw vLLM offline generation of the closed loop's prompts (``bench_gpu_serving.raw_vllm``): median tokens/s."""
+    os.environ["BENCH_VLLM_EAGER"] = "1" if eager else "0"  # the raw child reads it: the gateways' mode
+    raw = raw_vllm(model_dir, PER_CLIENT * CLIENTS)
+    rate = float(raw["tokens"] / statistics.median(raw["seconds"]))
+    runs = " / ".join(f"{raw['tokens'] / s:,.0f}" for s in raw["seconds"])
+    print(f"raw vLLM offline, {PER_CLIENT * CLIENTS} prompts at once: {rate:,.0f} tok/s (runs {runs})")
+    return rate
+
+
+def summary(results: list[Result], raw: float | None) -> None:
+    """One line per process count, tokens/s against the first count's and against raw vLLM."""
     print("summary:")
     base = results[0]
     for r in results:
+        against_raw = f", x{r.tokens_per_s / raw:.2f} of raw vLLM" if raw else ""
         held = [s for s in r.steps if s.held]
         best = max(r.steps, key=lambda s: s.served_per_s, default=None)
         held_text = f"{held[-1].offered:.0f}/s (p99 {held[-1].p99:.3f} s)" if held else "none"
         best_text = f"{best.served_per_s:.0f}/s at {best.offered:.0f} offered" if best else "-"
         print(
             f"  P={r.processes}: start {r.start_s:.0f} s; {r.tokens_per_s:,.0f} tok/s at {CLIENTS} clients"
-            f" (x{r.tokens_per_s / base.tokens_per_s:.2f} of P={base.processes}, GPU {r.closed_gpu:.0f}%);"
+            f" (x{r.tokens_per_s / base.tokens_per_s:.2f} of P={base.processes}{against_raw}, GPU {r.closed_gpu:.0f}%);"
             f" highest rate at p99 <= {P99_TARGET_S} s, all served: {held_text}; most served {best_text}"
         )
 
@@ -254,6 +268,12 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         default=os.environ.get("BENCH_VLLM_EAGER", "0") == "1",
         help="vLLM without compilation or CUDA graphs",
     )
+    parser.add_argument(
+        "--raw",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first, raw vLLM offline generation of the closed loop's prompts (the issue's reference)",
+    )
     args = parser.parse_args(argv)
     args.processes = [int(p) for p in numbers(args.processes)]
     args.rates = numbers(args.rates)
@@ -270,8 +290,9 @@ def main(argv: list[str]) -> None:
 
     print(f"{machine()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, eager {args.eager}")
     print(f"processes {args.processes}, rates {args.rates}, {args.seconds:.0f} s each, GPU share {GPU_SHARE}")
-    prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)  # converted once here, not by P processes at once
+    model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)  # once here, not by P processes at once
     began = time.perf_counter()
+    raw = raw_tokens_per_s(model_dir, args.eager) if args.raw else None
     clients = Clients()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -281,7 +302,7 @@ def main(argv: list[str]) -> None:
             ]
     finally:
         clients.close()
-    summary(results)
+    summary(results, raw)
     print(f"total {time.perf_counter() - began:.0f} s")
 
 
