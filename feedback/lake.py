@@ -4,6 +4,11 @@ Layout, Hive-partitioned by the UTC day of each event's ``ts``::
 
     <lake>/raw/<table>/day=2026-11-29/part-<since>-0.parquet        the text as stored (admins only)
     <lake>/redacted/<table>/day=2026-11-29/part-<since>-0.parquet   the same rows, PII redacted
+    <lake>/{raw,redacted}/<table>/_schema                          no rows: the table's exported columns
+
+Every export writes each table's ``_schema`` (a Parquet file without rows, named so that neither
+``day=*/*.parquet`` nor ``**/*.parquet`` takes it), so an analyst's view of a table that has no rows
+in the lake yet still has all its columns and answers zero rows.
 
 An export takes the rows whose ``ingested_at`` is later than the table's high-water mark
 (``lake_exports``), writes them, then moves the mark. Files are named by the mark they start
@@ -38,12 +43,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from feedback.pii import redact, redact_batch
 from feedback.rollup import execute_in_transaction, rebuild_sql
 from feedback.store import DuckDBStore
 
 RAW, REDACTED = "raw", "redacted"
+SCHEMA_FILE = "_schema"  # in each table's folder: the columns of its files, without ``day`` (module docstring)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Free-text columns redacted per table; ``messages`` is JSON whose contents are redacted.
@@ -121,6 +128,7 @@ class Lake:
 
     def _export(self, result: ExportResult) -> ExportResult:
         marks = {r["table_name"]: r["exported_through"] for r in self._store.query("SELECT * FROM lake_exports")}
+        self._write_schemas()
         for table, columns in TEXT_COLUMNS.items():
             since = marks.get(table, EPOCH)
             data = self._store.arrow(_SELECT[table] + " WHERE ingested_at > ? ORDER BY ingested_at", [since])
@@ -137,6 +145,19 @@ class Lake:
             )
             result.rows[table] = data.num_rows
         return result
+
+    def _write_schemas(self) -> None:
+        """Each table's ``_schema`` in both trees, written when missing or when the columns changed."""
+        for table, columns in TEXT_COLUMNS.items():
+            raw = self._store.arrow(f"SELECT * EXCLUDE (day) FROM ({_SELECT[table]}) WHERE false")  # noqa: S608
+            for tree, empty in ((RAW, raw), (REDACTED, redact_table(raw, columns))):
+                path = self.root / tree / table / SCHEMA_FILE
+                if path.exists() and pq.read_schema(path).equals(empty.schema):
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                staged = path.with_name(f".{SCHEMA_FILE}-{uuid.uuid4().hex}")
+                pq.write_table(empty, staged)
+                os.replace(staged, path)  # a reader never sees half a file
 
     def _write(self, data: pa.Table, directory: Path, basename: str) -> None:
         """Write day partitions into a staging folder, then move each file into place atomically.

@@ -32,6 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from feedback.errors import QueryFailed, QueryRefused, QueryTimeout
+from feedback.lake import SCHEMA_FILE
 
 TABLES = {"interactions": "event_id", "feedback": "feedback_id", "audit": "event_id"}
 ADMIN_ONLY = ("audit",)  # tables analysts never see, redacted or not
@@ -176,7 +177,12 @@ def sandbox_connection(lake: Path, admin: bool, memory_limit: str) -> duckdb.Duc
                     f"CREATE VIEW {table}{suffix} AS SELECT * FROM read_parquet('{files}', hive_partitioning = true, "  # noqa: S608
                     f"union_by_name = true) QUALIFY row_number() OVER ({_FIRST_INGESTED.format(key=key)}) = 1"
                 )
-            else:  # no rows exported yet: an empty view, so queries still name real views
+            elif (root / table / SCHEMA_FILE).exists():  # no rows exported yet: every column, no rows
+                con.execute(
+                    f"CREATE VIEW {table}{suffix} AS SELECT *, NULL::DATE AS day "  # noqa: S608 - as above
+                    f"FROM read_parquet('{root / table / SCHEMA_FILE}')"
+                )
+            else:  # a lake no export has written to: a view of its key alone, so queries still name real views
                 con.execute(f"CREATE VIEW {table}{suffix} AS SELECT NULL AS {key} WHERE false")
     con.execute("SET lock_configuration = true")
     return con

@@ -60,8 +60,10 @@ def test_export_writes_raw_and_redacted_day_partitions_once(store: DuckDBStore, 
     assert sorted(
         p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").glob("*/interactions/*")
     ) == [
+        "raw/interactions/_schema",
         "raw/interactions/day=2026-01-10",
         "raw/interactions/day=2026-06-01",
+        "redacted/interactions/_schema",
         "redacted/interactions/day=2026-01-10",
         "redacted/interactions/day=2026-06-01",
     ]

@@ -40,6 +40,19 @@ def test_select_over_redacted_views(lake: Path) -> None:
     assert with_cte.table.to_pylist() == [{"s": 1 + 2 + 3 + 4}]
 
 
+def test_a_table_not_yet_exported_has_its_columns_and_no_rows(lake: Path, tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path / "db.duckdb")
+    store.write_batch([Located(feedback(1), "feedback", 0, 0)])
+    Lake(store, tmp_path / "lake").export()  # feedback only: no interaction has arrived yet
+    store.close()
+    for view in ("interactions", "interactions_raw"):
+        empty = run_query(f"SELECT * FROM {view}", tmp_path / "lake", admin=True)  # noqa: S608 - a view name
+        exported = run_query(f"SELECT * FROM {view} LIMIT 0", lake, admin=True)  # noqa: S608 - a view name
+        assert (empty.table.num_rows, empty.table.schema) == (0, exported.table.schema)
+    answer = run_query("SELECT count(*) AS n, max(seed) AS top FROM interactions", tmp_path / "lake")
+    assert answer.table.to_pylist() == [{"n": 0, "top": None}]
+
+
 def test_row_limit_cuts_and_says_so(lake: Path) -> None:
     result = run_query("FROM interactions ORDER BY seed", lake, limits=QueryLimits(max_rows=7))
     assert result.table.num_rows == 7

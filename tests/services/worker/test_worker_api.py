@@ -118,7 +118,7 @@ def test_analytics_query_over_the_exported_lake(
     with serve_app(create_app(settings)) as url:
 
         def exported() -> bool:
-            # before the first export the view has no columns but its key, and the query is refused (400)
+            # before the sink's first export the lake is bare: the view has only its key (a 400 here)
             answer = httpx.post(f"{url}/v1/analytics/query", json=query, headers=analyst, timeout=30)
             return answer.status_code == 200 and answer.json()["rows"] == [{"n": 6, "top": 5}]
 
