@@ -3,7 +3,7 @@
 # 2.11.0+cu130, peft, numpy, pytest and pytest-timeout but no package index; then flywheel's GPU tests.
 #
 #   infra/gpu/install.sh download [WHEELS]        on a machine with an index: fetch the CPython 3.12
-#                                                 manylinux x86_64 wheels into WHEELS (about 440 MB)
+#                                                 manylinux x86_64 wheels into WHEELS (about 455 MB)
 #   infra/gpu/install.sh install  [WHEELS]        on the GPU machine: install them with --no-deps into
 #                                                 $FLYWHEEL_GPU_SITE beside the machine's own torch,
 #                                                 then check what imports from where
@@ -68,6 +68,7 @@ import vllm
 from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
 from feedback.content.classifier import OffensiveLanguageClassifier
+from services.cli import main  # noqa: F401  the command line imports every command's module
 from services.gateway import vllm_backend
 
 OffensiveLanguageClassifier(0.99)  # the content filter's model unpickles under this scikit-learn
