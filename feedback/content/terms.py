@@ -9,10 +9,12 @@ read as those letters too. The curation's ``content`` stage uses this same filte
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from feedback.content.verdict import CLEAN, ContentVerdict
 from feedback.errors import ContentFilterError
@@ -22,6 +24,9 @@ CUSTOM_CATEGORY = "custom"
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
 _LEET_RUN = re.compile(r"(?<=[a-z])[013457@$!]+(?=[a-z])")
+# the parsed form of a pattern, which :func:`required_literals` reads (private modules, hence untyped)
+sre: Any = importlib.import_module("re._constants")
+sre_parse: Any = importlib.import_module("re._parser")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,45 @@ def pattern_rule(pattern: str, category: str, source: str) -> Rule:
     return Rule(f"pattern:{pattern}", category, regex)
 
 
+def required_literals(regex: re.Pattern[str]) -> frozenset[str] | None:
+    """Lower-case strings of which every match of ``regex`` on case-folded text contains at least one.
+
+    Read from the parsed pattern: a run of ASCII literals, a group, an alternation whose every branch
+    has such strings, or an item repeated at least once. Of a sequence's candidates, the one whose
+    shortest string is longest (then the fewest strings). None when nothing is known (an optional
+    or empty branch, a pattern the parser does not read): such a pattern is always searched.
+    """
+    try:
+        return _required(sre_parse.parse(regex.pattern, regex.flags))
+    except Exception:  # a private parser: whatever it does, the pattern is searched in full
+        return None
+
+
+def _required(sequence: Any) -> frozenset[str] | None:
+    candidates: list[frozenset[str]] = []
+    run: list[str] = []
+    for op, arg in sequence:
+        if op is sre.LITERAL and arg < 128:
+            run.append(chr(arg).lower())
+            continue
+        if run:
+            candidates.append(frozenset({"".join(run)}))
+            run = []
+        found: frozenset[str] | None = None
+        if op is sre.SUBPATTERN:
+            found = _required(arg[-1])
+        elif op is sre.BRANCH:
+            branches = [_required(branch) for branch in arg[1]]
+            found = frozenset().union(*branches) if all(branches) else None  # type: ignore[arg-type]
+        elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and arg[0] >= 1:
+            found = _required(arg[2])
+        if found:
+            candidates.append(found)
+    if run:
+        candidates.append(frozenset({"".join(run)}))
+    return max(candidates, key=lambda c: (min(map(len, c)), -len(c)), default=None)
+
+
 class TermFilter:
     """Blocks a text in which any rule matches; rules are tried in order and the first names the category."""
 
@@ -75,6 +119,10 @@ class TermFilter:
         terms = [r.regex.pattern for r in self.rules if r.name.startswith("term:")]
         self._any_term = re.compile("|".join(terms) or r"(?!)")
         self._patterns = tuple(r for r in self.rules if r.name.startswith("pattern:"))
+        # a pattern is searched only when the text holds one of its required strings (about 4x faster; one
+        # alternation of all the patterns is 8x slower than searching each: few share a prefix)
+        self._required = tuple(required_literals(r.regex) for r in self._patterns)
+        self._literals = tuple(sorted(frozenset().union(*(r for r in self._required if r))))
 
     @classmethod
     def from_lists(
@@ -119,7 +167,14 @@ class TermFilter:
         return ContentVerdict(True, matched[0].category, 1.0, tuple(rule.name for rule in matched))
 
     def _matches_any(self, folded: str) -> bool:
-        return bool(self._any_term.search(folded)) or any(r.regex.search(folded) for r in self._patterns)
+        return bool(self._any_term.search(folded)) or any(r.regex.search(folded) for r in self._candidates(folded))
+
+    def _candidates(self, folded: str) -> Iterator[Rule]:
+        """The patterns that may match ``folded``: those whose required strings it holds, and those without any."""
+        present = {literal for literal in self._literals if literal in folded}
+        for rule, required in zip(self._patterns, self._required, strict=True):
+            if required is None or not required.isdisjoint(present):
+                yield rule
 
     def __add__(self, other: TermFilter) -> TermFilter:
         return TermFilter(self.rules + other.rules)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from feedback.content import SHIPPED_TERM_LIST, ContentVerdict, TermFilter
-from feedback.content.terms import deobfuscate
+from feedback.content.terms import deobfuscate, normalise, required_literals
 from feedback.errors import ContentFilterError
 
 
@@ -91,3 +92,41 @@ def test_digits_and_symbols_written_for_letters_inside_a_word_read_as_letters() 
     assert terms.check("I'll k1ll it").matched == ("term:kill",)
     assert terms.check("l0ser").matched == (r"pattern:\bl[o0]ser\b",)  # a rule matching either reading is named once
     assert not terms.check("k1 ll").blocked
+
+
+@pytest.mark.parametrize(
+    ("pattern", "required"),
+    [
+        (r"\brun (you|him|her|them) over\b", {" over"}),  # the longest of "run ", the pronouns, " over"
+        (r"\b(kill|murder) (you|him)\b", {"kill", "murder"}),
+        (r"(?m)^(?!.*\bfilm\b).*\bnoose\b", {"noose"}),  # a negative lookahead requires nothing
+        (r"b\*+tch(es)?", {"tch"}),  # "b" and "*" are shorter; the repeat of "*" holds at least one
+        (r"(a|)bc", {"bc"}),  # an empty branch requires nothing
+        (r"\b(you|u)\b", {"you", "u"}),
+        (r"x?y*[abc]+", None),
+    ],
+)
+def test_required_literals_are_read_from_the_parsed_pattern(pattern: str, required: set[str] | None) -> None:
+    found = required_literals(re.compile(pattern, re.IGNORECASE))
+    assert found == (None if required is None else frozenset(required))
+
+
+def test_the_required_strings_skip_no_match_on_the_corpora() -> None:
+    # the pre-filter only skips searches: every verdict equals searching every rule in every reading
+    term_list = TermFilter.read(SHIPPED_TERM_LIST)
+    corpus = Path(__file__).with_name("corpus")
+    lines = [
+        line.split("\t", 1)[1]
+        for path in sorted(corpus.glob("*.tsv"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert len(lines) > 3000
+    blocked = 0
+    for text in lines:
+        folded = normalise(text)
+        readings = {folded, deobfuscate(folded)}
+        every_rule = any(rule.regex.search(reading) for rule in term_list.rules for reading in readings)
+        assert term_list.check(text).blocked == every_rule, text
+        blocked += every_rule
+    assert blocked > 1000  # both outcomes are well represented
