@@ -9,7 +9,7 @@ the worker as FastAPI's ``{"detail": ...}``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,7 +25,7 @@ AUTH_HEADER = "X-Flywheel-Auth"  # "off" on every response while security.auth i
 CHALLENGE = {"WWW-Authenticate": "Bearer"}  # sent with every 401
 
 Refuse = Callable[[int, AccessError], Exception]  # (401 or 403, why) -> the exception the service raises
-Requirement = Callable[[Request], Principal]
+Requirement = Callable[[Request], Awaitable[Principal]]
 
 
 def principal_of(request: Request) -> Principal:
@@ -40,7 +40,7 @@ def principal_of(request: Request) -> Principal:
 def requirement(permission: Permission, refuse: Refuse) -> Requirement:
     """A route dependency: the principal when it holds ``permission`` (also on ``request.state.principal``)."""
 
-    def dependency(request: Request) -> Principal:
+    async def dependency(request: Request) -> Principal:  # a coroutine: FastAPI runs a plain function in a thread
         try:
             principal = principal_of(request)
         except NotAuthenticated as exc:
@@ -66,7 +66,7 @@ def warn_if_auth_off(settings: Settings, service: str) -> None:
         )
 
 
-def public() -> None:
+async def public() -> None:
     """The dependency of a route anyone may call (health, readiness, metrics)."""
 
 

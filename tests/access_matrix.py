@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -48,3 +50,20 @@ def expected_status(permission: Permission | str, principal: str, allowed: int) 
     if principal not in PERMISSIONS or principal == "decision-engine":
         return 401  # no key, a revoked one, a malformed header or token
     return allowed if permission in PERMISSIONS[principal] else 403
+
+
+def plain_dependencies(app: FastAPI) -> list[str]:
+    """``path: dependency`` for each dependency of an API route that is a plain function (FastAPI runs those in
+    its thread pool, a hand-off to a thread and back per request)."""
+    plain: list[str] = []
+
+    def walk(path: str, dependant: Dependant) -> None:
+        for dependency in dependant.dependencies:
+            if dependency.call is not None and not inspect.iscoroutinefunction(dependency.call):
+                plain.append(f"{path}: {getattr(dependency.call, '__qualname__', dependency.call)}")
+            walk(path, dependency)
+
+    for route in iter_route_contexts(app.routes):
+        if isinstance(route.original_route, APIRoute):
+            walk(str(route.path), route.dependant)
+    return plain

@@ -1,4 +1,7 @@
-"""One-line dependencies that reach the long-lived objects the lifespan put on ``app.state``."""
+"""One-line dependencies that reach the long-lived objects the lifespan put on ``app.state``.
+
+They are coroutines: FastAPI runs a plain function dependency in its thread pool, two thread hand-offs
+per chat request for a dictionary look-up each."""
 
 from __future__ import annotations
 
@@ -18,27 +21,27 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.serving import ChatService
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _chat(request: Request) -> ChatService:
+async def _chat(request: Request) -> ChatService:
     service: ChatService = request.app.state.chat
     return service
 
 
-def _feedback(request: Request) -> FeedbackService:
+async def _feedback(request: Request) -> FeedbackService:
     service: FeedbackService = request.app.state.feedback
     return service
 
 
-def _producer(request: Request) -> EventProducer:
+async def _producer(request: Request) -> EventProducer:
     producer: EventProducer = request.app.state.producer
     return producer
 
 
-def _control(request: Request) -> DeploymentControl:
+async def _control(request: Request) -> DeploymentControl:
     control: DeploymentControl = request.app.state.control
     return control
 
@@ -54,7 +57,8 @@ def admit(request: Request, who: Principal, *, hold: bool = True) -> Callable[[]
     except Limited as why:
         metrics: GatewayMetrics = request.app.state.metrics
         metrics.key_limited.labels(reason=why.reason).inc()
-        raise key_limited(why, _settings(request).gateway.limits) from None
+        settings: Settings = request.app.state.settings
+        raise key_limited(why, settings.gateway.limits) from None
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from access_matrix import PRINCIPALS, PUBLIC, declared_permissions, expected_status
+from access_matrix import PRINCIPALS, PUBLIC, declared_permissions, expected_status, plain_dependencies
 from api_keys import bearer, seeded_book
 from fastapi.testclient import TestClient
 from gateway_fakes import FakeBackend
@@ -64,6 +64,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
 def test_every_route_declares_its_permission(gateway: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
     client, _ = gateway
     assert declared_permissions(client.app) == {route: spec[0] for route, spec in ROUTES.items()}  # type: ignore[arg-type]
+
+
+def test_no_route_runs_a_dependency_in_the_thread_pool(gateway: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    client, _ = gateway
+    assert plain_dependencies(client.app) == []  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("principal", PRINCIPALS)
