@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ CUSTOM_CATEGORY = "custom"
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
 _LEET_RUN = re.compile(r"(?<=[a-z])[013457@$!]+(?=[a-z])")
+_WORD = re.compile(r"\w+")
+DOTLESS_I = "\u0131"  # what a pattern ignoring case matches with "i", though case folding keeps it
 # the parsed form of a pattern, which :func:`required_literals` reads (private modules, hence untyped)
 sre: Any = importlib.import_module("re._constants")
 sre_parse: Any = importlib.import_module("re._parser")
@@ -115,14 +117,29 @@ class TermFilter:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
-        # every plain term in one alternation: one pass instead of one search per term (about 30x faster)
-        terms = [r.regex.pattern for r in self.rules if r.name.startswith("term:")]
-        self._any_term = re.compile("|".join(terms) or r"(?!)")
-        self._patterns = tuple(r for r in self.rules if r.name.startswith("pattern:"))
-        # a pattern is searched only when the text holds one of its required strings (about 4x faster; one
-        # alternation of all the patterns is 8x slower than searching each: few share a prefix)
-        self._required = tuple(required_literals(r.regex) for r in self._patterns)
-        self._literals = tuple(sorted(frozenset().union(*(r for r in self._required if r))))
+        # Each rule is searched only in a text that may match it (:meth:`_possible`), about 14x faster on clean
+        # text than searching every rule. A term needs its first word as a whole word of the text: the term's
+        # own boundary precedes the word, and what follows the word in the term is not a word character. A
+        # pattern needs one of its required strings (:func:`required_literals`). One alternation of all the
+        # patterns was 8x slower than searching each: few share a prefix.
+        self._unindexed: list[int] = []  # rules searched in every text
+        self._by_word: dict[str, list[int]] = {}  # a term's first word -> the terms
+        self._by_string: dict[str, list[int]] = {}  # a pattern's required string -> the patterns
+        for i, rule in enumerate(self.rules):
+            if rule.name.startswith("term:"):
+                word = _WORD.match(normalise(rule.name.removeprefix("term:")))
+                strings = frozenset({word.group()}) if word else None
+                index = self._by_word
+            else:
+                strings = required_literals(rule.regex)
+                index = self._by_string
+            for string in strings or ():
+                index.setdefault(string, []).append(i)
+            if strings is None:
+                self._unindexed.append(i)
+        self._by_pair: dict[str, list[str]] = {}  # required strings by their first two characters
+        for string in self._by_string:
+            self._by_pair.setdefault(string[:2], []).append(string)
 
     @classmethod
     def from_lists(
@@ -161,20 +178,27 @@ class TermFilter:
         folded = normalise(text)
         plain = deobfuscate(folded)
         readings = (folded,) if plain == folded else (folded, plain)
-        if not any(self._matches_any(reading) for reading in readings):
+        hits = {i for reading in readings for i in self._possible(reading) if self.rules[i].regex.search(reading)}
+        if not hits:
             return CLEAN
-        matched = [rule for rule in self.rules if any(rule.regex.search(reading) for reading in readings)]
+        matched = [self.rules[i] for i in sorted(hits)]
         return ContentVerdict(True, matched[0].category, 1.0, tuple(rule.name for rule in matched))
 
-    def _matches_any(self, folded: str) -> bool:
-        return bool(self._any_term.search(folded)) or any(r.regex.search(folded) for r in self._candidates(folded))
-
-    def _candidates(self, folded: str) -> Iterator[Rule]:
-        """The patterns that may match ``folded``: those whose required strings it holds, and those without any."""
-        present = {literal for literal in self._literals if literal in folded}
-        for rule, required in zip(self._patterns, self._required, strict=True):
-            if required is None or not required.isdisjoint(present):
-                yield rule
+    def _possible(self, folded: str) -> list[int]:
+        """The rules that may match ``folded`` (the others cannot): terms whose first word it has as a whole
+        word, patterns whose required strings it holds, and the rules without either."""
+        possible = list(self._unindexed)
+        for word in self._by_word.keys() & _WORD.findall(folded):
+            possible += self._by_word[word]
+        # a pattern ignores case, and so its "i" matches the dotless i, which case folding keeps (the only
+        # character that folds to no ASCII letter yet matches one; a test runs through every character)
+        text = folded.replace(DOTLESS_I, "i")
+        pairs = {text[i : i + 2] for i in range(len(text) - 1)}.union(text)  # and each character alone
+        for pair in pairs.intersection(self._by_pair):
+            for string in self._by_pair[pair]:
+                if string in text:
+                    possible += self._by_string[string]
+        return possible
 
     def __add__(self, other: TermFilter) -> TermFilter:
         return TermFilter(self.rules + other.rules)

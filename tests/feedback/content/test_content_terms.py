@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from feedback.content import SHIPPED_TERM_LIST, ContentVerdict, TermFilter
-from feedback.content.terms import deobfuscate, normalise, required_literals
+from feedback.content.terms import DOTLESS_I, deobfuscate, normalise, required_literals
 from feedback.errors import ContentFilterError
 
 
@@ -111,8 +111,8 @@ def test_required_literals_are_read_from_the_parsed_pattern(pattern: str, requir
     assert found == (None if required is None else frozenset(required))
 
 
-def test_the_required_strings_skip_no_match_on_the_corpora() -> None:
-    # the pre-filter only skips searches: every verdict equals searching every rule in every reading
+def test_searching_only_the_possible_rules_misses_no_match_on_the_corpora() -> None:
+    # rules are searched only where they may match: every verdict equals searching every rule in every reading
     term_list = TermFilter.read(SHIPPED_TERM_LIST)
     corpus = Path(__file__).with_name("corpus")
     lines = [
@@ -126,7 +126,17 @@ def test_the_required_strings_skip_no_match_on_the_corpora() -> None:
     for text in lines:
         folded = normalise(text)
         readings = {folded, deobfuscate(folded)}
-        every_rule = any(rule.regex.search(reading) for rule in term_list.rules for reading in readings)
-        assert term_list.check(text).blocked == every_rule, text
-        blocked += every_rule
+        every_match = tuple(r.name for r in term_list.rules if any(r.regex.search(reading) for reading in readings))
+        verdict = term_list.check(text)
+        assert (verdict.blocked, verdict.matched) == (bool(every_match), every_match), text
+        blocked += verdict.blocked
     assert blocked > 1000  # both outcomes are well represented
+
+
+def test_a_pattern_ignoring_case_is_searched_wherever_it_may_match() -> None:
+    # case folding keeps the dotless i, yet a pattern that ignores case matches it with "i"
+    folded = {char for code in range(0x110000) for char in normalise(chr(code))}  # what folded text holds
+    assert [char for char in folded if not char.isascii() and re.fullmatch("[a-z]", char, re.IGNORECASE)] == [DOTLESS_I]
+    patterns = TermFilter.from_lists([], [r"\bkill you\b"])
+    assert patterns.check(f"I will k{DOTLESS_I}ll you").matched == (r"pattern:\bkill you\b",)
+    assert not TermFilter.from_lists(["kill"], []).check(f"k{DOTLESS_I}ll").blocked  # a term does not ignore case
