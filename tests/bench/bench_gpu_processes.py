@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,13 +86,16 @@ class Step:
     refused: int
     failed: int
     gpu: float
+    why_failed: list[tuple[str, int]]  # the commonest reasons a request failed, with their counts
 
     @classmethod
     def of(cls, phase: Phase, samples: list[float]) -> Step:
         p50, p99 = phase.latency()
         refused = sum(o.status == 429 for o in phase.outcomes)
         gpu = statistics.mean(samples) if samples else float("nan")
-        return cls(phase.rate, phase.served_per_s(), p50, p99, refused, len(phase.failures), gpu)
+        reasons = Counter(f"{o.status or 'no answer'}: {(o.failure or '')[:80]}" for o in phase.failures)
+        failed = len(phase.failures)
+        return cls(phase.rate, phase.served_per_s(), p50, p99, refused, failed, gpu, reasons.most_common(3))
 
     @property
     def held(self) -> bool:
@@ -224,6 +228,8 @@ def print_steps(steps: list[Step]) -> None:
             f"  {s.offered:>9.0f} {s.served_per_s:>9.1f} {s.p50:>7.3f} {s.p99:>7.3f} {s.refused:>6}"
             f" {s.failed:>6} {s.gpu:>7.0f}%"
         )
+        for reason, count in s.why_failed:
+            print(f"      {count} failed with {reason}")
 
 
 def raw_tokens_per_s(model_dir: Path, eager: bool) -> float:
