@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
@@ -17,14 +18,20 @@ DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 PRINCIPALS = ("admin", "developer", "analyst", "user", "no key", "revoked key", "malformed header", "not a key")
 
 
+def _dependencies(dependant: Dependant) -> Iterator[Dependant]:
+    """Every dependency of ``dependant``, theirs included."""
+    for dependency in dependant.dependencies:
+        yield dependency
+        yield from _dependencies(dependency)
+
+
 def _declared(dependant: Dependant) -> list[Permission | str]:
     found: list[Permission | str] = []
-    for dependency in dependant.dependencies:
+    for dependency in _dependencies(dependant):
         if dependency.call is public:
             found.append(PUBLIC)
         elif hasattr(dependency.call, "permission"):
             found.append(dependency.call.permission)
-        found += _declared(dependency)
     return found
 
 
@@ -55,15 +62,10 @@ def expected_status(permission: Permission | str, principal: str, allowed: int) 
 def plain_dependencies(app: FastAPI) -> list[str]:
     """``path: dependency`` for each dependency of an API route that is a plain function (FastAPI runs those in
     its thread pool, a hand-off to a thread and back per request)."""
-    plain: list[str] = []
-
-    def walk(path: str, dependant: Dependant) -> None:
-        for dependency in dependant.dependencies:
-            if dependency.call is not None and not inspect.iscoroutinefunction(dependency.call):
-                plain.append(f"{path}: {getattr(dependency.call, '__qualname__', dependency.call)}")
-            walk(path, dependency)
-
-    for route in iter_route_contexts(app.routes):
-        if isinstance(route.original_route, APIRoute):
-            walk(str(route.path), route.dependant)
-    return plain
+    return [
+        f"{route.path}: {getattr(dependency.call, '__qualname__', dependency.call)}"
+        for route in iter_route_contexts(app.routes)
+        if isinstance(route.original_route, APIRoute)
+        for dependency in _dependencies(route.dependant)
+        if dependency.call is not None and not inspect.iscoroutinefunction(dependency.call)
+    ]

@@ -49,6 +49,10 @@ class OffensiveLanguageClassifier:
     def probabilities(self, texts: list[str]) -> list[float]:
         """The probability that each text is offensive (what the package's ``predict_proba`` gives)."""
         decisions = np.stack([self._decisions(text) for text in texts]) if texts else np.zeros((0, len(self._a)))
+        return self._calibrated(decisions)
+
+    def _calibrated(self, decisions: Any) -> list[float]:
+        """The probability of each row of per-fold decisions: the folds' sigmoid calibrations, averaged."""
         scores = (1.0 / (1.0 + np.exp(self._a * decisions + self._b))).mean(axis=1)
         return [float(s) for s in scores]
 

@@ -19,49 +19,30 @@ Prints each competitor's median microseconds per text and the ratio.
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from interleave import interleaved
 from replicas import machine
 
 from feedback.content import SHIPPED_TERM_LIST, OffensiveLanguageClassifier, TermFilter
 from feedback.content.classifier import _load
-from feedback.content.terms import deobfuscate, normalise
 
-CORPUS = Path(__file__).parents[1] / "feedback" / "content" / "corpus"
+sys.path.insert(0, str(Path(__file__).parents[1] / "feedback" / "content"))
+from test_content_corpus import CORPUS, labelled
+from test_content_terms import matched_by_every_rule
+
 REPEATS = 5
-
-
-def corpus_lines() -> list[str]:
-    return [
-        line.split("\t", 1)[1]
-        for path in sorted(CORPUS.glob("*.tsv"))
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line and not line.startswith("#")
-    ]
-
-
-def every_pattern(term_list: TermFilter) -> Callable[[str], bool]:
-    """The term list's verdict from searching every rule in every reading (the way before)."""
-
-    def blocked(text: str) -> bool:
-        folded = normalise(text)
-        readings = {folded, deobfuscate(folded)}
-        return any(rule.regex.search(reading) for rule in term_list.rules for reading in readings)
-
-    return blocked
 
 
 def sklearn_features(classifier: OffensiveLanguageClassifier) -> Callable[[str], float]:
     """The classifier's probability from scikit-learn's ``transform`` and the same fitted weights (the way before)."""
     vectorizer, _ = _load()
-    weights, intercepts, a, b = classifier._weights, classifier._intercepts, classifier._a, classifier._b
 
     def probability(text: str) -> float:
-        decisions = vectorizer.transform([text]) @ weights + intercepts
-        return float((1.0 / (1.0 + np.exp(a * decisions + b))).mean(axis=1)[0])
+        [score] = classifier._calibrated(vectorizer.transform([text]) @ classifier._weights + classifier._intercepts)
+        return score
 
     return probability
 
@@ -78,9 +59,12 @@ def per_text(name: str, competitors: dict[str, Callable[[], object]], count: int
 
 def main() -> None:
     print(machine())
-    lines = corpus_lines()
+    lines = [text for path in sorted(CORPUS.glob("*.tsv")) for _, text in labelled(path.name)]
     term_list = TermFilter.read(SHIPPED_TERM_LIST)
-    reference = every_pattern(term_list)
+
+    def reference(text: str) -> bool:  # every rule searched in every reading (the way before)
+        return bool(matched_by_every_rule(term_list, text))
+
     verdicts = [reference(text) for text in lines]
     assert [term_list.check(text).blocked for text in lines] == verdicts, "the pre-filter changed a verdict"
     clean = [text for text, blocked in zip(lines, verdicts, strict=True) if not blocked]

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_content_corpus import CORPUS, labelled
 
 from feedback.content import SHIPPED_TERM_LIST, ContentVerdict, TermFilter
 from feedback.content.terms import DOTLESS_I, deobfuscate, normalise, required_literals
@@ -111,22 +112,21 @@ def test_required_literals_are_read_from_the_parsed_pattern(pattern: str, requir
     assert found == (None if required is None else frozenset(required))
 
 
+def matched_by_every_rule(term_list: TermFilter, text: str) -> tuple[str, ...]:
+    """The rules matching ``text`` found by searching every rule in every reading (no rule skipped)."""
+    folded = normalise(text)
+    readings = {folded, deobfuscate(folded)}
+    return tuple(r.name for r in term_list.rules if any(r.regex.search(reading) for reading in readings))
+
+
 def test_searching_only_the_possible_rules_misses_no_match_on_the_corpora() -> None:
     # rules are searched only where they may match: every verdict equals searching every rule in every reading
     term_list = TermFilter.read(SHIPPED_TERM_LIST)
-    corpus = Path(__file__).with_name("corpus")
-    lines = [
-        line.split("\t", 1)[1]
-        for path in sorted(corpus.glob("*.tsv"))
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line and not line.startswith("#")
-    ]
+    lines = [text for path in sorted(CORPUS.glob("*.tsv")) for _, text in labelled(path.name)]
     assert len(lines) > 3000
     blocked = 0
     for text in lines:
-        folded = normalise(text)
-        readings = {folded, deobfuscate(folded)}
-        every_match = tuple(r.name for r in term_list.rules if any(r.regex.search(reading) for reading in readings))
+        every_match = matched_by_every_rule(term_list, text)
         verdict = term_list.check(text)
         assert (verdict.blocked, verdict.matched) == (bool(every_match), every_match), text
         blocked += verdict.blocked
