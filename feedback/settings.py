@@ -150,8 +150,13 @@ class VLLMSettings(_Section):
 
     # share of the GPU's memory this engine takes (weights, activations, KV cache); the rest is left to LoRA
     # training on the same GPU and to other engines (a challenger on another base model starts its own); with
-    # gateway.processes N, the share of all N processes together: each process's engine takes 1/N of it
+    # gateway.processes N, the share of all N processes together: a shared engine takes it all, an engine a
+    # process starts itself 1/N (its own, or beside a shared engine one for a challenger on another base)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95)
+    # with gateway.processes N > 1: the parent starts one engine that all N processes feed, so their requests
+    # share its batches (services/gateway/shared_engine.py; a process that ends stops the gateway, for its
+    # service manager to restart); false: each process starts an engine of its own (and is restarted alone)
+    shared_engine: bool = True
     dtype: Literal["bfloat16", "float16"] = "bfloat16"  # weights and activations (vLLM's LoRA kernels need 16-bit)
     # weights quantized as the engine loads them: "fp8" (8-bit floats with a scale per tensor, computed by the fp8
     # units of Hopper and newer GPUs; half the weight memory) or "none" (dtype above); LoRA adapters stay 16-bit
@@ -177,8 +182,9 @@ class GatewaySettings(_Section):
 
     host: str = "127.0.0.1"  # interface to bind
     port: int = Field(8000, ge=1, le=65535)  # TCP port to bind
-    # gateway processes accepting on the one port (uvicorn's supervisor restarts one that dies); each has its own
-    # event loop, model engine and write-ahead log (wal.dir/process-<i>); per-key limits hold per process
+    # gateway processes accepting on the one port; each has its own event loop and write-ahead log
+    # (wal.dir/process-<i>), per-key limits hold per process; each runs its own model engine (uvicorn's
+    # supervisor restarts one that dies), except that on vLLM they share one by default (vllm.shared_engine)
     processes: int = Field(1, ge=1, le=64)
     # inference engine: "transformers" (CPU or GPU, continuous batching of our own) or "vllm" (CUDA GPU only,
     # the optional extra that infra/gpu/install.sh installs); both serve the same API, events and metrics

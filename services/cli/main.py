@@ -144,7 +144,11 @@ def gateway(
     port: Annotated[int | None, typer.Option(help="Port to bind (default: gateway.port).")] = None,
     processes: Annotated[
         int | None,
-        typer.Option(min=1, help="Processes serving the port, each with its own engine (default: gateway.processes)."),
+        typer.Option(
+            min=1,
+            help="Processes serving the port (default: gateway.processes); on vLLM they share one engine"
+            " (gateway.vllm.shared_engine), else each has its own.",
+        ),
     ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API with the champion model."""
@@ -156,8 +160,12 @@ def gateway(
     _check_port(bind_host, bind_port, "FLYWHEEL_GATEWAY__PORT")
     if count > 1:
         configure_logging()
-        if not gateway_processes.serve(bind_host, bind_port, count):
-            raise fail("a gateway process failed to start (its error is above); all were stopped")
+        try:
+            served = gateway_processes.serve(settings, bind_host, bind_port, count)
+        except FlywheelError as exc:  # the shared engine could not start
+            raise fail(str(exc)) from exc
+        if not served:
+            raise fail("a gateway process (or the engine they share) failed (its error is above); all were stopped")
         return
     try:
         application = gateway_processes.create_single_app(settings)  # holds gateway.wal.dir

@@ -36,6 +36,7 @@ from services.gateway.moderation import ContentGuard
 from services.gateway.pool import BackendPool, OpenBase
 from services.gateway.routes import admin, chat, feedback, health
 from services.gateway.serving import ChatService
+from services.gateway.shared_engine import EngineClient
 from services.gateway.vllm_backend import VLLMBackend
 from services.http_access import AuthOffHeader, warn_if_auth_off
 
@@ -44,17 +45,20 @@ log = logging.getLogger(__name__)
 STARTUP_WAIT_S = 5.0  # at start, wait this long to read the deployments and keys topics to their end
 
 
-def load_backend(settings: Settings, source: str | None = None) -> InferenceBackend:
+def load_backend(
+    settings: Settings, source: str | None = None, *, shared: EngineClient | None = None
+) -> InferenceBackend:
     """A backend on the model ``source`` (default: the configured model), converted once and loaded from the cache.
 
     ``gateway.backend`` picks the engine: the transformers runtime, or vLLM (whose engine loads the
-    weights itself when the backend starts).
+    weights itself when the backend starts, unless ``shared`` names the engine the gateway's parent
+    process started: services.gateway.shared_engine).
     """
     model = settings.model
     model_dir = prepare_model(source or model.source, model.cache_dir)
     registry = open_registry(model)  # adapters missing locally come from model.registry_url, if set
     if settings.gateway.backend == "vllm":
-        return VLLMBackend(model_dir, settings.gateway, registry)
+        return VLLMBackend(model_dir, settings.gateway, registry, shared=shared)
     runtime = ModelRuntime.load(model_dir, device=model.device, dtype=model.dtype, threads=model.threads)
     return TransformersBackend(runtime, settings.gateway, registry)
 

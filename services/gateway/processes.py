@@ -10,8 +10,12 @@ environment, like every ``flywheel`` command, with what differs per process:
 
 - its write-ahead log: a slot of its own under ``gateway.wal.dir`` (:mod:`services.gateway.wal_slots`),
   and the leftover logs it replays;
-- its vLLM engine's share of the GPU: ``gateway.vllm.gpu_memory_utilization`` / N, and vLLM engines
-  start one after another (an engine sizes its KV cache from the GPU's free memory, which another
+- on vLLM, by default (``gateway.vllm.shared_engine``), its client of the one engine that the parent
+  started before the workers (:mod:`services.gateway.shared_engine`): then a worker or the engine that
+  ends stops the whole gateway, with a non-zero exit, instead of being restarted alone
+  (:class:`SharedEngineSupervisor`);
+- otherwise its vLLM engine's share of the GPU: ``gateway.vllm.gpu_memory_utilization`` / N, and vLLM
+  engines start one after another (an engine sizes its KV cache from the GPU's free memory, which another
   engine starting beside it would change under it);
 - the ``X-Flywheel-Process: <slot>`` header on every response, and the ``flywheel_gateway_process``
   gauge: ``/metrics`` answers from whichever process accepted the connection (README, "Several processes on one port").
@@ -23,8 +27,10 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -36,6 +42,8 @@ from uvicorn.supervisors import Multiprocess
 
 from feedback.errors import WalError
 from feedback.settings import Settings, load_settings
+from services.gateway.shared_engine import ENV as ENGINE_ENV
+from services.gateway.shared_engine import SharedEngine, launch, shares_engine
 from services.gateway.wal_slots import LeftoverLogs, claim_slot, hold, leftovers
 
 log = logging.getLogger(__name__)
@@ -50,11 +58,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # as the CLI's
 PROCESS = Gauge("flywheel_gateway_process", "The write-ahead log slot of the gateway process that answered")
 
 
-def serve(host: str, port: int, processes: int) -> bool:
-    """Run ``processes`` gateway workers on ``host:port`` until SIGTERM or SIGINT; False if one failed to start.
+def serve(settings: Settings, host: str, port: int, processes: int) -> bool:
+    """Run ``processes`` gateway workers on ``host:port`` until SIGTERM or SIGINT; False if one failed.
 
     uvicorn's supervisor stops the others when a worker fails before it serves: a broken start (settings,
-    model, GPU memory) would fail the same way again.
+    model, GPU memory) would fail the same way again. With a shared engine (started first; a ModelError if
+    it cannot start), any worker or the engine ending stops them all. The port is bound before anything
+    starts.
     """
     os.environ[PROCESSES_ENV] = str(processes)  # the spawned workers inherit the environment
     config = uvicorn.Config(
@@ -66,9 +76,75 @@ def serve(host: str, port: int, processes: int) -> bool:
         log_level="info",
         timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
     )
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
-    return all(worker.exitcode != STARTUP_FAILURE for worker in supervisor.processes)
+    sockets = [config.bind_socket()]
+    if not shares_engine(settings, processes):
+        supervisor = Multiprocess(config, sockets=sockets)
+        supervisor.run()
+        return all(worker.exitcode != STARTUP_FAILURE for worker in supervisor.processes)
+    with _signals_end_the_start(), launch(settings, processes) as (engine, engine_alive):
+        os.environ[ENGINE_ENV] = engine.to_environment()
+        shared = SharedEngineSupervisor(config, sockets, engine_alive)
+        shared.run()
+    return not shared.failed
+
+
+class SharedEngineSupervisor(Multiprocess):
+    """uvicorn's supervisor for workers that share one engine: a worker or the engine ending stops them all.
+
+    The engine greets each of its clients once, so a replacement worker could not reach it; and the
+    workers are fixed at N (no SIGHUP restarts, no SIGTTIN/SIGTTOU resizing).
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], engine_alive: Callable[[], bool]) -> None:
+        super().__init__(config, sockets)
+        self._engine_alive = engine_alive
+        self.failed = False  # a worker or the engine ended before SIGTERM or SIGINT
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        if not self._engine_alive():
+            self._stop_all("the shared vLLM engine ended")
+            return
+        for worker in self.processes:
+            if not worker.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                if worker.process.is_alive():
+                    worker.kill()  # hung: it answered no health check
+                    worker.join()
+                self._stop_all(f"gateway process {worker.pid} ended (exit code {worker.exitcode})")
+                return
+
+    def _stop_all(self, why: str) -> None:
+        log.error("%s: stopping every gateway process (the engine takes no new one); restart the gateway", why)
+        self.failed = True
+        self.should_exit.set()
+
+    def handle_hup(self) -> None:
+        log.warning("SIGHUP ignored: gateway processes that share an engine are not restarted one by one")
+
+    def handle_ttin(self) -> None:
+        log.warning("SIGTTIN ignored: the shared engine was started for %d gateway processes", self.processes_num)
+
+    def handle_ttou(self) -> None:
+        self.handle_ttin()
+
+
+@contextmanager
+def _signals_end_the_start() -> Iterator[None]:
+    """SIGTERM and SIGINT raise SystemExit while the engine starts, so that it is stopped too.
+
+    The supervisor installs handlers of its own once the engine is ready.
+    """
+
+    def end(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def create_worker_app() -> FastAPI:
@@ -82,13 +158,16 @@ def create_worker_app() -> FastAPI:
     PROCESS.set(slot)
     log.info("gateway process %d of %d (pid %d): write-ahead log %s", slot, processes, os.getpid(), held.directory)
 
-    from services.gateway.app import create_app  # here, not above: the supervisor imports no model code
+    from services.gateway.app import create_app, load_backend  # here, not above: the supervisor imports no model code
 
-    app = create_app(process_settings(settings, held.directory))
+    engine = SharedEngine.from_environment()
+    mine = process_settings(settings, held.directory)
+    backend = None if engine is None else load_backend(mine, shared=engine.client(slot))
+    app = create_app(mine, backend)
     app.state.wal_slot = held  # held for the process's lifetime
     app.add_middleware(ProcessHeader, slot=slot)
     replay_leftovers(app, settings, leftovers(wal_dir, processes))
-    if settings.gateway.backend == "vllm":
+    if settings.gateway.backend == "vllm" and engine is None:
         start_one_at_a_time(app, wal_dir / ENGINE_START_LOCK)
     return app
 
@@ -108,7 +187,11 @@ def create_single_app(settings: Settings) -> FastAPI:
 
 
 def process_settings(settings: Settings, wal_dir: Path) -> Settings:
-    """``settings`` for one of ``gateway.processes`` processes: its own log directory, its share of the GPU."""
+    """``settings`` for one of ``gateway.processes`` processes: its own log directory, its share of the GPU.
+
+    The share is what an engine the process starts itself takes: its own, or, beside a shared engine, one
+    for a challenger on another base model.
+    """
     gateway = settings.gateway
     share = gateway.vllm.gpu_memory_utilization / gateway.processes
     vllm = gateway.vllm.model_copy(update={"gpu_memory_utilization": share})

@@ -2,8 +2,10 @@
 
 vLLM's in-process async engine (``AsyncLLM``, the v1 engine, whose engine core runs in a spawned
 process) serves the base model with LoRA enabled, so served and shadow requests of the champion and
-the challenger share its batches whatever adapter each names. It keeps the transformers backend's
-promises (:mod:`services.gateway.backend`):
+the challenger share its batches whatever adapter each names. With several gateway processes, each one's
+``AsyncLLM`` is a client of one engine core that the gateway's parent started
+(:mod:`services.gateway.shared_engine`), so every process's requests share its batches. It keeps the
+transformers backend's promises (:mod:`services.gateway.backend`):
 
 - **Prompts** are rendered with the model's chat template by our own tokenizer
   (:func:`feedback.model.runtime.render_chat`) and sent as token ids, so both backends see the same
@@ -14,12 +16,14 @@ promises (:mod:`services.gateway.backend`):
   as in every backend; the end-of-sequence ids are the transformers runtime's.
 - **Adapters.** A version ``<base>+<adapter>`` is fetched from the registry by its hash (verified)
   and given a ``LoRARequest`` with an id of its own that is never reused, so a new version never
-  meets a cached one. vLLM keeps ``max_loras`` adapters on the GPU and ``max_cpu_loras`` in host
-  memory, dropping the least recently used, and reloads a dropped one from its registry directory
-  when a request names it again: versions come and go while serving, with nothing to unload.
+  meets a cached one (with a shared engine the id comes from the file all its processes share). vLLM
+  keeps ``max_loras`` adapters on the GPU and ``max_cpu_loras`` in host memory, dropping the least
+  recently used, and reloads a dropped one from its registry directory when a request names it again:
+  versions come and go while serving, with nothing to unload.
 - **Served first.** Requests are scheduled by priority (served before shadow copies); at most
   ``shadow_concurrency`` shadow copies run and ``shadow_queue_size`` wait (more are shed); served
-  requests beyond ``max_num_seqs + max_queued_requests`` are refused (:class:`Overloaded`, a 429).
+  requests beyond ``max_num_seqs + max_queued_requests`` are refused (:class:`Overloaded`, a 429); with
+  a shared engine each process holds its part of these bounds.
 - **Streaming** sends each new piece of text to ``on_text`` as the transformers backend does,
   holding back half characters and what may be the start of a stop string.
 - **Metrics**: rows in each engine step (``flywheel_batch_size``), requests not yet started per role
@@ -55,6 +59,7 @@ from feedback.settings import GatewaySettings
 from services.gateway.backend import GenerationRequest, render_prompt
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.scheduler import Overloaded, ShadowShed
+from services.gateway.shared_engine import AdapterIds, EngineClient
 
 INSTALL_HINT = "the vLLM backend needs a CUDA GPU and the optional extra installed by infra/gpu/install.sh"
 PRIORITY: dict[Role, int] = {"served": 0, "shadow": 1}  # vLLM schedules lower values first
@@ -71,11 +76,19 @@ class VLLMBackend:
     """A vLLM engine serving one base model and its LoRA adapter versions (see the module docstring)."""
 
     def __init__(
-        self, model_dir: Path, settings: GatewaySettings | None = None, registry: AdapterRegistry | None = None
+        self,
+        model_dir: Path,
+        settings: GatewaySettings | None = None,
+        registry: AdapterRegistry | None = None,
+        *,
+        shared: EngineClient | None = None,
     ) -> None:
+        """``shared``: use the engine that the gateway's parent process started (services.gateway.shared_engine)
+        instead of starting one."""
         self._model_dir = model_dir
         self._settings = settings or GatewaySettings()
         self._registry = registry
+        self._shared = shared
         self._name = model_name(model_dir)
         self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
@@ -85,9 +98,12 @@ class VLLMBackend:
         self._context_length = min(native, self._settings.vllm.max_model_len or native)
         self._engine: Any | None = None
         self._loras: dict[str, Any] = {}  # adapter version -> its LoRARequest
-        self._lora_ids = itertools.count(1)
+        self._lora_ids: Callable[[str], int] = _counter() if shared is None else AdapterIds(shared.adapter_ids).id_of
         self._load_lock = asyncio.Lock()
-        self._shadow_slots = asyncio.Semaphore(self._settings.shadow_concurrency)
+        share = (lambda total: total) if shared is None else shared.share  # an engine's bounds, this process's part
+        self._served_limit = share(self._settings.vllm.max_num_seqs + self._settings.max_queued_requests)
+        self._shadow_limit = share(self._settings.shadow_queue_size + self._settings.shadow_concurrency)
+        self._shadow_slots = asyncio.Semaphore(share(self._settings.shadow_concurrency))
         self._in_flight: dict[Role, int] = {"served": 0, "shadow": 0}
         self._waiting: dict[Role, int] = {"served": 0, "shadow": 0}  # admitted, no token yet
         self._metrics = GatewayMetrics()
@@ -165,8 +181,19 @@ class VLLMBackend:
         except ImportError as exc:
             raise ModelError(f"{INSTALL_HINT}: {exc}") from exc
         args = AsyncEngineArgs(**self.engine_arguments())
+        loggers = [_step_logger(metrics)]
         try:
-            return AsyncLLM.from_engine_args(args, stat_loggers=[_step_logger(metrics)])
+            if self._shared is None:
+                return AsyncLLM.from_engine_args(args, stat_loggers=loggers)
+            args._api_process_count, args._api_process_rank = self._shared.count, self._shared.index
+            return AsyncLLM.from_vllm_config(
+                args.create_engine_config(),
+                stat_loggers=loggers,
+                disable_log_stats=True,
+                client_addresses=self._shared.addresses(),
+                client_count=self._shared.count,
+                client_index=self._shared.index,
+            )
         except Exception as exc:  # vLLM raises many kinds while it starts (config, CUDA, memory)
             raise ModelError(f"vLLM could not start on {str(self._model_dir)!r}: {exc}") from exc
 
@@ -209,7 +236,8 @@ class VLLMBackend:
         path = await asyncio.to_thread(self._registry.fetch, adapter)
         from vllm.lora.request import LoRARequest
 
-        lora = LoRARequest(lora_name=adapter, lora_int_id=next(self._lora_ids), lora_path=str(path))
+        lora_id = await asyncio.to_thread(self._lora_ids, adapter)
+        lora = LoRARequest(lora_name=adapter, lora_int_id=lora_id, lora_path=str(path))
         try:
             await self.engine.add_lora(lora)
         except Exception as exc:  # the engine reports a bad adapter (rank, modules) as a failed call
@@ -226,10 +254,10 @@ class VLLMBackend:
         The request counts as waiting (``flywheel_queue_depth``) until its first token, or its end.
         """
         if role == "served":
-            if self._in_flight["served"] >= self._settings.vllm.max_num_seqs + self._settings.max_queued_requests:
+            if self._in_flight["served"] >= self._served_limit:
                 self._metrics.rejected.inc()
                 raise Overloaded
-        elif self._in_flight["shadow"] >= self._settings.shadow_queue_size + self._settings.shadow_concurrency:
+        elif self._in_flight["shadow"] >= self._shadow_limit:
             raise ShadowShed
         self._in_flight[role] += 1
         self._count_waiting(role, +1)
@@ -351,6 +379,12 @@ def _sampled_logprobs(positions: Any, token_ids: Sequence[int]) -> list[float]:
     if positions is None or len(positions) != len(token_ids):
         raise ModelError("vLLM returned no log-probability for a sampled token")
     return [float(position[token].logprob) for position, token in zip(positions, token_ids, strict=True)]
+
+
+def _counter() -> Callable[[str], int]:
+    """LoRA ids of an engine of this process's own: 1, 2, ... in the order versions are first asked for."""
+    ids = itertools.count(1)
+    return lambda _version: next(ids)
 
 
 def _eos_ids(model_dir: Path, config: Any, tokenizer_eos: int | None) -> frozenset[int]:

@@ -4,7 +4,14 @@ One gateway process's event loop tops out at a few hundred requests a second whi
 waits; this measures what more processes on the same GPU give. For each P, in turn, the gateway runs
 as a child process (``python -m services.cli.main gateway --processes P``, the interpreter and
 ``PYTHONPATH`` of this script) on the vLLM backend, ``gateway.vllm.gpu_memory_utilization`` 0.8 for
-the P processes together (each engine takes 0.8/P), with:
+the P processes together, with ``--engine`` (``BENCH_ENGINE``) picking how they use the GPU:
+
+- ``shared`` (the default, as the gateway's): one engine that the parent starts, fed by all P processes
+  (services/gateway/shared_engine.py), with the whole 0.8;
+- ``own``: an engine in each process (``gateway.vllm.shared_engine`` false), 0.8/P each, started one
+  after another;
+
+and with:
 
 - Kafka unreachable (a free port, 200 ms bootstrap timeout, as ``bench_serving.serve``): events wait
   in each process's write-ahead log, as whenever Kafka is away;
@@ -18,8 +25,8 @@ the P processes together (each engine takes 0.8/P), with:
 First (unless ``--no-raw``) it times raw vLLM offline generation of the closed loop's prompts
 (``bench_gpu_serving.raw_vllm``: all at once, the same engine settings), the reference of the serving
 target (the gateway at 256 clients at least 0.9 of it); a compiled raw engine also fills vLLM's compile
-cache for the gateways. For each P it waits until every process answered ``/readyz`` (vLLM engines
-start one after another, so P processes take P engine starts), then measures, with clients in 4
+cache for the gateways. For each P it waits until every process answered ``/readyz`` (with engines of
+their own, P processes take P engine starts one after another), then measures, with clients in 4
 processes of their own (``bench_gpu_serving.Clients``):
 
 1. closed loop: 256 clients sending ``bench_gpu_serving.requests`` (greedy, ``max_tokens`` 64),
@@ -33,10 +40,10 @@ and prints a table per P and a summary line per P: tokens/s against P = 1, the h
 request served, p99 under the 200 ms target) and the most served a second. ``BENCH_PROCESSES`` picks the process counts,
 ``BENCH_VLLM_EAGER=1`` starts the engines without compilation or CUDA graphs (default 0: compiled).
 
-Run on the GPU machine: ``infra/gpu/install.sh bench infra/gpu/wheels bench_gpu_processes.py``. The
-engine starts add up (1 + 2 + 4 + 8 = 15 of them, one at a time); to stay inside a time limit, split the
-counts over several runs (``BENCH_PROCESSES=1,2,4`` then ``BENCH_PROCESSES=8``). Each phase prints its
-seconds.
+Run on the GPU machine: ``infra/gpu/install.sh bench infra/gpu/wheels bench_gpu_processes.py``. Each
+process count starts a gateway afresh (with ``--engine own`` the engine starts add up: 1 + 2 + 4 + 8 = 15
+of them, one at a time); to stay inside a time limit, split the counts over several runs
+(``BENCH_PROCESSES=1,2,4`` then ``BENCH_PROCESSES=8``). Each phase prints its seconds.
 """
 
 from __future__ import annotations
@@ -115,7 +122,7 @@ class Result:
     steps: list[Step]
 
 
-def gateway_env(workdir: Path, processes: int, eager: bool) -> dict[str, str]:
+def gateway_env(workdir: Path, processes: int, eager: bool, engine: str) -> dict[str, str]:
     """The gateway's settings as environment variables (module docstring)."""
     prefix = "FLYWHEEL_GATEWAY__"
     return os.environ | {
@@ -131,6 +138,7 @@ def gateway_env(workdir: Path, processes: int, eager: bool) -> dict[str, str]:
         f"{prefix}BACKEND": "vllm",
         f"{prefix}VLLM__GPU_MEMORY_UTILIZATION": str(GPU_SHARE),
         f"{prefix}VLLM__ENFORCE_EAGER": str(eager).lower(),
+        f"{prefix}VLLM__SHARED_ENGINE": str(engine == "shared").lower(),
         f"{prefix}VLLM__MAX_NUM_SEQS": "256",
         f"{prefix}MAX_QUEUED_REQUESTS": "4096",
         f"{prefix}WAL__DIR": str(workdir / f"wal-{processes}"),
@@ -143,13 +151,13 @@ def gateway_env(workdir: Path, processes: int, eager: bool) -> dict[str, str]:
 
 
 @contextmanager
-def gateway(workdir: Path, processes: int, eager: bool) -> Iterator[tuple[str, float]]:
+def gateway(workdir: Path, processes: int, eager: bool, engine: str) -> Iterator[tuple[str, float]]:
     """``flywheel gateway --processes P`` until every process is ready: (its URL, seconds it took to start)."""
     start = time.perf_counter()
     with service_process(
         "gateway",
         workdir,
-        gateway_env(workdir, processes, eager),
+        gateway_env(workdir, processes, eager, engine),
         ["--processes", str(processes)],
         log_name=f"gateway-{processes}",
         ready=lambda url: len(ready_slots(url, processes)) >= processes,
@@ -209,9 +217,11 @@ def latency_curve(clients: Clients, url: str, rates: list[float], seconds: float
     return steps
 
 
-def measure(clients: Clients, workdir: Path, processes: int, rates: list[float], seconds: float, eager: bool) -> Result:
-    with gateway(workdir, processes, eager) as (url, start_s):
-        print(f"gateway --processes {processes}: every process ready after {start_s:.0f} s")
+def measure(
+    clients: Clients, workdir: Path, processes: int, rates: list[float], seconds: float, eager: bool, engine: str
+) -> Result:
+    with gateway(workdir, processes, eager, engine) as (url, start_s):
+        print(f"gateway --processes {processes} ({engine} engine): every process ready after {start_s:.0f} s")
         began = time.perf_counter()
         tokens_per_s, failures, util = throughput(clients, url, processes)
         print(f"  closed loop, {CLIENTS} clients: {tokens_per_s:,.0f} tok/s, {failures} failed, GPU {util:.0f}%")
@@ -280,6 +290,12 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         default=True,
         help="first, raw vLLM offline generation of the closed loop's prompts (the issue's reference)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("shared", "own"),
+        default=os.environ.get("BENCH_ENGINE", "shared"),
+        help="one engine fed by every process, or an engine in each (module docstring)",
+    )
     args = parser.parse_args(argv)
     args.processes = [int(p) for p in numbers(args.processes)]
     args.rates = numbers(args.rates)
@@ -295,7 +311,10 @@ def main(argv: list[str]) -> None:
     import torch
 
     print(f"{machine()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, eager {args.eager}")
-    print(f"processes {args.processes}, rates {args.rates}, {args.seconds:.0f} s each, GPU share {GPU_SHARE}")
+    print(
+        f"processes {args.processes} ({args.engine} engine), rates {args.rates}, {args.seconds:.0f} s each,"
+        f" GPU share {GPU_SHARE}"
+    )
     model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)  # once here, not by P processes at once
     began = time.perf_counter()
     raw = raw_tokens_per_s(model_dir, args.eager) if args.raw else None
@@ -303,7 +322,7 @@ def main(argv: list[str]) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             results = [
-                measure(clients, Path(tmp), processes, args.rates, args.seconds, args.eager)
+                measure(clients, Path(tmp), processes, args.rates, args.seconds, args.eager, args.engine)
                 for processes in args.processes
             ]
     finally:

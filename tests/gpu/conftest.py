@@ -8,13 +8,12 @@ seconds to start) on an event loop of its own and keeps it for all its tests.
 from __future__ import annotations
 
 import asyncio
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from lora_adapters import random_lora
-from peft import PeftModel
+from reference_scores import Score, scorer
 from vllm_extra import preload_vllm
 
 from feedback.model.runtime import ModelRuntime
@@ -23,9 +22,6 @@ from feedback.settings import GatewaySettings, VLLMSettings
 from services.gateway import vllm_backend
 from services.gateway.backend import TransformersBackend
 from services.gateway.metrics import GatewayMetrics
-
-Score = Callable[[str | None, Sequence[int], Sequence[int]], tuple[float, ...]]
-"""The reference log-probabilities: (adapter or None, prompt ids, completion ids) -> one per completion token."""
 
 preload_vllm()
 
@@ -97,22 +93,4 @@ def transformers_gpu(
 @pytest.fixture(scope="module")
 def reference(model_dir: Path, registry: AdapterRegistry, transformers_gpu: TransformersBackend) -> Score:
     """Teacher-forced float32 log-probabilities on the GPU, with the base model alone or one adapter applied."""
-    runtimes: dict[str | None, ModelRuntime] = {}
-
-    def runtime_for(adapter: str | None) -> ModelRuntime:
-        if adapter not in runtimes:
-            runtime = ModelRuntime.load(model_dir, device="cuda", dtype="float32")
-            if adapter is not None:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                    # peft wraps the runtime's own model in place: its forward passes apply the adapter
-                    PeftModel.from_pretrained(
-                        runtime.model, registry.fetch(adapter), autocast_adapter_dtype=False
-                    ).eval()
-            runtimes[adapter] = runtime
-        return runtimes[adapter]
-
-    def score(adapter: str | None, prompt: Sequence[int], completion: Sequence[int]) -> tuple[float, ...]:
-        return runtime_for(adapter).score_tokens(prompt, completion)
-
-    return score
+    return scorer(model_dir, registry)
