@@ -153,10 +153,11 @@ class VLLMSettings(_Section):
     # gateway.processes N, the share of all N processes together: a shared engine takes it all, an engine a
     # process starts itself 1/N (its own, or beside a shared engine one for a challenger on another base)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95)
-    # with gateway.processes N > 1: the parent starts one engine that all N processes feed, so their requests
-    # share its batches (services/gateway/shared_engine.py; a process that ends stops the gateway, for its
-    # service manager to restart); false: each process starts an engine of its own (and is restarted alone)
-    shared_engine: bool = True
+    # with gateway.processes N > 1, true: the parent starts one engine that all N processes feed, so their
+    # requests share its batches (services/gateway/shared_engine.py; a process that ends stops the gateway, for
+    # its service manager to restart); false: each process starts an engine of its own (and is restarted
+    # alone). Off by default: on one H100 with the default model neither won outright (README)
+    shared_engine: bool = False
     dtype: Literal["bfloat16", "float16"] = "bfloat16"  # weights and activations (vLLM's LoRA kernels need 16-bit)
     # weights quantized as the engine loads them: "fp8" (8-bit floats with a scale per tensor, computed by the fp8
     # units of Hopper and newer GPUs; half the weight memory) or "none" (dtype above); LoRA adapters stay 16-bit
@@ -184,7 +185,7 @@ class GatewaySettings(_Section):
     port: int = Field(8000, ge=1, le=65535)  # TCP port to bind
     # gateway processes accepting on the one port; each has its own event loop and write-ahead log
     # (wal.dir/process-<i>), per-key limits hold per process; each runs its own model engine (uvicorn's
-    # supervisor restarts one that dies), except that on vLLM they share one by default (vllm.shared_engine)
+    # supervisor restarts one that dies), or on vLLM they may share one (vllm.shared_engine)
     processes: int = Field(1, ge=1, le=64)
     # inference engine: "transformers" (CPU or GPU, continuous batching of our own) or "vllm" (CUDA GPU only,
     # the optional extra that infra/gpu/install.sh installs); both serve the same API, events and metrics

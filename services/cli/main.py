@@ -146,8 +146,8 @@ def gateway(
         int | None,
         typer.Option(
             min=1,
-            help="Processes serving the port (default: gateway.processes); on vLLM they share one engine"
-            " (gateway.vllm.shared_engine), else each has its own.",
+            help="Processes serving the port (default: gateway.processes); each has its own engine, or on vLLM"
+            " they share one (gateway.vllm.shared_engine).",
         ),
     ] = None,
 ) -> None:

@@ -10,7 +10,7 @@ environment, like every ``flywheel`` command, with what differs per process:
 
 - its write-ahead log: a slot of its own under ``gateway.wal.dir`` (:mod:`services.gateway.wal_slots`),
   and the leftover logs it replays;
-- on vLLM, by default (``gateway.vllm.shared_engine``), its client of the one engine that the parent
+- on vLLM with ``gateway.vllm.shared_engine``, its client of the one engine that the parent
   started before the workers (:mod:`services.gateway.shared_engine`): then a worker or the engine that
   ends stops the whole gateway, with a non-zero exit, instead of being restarted alone
   (:class:`SharedEngineSupervisor`);

@@ -4,12 +4,13 @@ One gateway process's event loop tops out at a few hundred requests a second whi
 waits; this measures what more processes on the same GPU give. For each P, in turn, the gateway runs
 as a child process (``python -m services.cli.main gateway --processes P``, the interpreter and
 ``PYTHONPATH`` of this script) on the vLLM backend, ``gateway.vllm.gpu_memory_utilization`` 0.8 for
-the P processes together, with ``--engine`` (``BENCH_ENGINE``) picking how they use the GPU:
+the P processes together, in turn (side by side) each way of using the GPU that ``--engines``
+(``BENCH_ENGINES``, default ``own,shared``) names:
 
-- ``shared`` (the default, as the gateway's): one engine that the parent starts, fed by all P processes
-  (services/gateway/shared_engine.py), with the whole 0.8;
-- ``own``: an engine in each process (``gateway.vllm.shared_engine`` false), 0.8/P each, started one
-  after another;
+- ``own``: an engine in each process (``gateway.vllm.shared_engine`` false, the default), 0.8/P each,
+  started one after another;
+- ``shared``: one engine that the parent starts, fed by all P processes
+  (services/gateway/shared_engine.py), with the whole 0.8 (not for P = 1, where the two are the same);
 
 and with:
 
@@ -41,7 +42,7 @@ request served, p99 under the 200 ms target) and the most served a second. ``BEN
 ``BENCH_VLLM_EAGER=1`` starts the engines without compilation or CUDA graphs (default 0: compiled).
 
 Run on the GPU machine: ``infra/gpu/install.sh bench infra/gpu/wheels bench_gpu_processes.py``. Each
-process count starts a gateway afresh (with ``--engine own`` the engine starts add up: 1 + 2 + 4 + 8 = 15
+process count starts a gateway afresh (with engines of their own the engine starts add up: 1 + 2 + 4 + 8 = 15
 of them, one at a time); to stay inside a time limit, split the counts over several runs
 (``BENCH_PROCESSES=1,2,4`` then ``BENCH_PROCESSES=8``). Each phase prints its seconds.
 """
@@ -112,9 +113,10 @@ class Step:
 
 @dataclass
 class Result:
-    """One process count's numbers."""
+    """One process count's numbers, one way."""
 
     processes: int
+    engine: str
     start_s: float
     tokens_per_s: float
     closed_failures: int
@@ -228,7 +230,7 @@ def measure(
         steps = latency_curve(clients, url, rates, seconds)
         print_steps(steps)
         print(f"  measured in {time.perf_counter() - began:.0f} s")
-    return Result(processes, start_s, tokens_per_s, failures, util, steps)
+    return Result(processes, engine, start_s, tokens_per_s, failures, util, steps)
 
 
 def print_steps(steps: list[Step]) -> None:
@@ -253,7 +255,7 @@ def raw_tokens_per_s(model_dir: Path, eager: bool) -> float:
 
 
 def summary(results: list[Result], raw: float | None) -> None:
-    """One line per process count, tokens/s against the first count's and against raw vLLM."""
+    """One line per process count and engine, tokens/s against the first's and against raw vLLM."""
     print("summary:")
     base = results[0]
     for r in results:
@@ -263,8 +265,9 @@ def summary(results: list[Result], raw: float | None) -> None:
         held_text = f"{held[-1].offered:.0f}/s (p99 {held[-1].p99:.3f} s)" if held else "none"
         best_text = f"{best.served_per_s:.0f}/s at {best.offered:.0f} offered" if best else "-"
         print(
-            f"  P={r.processes}: start {r.start_s:.0f} s; {r.tokens_per_s:,.0f} tok/s at {CLIENTS} clients"
-            f" (x{r.tokens_per_s / base.tokens_per_s:.2f} of P={base.processes}{against_raw}, GPU {r.closed_gpu:.0f}%);"
+            f"  P={r.processes} ({r.engine}): start {r.start_s:.0f} s; {r.tokens_per_s:,.0f} tok/s at {CLIENTS} clients"
+            f" (x{r.tokens_per_s / base.tokens_per_s:.2f} of P={base.processes} ({base.engine}){against_raw},"
+            f" GPU {r.closed_gpu:.0f}%);"
             f" highest rate at p99 <= {P99_TARGET_S} s, all served: {held_text}; most served {best_text}"
         )
 
@@ -291,14 +294,16 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         help="first, raw vLLM offline generation of the closed loop's prompts (the issue's reference)",
     )
     parser.add_argument(
-        "--engine",
-        choices=("shared", "own"),
-        default=os.environ.get("BENCH_ENGINE", "shared"),
-        help="one engine fed by every process, or an engine in each (module docstring)",
+        "--engines",
+        default=os.environ.get("BENCH_ENGINES", "own,shared"),
+        help="comma-separated: own (an engine in each process), shared (one engine fed by every process)",
     )
     args = parser.parse_args(argv)
     args.processes = [int(p) for p in numbers(args.processes)]
     args.rates = numbers(args.rates)
+    args.engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
+    if not args.engines or not set(args.engines) <= {"own", "shared"}:
+        parser.error("--engines: own, shared or both, comma-separated")
     if not args.processes or min(args.processes) < 1:
         parser.error("--processes: counts of at least 1, comma-separated")
     return args
@@ -312,7 +317,7 @@ def main(argv: list[str]) -> None:
 
     print(f"{machine()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, eager {args.eager}")
     print(
-        f"processes {args.processes} ({args.engine} engine), rates {args.rates}, {args.seconds:.0f} s each,"
+        f"processes {args.processes}, engines {args.engines}, rates {args.rates}, {args.seconds:.0f} s each,"
         f" GPU share {GPU_SHARE}"
     )
     model_dir = prepare_model(DEFAULT_MODEL, ModelSettings().cache_dir)  # once here, not by P processes at once
@@ -322,8 +327,10 @@ def main(argv: list[str]) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             results = [
-                measure(clients, Path(tmp), processes, args.rates, args.seconds, args.eager, args.engine)
+                measure(clients, Path(tmp), processes, args.rates, args.seconds, args.eager, engine)
                 for processes in args.processes
+                for engine in args.engines
+                if processes > 1 or engine == args.engines[0]
             ]
     finally:
         clients.close()

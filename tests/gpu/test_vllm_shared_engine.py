@@ -103,12 +103,12 @@ def test_each_process_gets_the_weights_of_the_adapter_it_names(
 def test_both_processes_requests_share_the_engines_batches(
     loop: asyncio.Runner, pair: Pair, shared_metrics: GatewayMetrics
 ) -> None:
-    """24 requests from each process at once: some engine step runs more than one process's 24."""
+    """32 requests from each process at once: some engine step runs more than one process's 32."""
     long = SamplingParams(max_tokens=48, temperature=0.0)
 
     async def both() -> list[int]:
-        requests = [backend.generate(ask(PROMPTS[1], BASE, long)) for backend in pair for _ in range(24)]
+        requests = [backend.generate(ask(PROMPTS[1], BASE, long)) for backend in pair for _ in range(32)]
         return [g.completion_tokens for g in await asyncio.gather(*requests)]
 
     assert all(tokens > 0 for tokens in loop.run(both()))
-    assert _observed_batches_above(shared_metrics, 24)
+    assert _observed_batches_above(shared_metrics, 32)  # 32 is a bucket bound of flywheel_batch_size
