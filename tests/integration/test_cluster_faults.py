@@ -20,7 +20,7 @@ held, and both shards stop. Every phase is timed and a summary line printed (``p
 Checked exactly:
 
 - the only failed requests are those in flight at gateway b when it died: each began before the
-  kill and ended after it, with the proxy's ``upstream_failed`` or a stream cut off, and the proxy
+  process had ended and ended after the kill, with the proxy's ``upstream_failed`` or a stream cut off, and the proxy
   logged each against gateway b;
 - the analyst views hold one served interaction for every answered chat request and one row for
   every accepted feedback, and nothing else but at most one row per failed request (gateway b may
@@ -227,17 +227,28 @@ def rig(tmp_path: Path, serve_app: ServeApp) -> Iterator[Rig]:
         yield Rig(stack, cluster, kafka, key, envs, gateways, shards, proxy)
 
 
-def kill_gateway(rig: Rig, traffic: Traffic, workdir: Path) -> tuple[float, int, Service]:
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def kill_gateway(rig: Rig, traffic: Traffic, workdir: Path) -> tuple[tuple[float, float], int, Service]:
     """SIGKILL gateway b while long answers are under way and restart it at once on its log (on a port of its own).
 
-    Returns when the traffic has gone on for AFTER_S seconds and the new process is up: the time of
-    the kill, the events the dead process's log held, and the new process.
+    Returns when the traffic has gone on for AFTER_S seconds and the new process is up: the times of
+    the kill and of the process's end, the events the dead process's log held, and the new process.
     """
     traffic.long_answers.set()
     time.sleep(2.0)  # the short answers under way end
     wait_until(lambda: traffic.chats_in_flight >= CLIENTS - 1, TIMEOUT_S, "long answers in flight")
     killed_at = time.monotonic()
     os.kill(rig.gateways["b"].pid, signal.SIGKILL)
+    # until the process has ended, its listening socket still takes connections, which then fail
+    wait_until(lambda: ended(rig.gateways["b"].pid), 10, "gateway b to end")
+    dead_at = time.monotonic()
     traffic.long_answers.clear()
     replayed = logged_events(Path(rig.envs["b"]["FLYWHEEL_GATEWAY__WAL__DIR"]))
     workdir.mkdir()
@@ -245,7 +256,7 @@ def kill_gateway(rig: Rig, traffic: Traffic, workdir: Path) -> tuple[float, int,
         restarting = pool.submit(rig.stack.enter_context, service_process("gateway", workdir, rig.envs["b"]))
         time.sleep(max(0.0, killed_at + AFTER_S - time.monotonic()))
         traffic.stop()
-        return killed_at, replayed, restarting.result()
+        return (killed_at, dead_at), replayed, restarting.result()
 
 
 def recover(rig: Rig, restarted: Service, lake: Path) -> None:
@@ -282,7 +293,7 @@ def test_broker_sink_and_gateway_killed_under_traffic_lose_and_double_nothing(
         partitions_of(r.kafka, r.shards["b"])
         clock.lap("sink handover")
 
-        killed_at, replayed, restarted = kill_gateway(r, traffic, tmp_path / "b-restarted")  # 3. a gateway
+        killing, replayed, restarted = kill_gateway(r, traffic, tmp_path / "b-restarted")  # 3. a gateway
         clock.lap("gateway b dead")
         recover(r, restarted, lake)
         clock.lap("recovery")
@@ -312,7 +323,8 @@ def test_broker_sink_and_gateway_killed_under_traffic_lose_and_double_nothing(
 
     # Failures: only requests in flight at gateway b when it died, each reported by the proxy against b;
     # every request after that which the proxy first tried on b went to a.
-    assert all(o.started < killed_at < o.ended and o.failure in IN_FLIGHT for o in failed), failed
+    killed_at, dead_at = killing
+    assert all(o.started < dead_at and killed_at < o.ended and o.failure in IN_FLIGHT for o in failed), failed
     assert len(failed) <= CLIENTS
     assert (proxy_saw["b failed"], proxy_saw["a failed"], proxy_saw["a refused"]) == (len(failed), 0, 0)
     assert proxy_saw["b refused"] > 0
