@@ -122,6 +122,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str =
         time.sleep(0.05)
 
 
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
 def run_in_thread(target: Callable[[], None], name: str) -> threading.Thread:
     """Start ``target`` in a daemon thread."""
     thread = threading.Thread(target=target, name=name, daemon=True)

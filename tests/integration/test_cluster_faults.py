@@ -53,7 +53,7 @@ from api_keys import gateway_process_env, publish_keys
 from cluster_traffic import TIMEOUT_S, Clock, Traffic
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka_cluster import Cluster, cluster_settings, replicas, running_cluster
-from pipeline_events import wait_until
+from pipeline_events import process_ended, wait_until
 from sink_processes import ShardProcess, sink_shard
 from starlette.applications import Starlette
 from test_sink_shards import all_committed, partitions_of
@@ -227,14 +227,6 @@ def rig(tmp_path: Path, serve_app: ServeApp) -> Iterator[Rig]:
         yield Rig(stack, cluster, kafka, key, envs, gateways, shards, proxy)
 
 
-def ended(pid: int) -> bool:
-    """Whether process ``pid`` has ended (gone, or a zombie its parent has not reaped yet)."""
-    try:
-        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-
-
 def kill_gateway(rig: Rig, traffic: Traffic, workdir: Path) -> tuple[tuple[float, float], int, Service]:
     """SIGKILL gateway b while long answers are under way and restart it at once on its log (on a port of its own).
 
@@ -247,7 +239,7 @@ def kill_gateway(rig: Rig, traffic: Traffic, workdir: Path) -> tuple[tuple[float
     killed_at = time.monotonic()
     os.kill(rig.gateways["b"].pid, signal.SIGKILL)
     # until the process has ended, its listening socket still takes connections, which then fail
-    wait_until(lambda: ended(rig.gateways["b"].pid), 10, "gateway b to end")
+    wait_until(lambda: process_ended(rig.gateways["b"].pid), 10, "gateway b to end")
     dead_at = time.monotonic()
     traffic.long_answers.clear()
     replayed = logged_events(Path(rig.envs["b"]["FLYWHEEL_GATEWAY__WAL__DIR"]))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pipeline_events import wait_until
+from pipeline_events import process_ended, wait_until
 
 from feedback.errors import ModelError
 from feedback.settings import GatewaySettings, Settings, VLLMSettings
@@ -135,14 +135,6 @@ def supervised_pids(port: int) -> set[int]:
     return seen
 
 
-def gone(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "State:\tZ" in status  # ended, not yet reaped
-
-
 @pytest.mark.parametrize("ending", ["engine", "worker", "sigterm"])
 def test_when_the_engine_or_a_process_ends_every_process_stops_and_the_exit_says_why(
     ending: str, tmp_path: Path
@@ -175,7 +167,7 @@ def test_when_the_engine_or_a_process_ends_every_process_stops_and_the_exit_says
         if supervisor.poll() is None:
             os.killpg(supervisor.pid, signal.SIGKILL)
     for pid in workers:
-        wait_until(lambda p=pid: gone(p), 30, f"worker {pid} to end")
+        wait_until(lambda p=pid: process_ended(p), 30, f"worker {pid} to end")
     text = log.read_text()
     why = {"engine": "the shared vLLM engine ended", "worker": f"gateway process {min(workers)} ended (exit code -9)"}
     if ending == "sigterm":
