@@ -21,6 +21,7 @@ from pipeline_events import process_ended, wait_until
 from feedback.errors import ModelError
 from feedback.settings import GatewaySettings, Settings, VLLMSettings
 from services.cli.ports import free_port
+from services.gateway.app import load_backend
 from services.gateway.scheduler import Overloaded, ShadowShed
 from services.gateway.shared_engine import ENV, AdapterIds, SharedEngine, shares_engine
 from services.gateway.vllm_backend import VLLMBackend
@@ -76,6 +77,15 @@ def test_each_process_finds_its_own_addresses_in_the_environment() -> None:
     assert SharedEngine.from_environment({}) is None
     with pytest.raises(ModelError, match=r"gateway process 2 has no place on the shared engine, .* for 2 processes"):
         engine.client(2)
+
+
+def test_a_process_whose_model_is_not_the_engines_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    """The engine was started on the parent's model; a process configured with another would name adapters of
+    one base model to an engine serving another."""
+    settings = Settings(gateway=GatewaySettings(backend="vllm"))
+    elsewhere = SharedEngine(str(tmp_path / "other-model"), ["a"], ["b"], str(tmp_path / "ids"))
+    with pytest.raises(ModelError, match=r"the shared vLLM engine serves '.*other-model', but this process's model"):
+        load_backend(settings, shared=elsewhere.client(0))
 
 
 @pytest.mark.parametrize(
