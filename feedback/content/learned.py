@@ -1,12 +1,14 @@
-"""The learned filter: a logistic regression over the default model's hidden states.
+"""The learned filter: the first layers of the default model, fine-tuned as a classifier.
 
 Features are the mean, over a text's tokens, of SmolLM2-135M-Instruct's hidden state after its
-first ``layer`` decoder layers (the weights file names the layer). Only those layers are loaded
-and run, from the model directory the model cache already holds, so nothing is fetched. The
-regression (standardisation, coefficients, intercept) ships in ``learned.npz``; it was fitted on
-the development split of the labelled corpora only, by ``tests/feedback/content/fit_learned.py``
-(which reproduces it exactly). The file also keeps the features of a probe sentence: a model
-directory whose features differ (another model, other weights) is refused at load.
+first ``layer`` decoder layers (the weights file names the layer), with LoRA adapters on every
+projection of those layers merged into their weights at load. A standardised logistic head turns
+the features into a probability. Only those layers are loaded and run, from the model directory
+the model cache already holds, so nothing is fetched. The adapters (their ``A`` and ``B`` factors)
+and the head ship in ``learned.npz`` (about 5 MB); they were trained on the development corpora
+only, by ``tests/feedback/content/fit_learned.py`` (which reproduces them). The file also keeps
+the features of a probe sentence: a model directory whose features differ (another model, other
+weights) is refused at load.
 """
 
 from __future__ import annotations
@@ -44,14 +46,18 @@ Vector = NDArray[np.float64]
 class HiddenStateFeatures:
     """Mean-pooled hidden states of the first ``layer`` decoder layers of a Llama-family model."""
 
-    def __init__(self, model_dir: Path, layer: int) -> None:
+    def __init__(self, model_dir: Path, layer: int, adapters: Adapters | None = None) -> None:
+        """``adapters``: LoRA factors to merge into the loaded layers' weights (none: the model as it is)."""
         try:
             self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
             config = LlamaConfig(**json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
             config.num_hidden_layers = layer
             self._model: Any = cast(Any, LlamaModel(config)).eval()
             self._model.norm = torch.nn.Identity()  # the hidden state itself, not the final norm of the last layer
-            self._model.load_state_dict(_layers(model_dir / "model.safetensors", layer))
+            weights = _layers(model_dir / "model.safetensors", layer)
+            if adapters is not None:
+                adapters.merge_into(weights)
+            self._model.load_state_dict(weights)
         except Exception as exc:  # tokenizers, safetensors and torch each raise errors of their own
             raise ContentFilterError(f"the learned classifier's model {str(model_dir)!r} cannot load: {exc}") from exc
         self.layer = layer
@@ -96,8 +102,22 @@ def _layers(weights: Path, layer: int) -> dict[str, torch.Tensor]:
 
 
 @dataclass(frozen=True)
+class Adapters:
+    """LoRA factors of linear layers: ``weight += scaling * B @ A`` for each named module."""
+
+    scaling: float
+    factors: dict[str, tuple[NDArray[np.float32], NDArray[np.float32]]]  # module name -> (A, B)
+
+    def merge_into(self, weights: dict[str, torch.Tensor]) -> None:
+        """Add each module's product to its ``.weight`` in ``weights`` (a missing module is a KeyError)."""
+        for name, (a, b) in self.factors.items():
+            weights[f"{name}.weight"] += self.scaling * (torch.from_numpy(b) @ torch.from_numpy(a))
+
+
+@dataclass(frozen=True)
 class LogisticModel:
-    """A standardised logistic regression, as fitted by scikit-learn and kept in an ``.npz`` file."""
+    """A standardised logistic head over the features of the first ``layer`` layers (with ``adapters``
+    merged into them), kept in an ``.npz`` file."""
 
     layer: int
     mean: Vector
@@ -105,6 +125,7 @@ class LogisticModel:
     coef: Vector
     intercept: float
     probe: Vector
+    adapters: Adapters | None = None
 
     def probabilities(self, features: NDArray[np.float64]) -> list[float]:
         """The probability that each row's text is sensitive."""
@@ -121,6 +142,10 @@ class LogisticModel:
             "intercept": np.array(self.intercept),
             "probe": self.probe,
         }
+        if self.adapters is not None:
+            arrays["lora_scaling"] = np.array(self.adapters.scaling)
+            for name, (a, b) in self.adapters.factors.items():
+                arrays[f"lora_A:{name}"], arrays[f"lora_B:{name}"] = a, b
         with path.open("wb") as file:
             np.savez(file, **arrays)
 
@@ -133,6 +158,14 @@ class LogisticModel:
         """
         try:
             with np.load(path) as data:
+                adapters = None
+                if "lora_scaling" in data:
+                    names = sorted(key.removeprefix("lora_A:") for key in data.files if key.startswith("lora_A:"))
+                    factors = {
+                        n: (data[f"lora_A:{n}"].astype(np.float32), data[f"lora_B:{n}"].astype(np.float32))
+                        for n in names
+                    }
+                    adapters = Adapters(float(data["lora_scaling"]), factors)
                 return cls(
                     layer=int(data["layer"]),
                     mean=data["mean"].astype(np.float64),
@@ -140,6 +173,7 @@ class LogisticModel:
                     coef=data["coef"].astype(np.float64),
                     intercept=float(data["intercept"]),
                     probe=data["probe"].astype(np.float64),
+                    adapters=adapters,
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise ContentFilterError(f"the learned classifier's weights {str(path)!r} cannot be read: {exc}") from exc
@@ -153,7 +187,7 @@ class LearnedClassifier:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
         self.model = LogisticModel.read(weights)
-        self.features = HiddenStateFeatures(model_dir, self.model.layer)
+        self.features = HiddenStateFeatures(model_dir, self.model.layer, self.model.adapters)
         [probe] = self.features([PROBE])
         if probe.shape != self.model.probe.shape or np.abs(probe - self.model.probe).max() > PROBE_TOLERANCE:
             raise ContentFilterError(

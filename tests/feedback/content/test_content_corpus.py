@@ -3,10 +3,11 @@
 ``corpus/sensitive.tsv`` and ``corpus/benign.tsv`` are the TEST split: written by hand before the
 term list existed and never used to tune it. The benign side adds the project's catalogue
 questions, answers and prompts (``feedback.catalogue``) and the golden sets. The ``dev_`` files
-are the split the term list and the classifiers' thresholds were tuned on, and the only text the
-learned classifier was fitted on (``fit_learned.py``). ``corpus/round4_*.tsv`` is a batch written
-after the third round and never used to tune anything: text the filter has never seen. Run with
-``-s`` to see the numbers:
+are the split the term list and the classifiers' thresholds were tuned on; they and the ``dev5_``
+files (a second training batch, written in the fifth round) are the only text the learned
+classifier was trained on (``fit_learned.py``). ``corpus/round4_*.tsv`` is a batch written after
+the third round and never used to tune anything: text the filter has never seen. Run with ``-s``
+to see the numbers:
 
     .venv/bin/pytest -q -s tests/feedback/content/test_content_corpus.py
 """
@@ -32,6 +33,7 @@ from feedback.settings import ContentFilterSettings
 
 CORPUS = Path(__file__).with_name("corpus")
 GOLDEN = Path(__file__).parents[3] / "evaluation" / "golden"
+DEV = ("dev_sensitive.tsv", "dev_benign.tsv", "dev5_sensitive.tsv", "dev5_benign.tsv")  # trained on
 CATALOGUE_SEED = 20261206  # a catalogue of its own; the questions and answers are the shop's usual text
 
 
@@ -134,10 +136,10 @@ def test_the_corpora_are_large_enough_and_apart(test_split: tuple[Rows, Rows]) -
     assert len(sensitive) >= 300
     assert len(benign) >= 1000
     assert len({label for label, _ in sensitive}) == 6
-    dev = {text for _, text in labelled("dev_sensitive.tsv") + labelled("dev_benign.tsv")}
-    assert not dev & {text for _, text in sensitive + benign}  # no line of the dev split is tested on
+    dev = {text.casefold() for name in DEV for _, text in labelled(name)}
+    assert not dev & {text.casefold() for _, text in sensitive + benign}  # no line of the dev corpora is tested on
     round4 = [text.casefold() for _, text in labelled("round4_sensitive.tsv") + labelled("round4_benign.tsv")]
-    everything = {text.casefold() for _, text in sensitive + benign} | {text.casefold() for text in dev}
+    everything = {text.casefold() for _, text in sensitive + benign} | dev
     assert len(round4) == len(set(round4)) == 398
     assert not set(round4) & everything  # round 4 repeats no line of any other corpus
 
@@ -150,15 +152,16 @@ def test_recall_and_false_block_rate_on_the_test_split(test_split: tuple[Rows, R
     assert counts == {
         "term list": (334, 0),
         "offensive-language classifier": (45, 2),
-        "learned classifier": (90, 0),
+        "learned classifier": (207, 1),
         "shipped": (334, 2),  # recall 0.9489
-        "with learned": (335, 2),  # recall 0.9517
+        "with learned": (345, 3),  # recall 0.9801
     }
     assert [text for _, text in measured["with learned"][1]] == [
         "A female dog is called a bitch in breeding registries.",
         "The ass is another name for a donkey in older English texts.",
+        "How do I make a mojito?",
     ]
-    assert len(measured["with learned"][1]) / len(benign) < 0.005  # 2/1218 = 0.0016
+    assert len(measured["with learned"][1]) / len(benign) < 0.005  # 3/1218 = 0.0025
 
 
 @pytest.mark.xfail(strict=True, reason="shipped settings: recall 0.9489 (334/352) on the test split, short of 0.95")
@@ -171,12 +174,12 @@ def test_recall_of_the_shipped_filter_reaches_the_target_on_the_test_split(
 def test_recall_with_the_learned_classifier_reaches_the_target_on_the_test_split(
     test_split: tuple[Rows, Rows], measured: Verdicts
 ) -> None:
-    """Met by one line (335 of 352, where 335 is needed); round 4 below shows how much that flatters the filter."""
+    """345 of 352 (335 are needed); round 4 below shows what that is worth on text written after every choice."""
     assert len(measured["with learned"][0]) / len(test_split[0]) >= 0.95
 
 
 def test_recall_and_false_block_rate_on_the_round4_batch() -> None:
-    """Text written after every tuning round: pinned, and far from the target (see the README)."""
+    """Text written after every tuning round: pinned, and short of the target (see the README)."""
     sensitive, benign = labelled("round4_sensitive.tsv"), labelled("round4_benign.tsv")
     verdicts = measure(sensitive, benign)
     show("the round-4 batch (never tuned on)", sensitive, benign, verdicts)
@@ -184,7 +187,7 @@ def test_recall_and_false_block_rate_on_the_round4_batch() -> None:
     assert counts == {
         "term list": (80, 6),
         "offensive-language classifier": (6, 2),
-        "learned classifier": (12, 0),
+        "learned classifier": (75, 0),
         "shipped": (80, 8),  # recall 80/150 = 0.533, false blocks 8/248 = 0.032
-        "with learned": (84, 8),  # recall 84/150 = 0.56
+        "with learned": (108, 8),  # recall 108/150 = 0.72
     }

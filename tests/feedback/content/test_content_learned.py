@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fit_learned import LAYER, C, dev_split, fit
+import torch
+from fit_learned import LAYER, dev_split, exported, train
 from pydantic import ValidationError
 
 import feedback.content
 from feedback.content import CombinedFilter, LearnedClassifier, TermFilter, build_filter
-from feedback.content.learned import PROBE, SHIPPED_WEIGHTS, LogisticModel
+from feedback.content.learned import SHIPPED_WEIGHTS, Adapters, LogisticModel
 from feedback.errors import ContentFilterError, ModelNotFoundError
 from feedback.settings import ContentFilterSettings
 
@@ -97,11 +98,48 @@ def test_without_the_default_model_build_filter_says_so(monkeypatch: pytest.Monk
     assert isinstance(build_filter(ContentFilterSettings(learned=False)), CombinedFilter)  # the model is not needed
 
 
-def test_refitting_on_the_dev_split_reproduces_the_shipped_weights(learned: LearnedClassifier) -> None:
-    texts, labels, _ = dev_split()
-    refit = fit(learned.features(texts), labels, C, learned.features([PROBE]))
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft asks for it
+def test_retraining_on_the_dev_corpora_reproduces_the_shipped_weights(model_dir: Path) -> None:
+    """A few minutes on one thread: the whole of fit_learned.py but the file write."""
+    training, validation = dev_split()
+    retrained = exported(model_dir, train(model_dir, training, progress=False))
     shipped = LogisticModel.read(SHIPPED_WEIGHTS)
-    assert (refit.layer, shipped.layer) == (LAYER, LAYER)
-    for field in ("mean", "scale", "coef", "probe"):  # float32 sums differ a little with the thread count
-        np.testing.assert_allclose(getattr(refit, field), getattr(shipped, field), rtol=1e-4, atol=1e-5)
-    assert refit.intercept == pytest.approx(shipped.intercept, abs=1e-5)
+    assert (retrained.layer, shipped.layer) == (LAYER, LAYER)
+    assert retrained.adapters is not None
+    assert shipped.adapters is not None
+    assert sorted(retrained.adapters.factors) == sorted(shipped.adapters.factors)
+    assert len(shipped.adapters.factors) == 7 * LAYER  # every projection of every layer kept
+    for name, (a, b) in shipped.adapters.factors.items():  # float sums differ a little between machines
+        np.testing.assert_allclose(retrained.adapters.factors[name][0], a, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(retrained.adapters.factors[name][1], b, rtol=1e-3, atol=1e-4)
+    for field in ("mean", "scale", "coef", "probe"):
+        np.testing.assert_allclose(getattr(retrained, field), getattr(shipped, field), rtol=1e-3, atol=1e-4)
+    assert retrained.intercept == pytest.approx(shipped.intercept, abs=1e-3)
+    assert len(validation.texts) == 400
+
+
+def test_adapters_add_their_scaled_product_to_the_named_weights() -> None:
+    a = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)  # rank 1: A is 1 x 3, B is 2 x 1
+    b = np.array([[1.0], [-1.0]], dtype=np.float32)
+    weights = {"layers.0.mlp.up_proj.weight": torch.ones(2, 3), "layers.0.norm.weight": torch.ones(3)}
+    Adapters(2.0, {"layers.0.mlp.up_proj": (a, b)}).merge_into(weights)
+    assert weights["layers.0.mlp.up_proj.weight"].tolist() == [[3.0, 5.0, 7.0], [-1.0, -3.0, -5.0]]
+    assert weights["layers.0.norm.weight"].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(KeyError):
+        Adapters(1.0, {"layers.9.mlp.up_proj": (a, b)}).merge_into(weights)
+
+
+def test_the_adapters_travel_through_the_file(tmp_path: Path) -> None:
+    shipped = LogisticModel.read(SHIPPED_WEIGHTS)
+    assert shipped.adapters is not None
+    path = tmp_path / "copy.npz"
+    shipped.save(path)
+    copy = LogisticModel.read(path)
+    assert copy.adapters is not None
+    assert copy.adapters.scaling == shipped.adapters.scaling == 2.0
+    for name, (a, b) in shipped.adapters.factors.items():
+        assert np.array_equal(copy.adapters.factors[name][0], a)
+        assert np.array_equal(copy.adapters.factors[name][1], b)
+    frozen = dataclasses.replace(shipped, adapters=None)
+    frozen.save(path)
+    assert LogisticModel.read(path).adapters is None  # a file without adapters is the frozen model's head
