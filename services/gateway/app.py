@@ -19,7 +19,6 @@ from feedback.apikeys import KeyBook, KeyWatcher
 from feedback.audit import AuditTrail
 from feedback.content import ContentFilter, build_filter
 from feedback.deployments import DeploymentState, DeploymentWatcher
-from feedback.errors import ModelError
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
 from feedback.producer import open_producer
@@ -58,10 +57,6 @@ def load_backend(
     model = settings.model
     model_dir = prepare_model(source or model.source, model.cache_dir)
     registry = open_registry(model)  # adapters missing locally come from model.registry_url, if set
-    if shared is not None and shared.model_dir.resolve() != model_dir.resolve():
-        raise ModelError(
-            f"the shared vLLM engine serves {str(shared.model_dir)!r}, but this process's model is {str(model_dir)!r}"
-        )
     if settings.gateway.backend == "vllm":
         return VLLMBackend(model_dir, settings.gateway, registry, shared=shared)
     runtime = ModelRuntime.load(model_dir, device=model.device, dtype=model.dtype, threads=model.threads)

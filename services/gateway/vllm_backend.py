@@ -84,7 +84,10 @@ class VLLMBackend:
         shared: EngineClient | None = None,
     ) -> None:
         """``shared``: use the engine that the gateway's parent process started (services.gateway.shared_engine)
-        instead of starting one."""
+        instead of starting one; it must serve ``model_dir``, whose adapters this backend names to it."""
+        if shared is not None and shared.model_dir.resolve() != model_dir.resolve():
+            served, mine = str(shared.model_dir), str(model_dir)
+            raise ModelError(f"the shared vLLM engine serves {served!r}, but this process's model is {mine!r}")
         self._model_dir = model_dir
         self._settings = settings or GatewaySettings()
         self._registry = registry
