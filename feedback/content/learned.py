@@ -68,28 +68,37 @@ class HiddenStateFeatures:
         The attention is causal, so padding after a text's last token changes none of its hidden
         states: a text's features are the same alone or in a batch (to float rounding).
         """
-        ids = [self._ids(text) for text in texts]
+        ids = [self.ids(text) for text in texts]
         rows = np.zeros((len(ids), self._model.config.hidden_size))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), BATCH):
             batch = order[start : start + BATCH]
-            width = max(len(ids[i]) for i in batch)
-            padded = torch.tensor([ids[i] + [0] * (width - len(ids[i])) for i in batch])
             with torch.inference_mode():
-                hidden = self._model(input_ids=padded).last_hidden_state
-            for row, i in enumerate(batch):
-                rows[i] = hidden[row, : len(ids[i])].mean(dim=0).double().numpy()
+                rows[batch] = mean_pooled(self._model, [ids[i] for i in batch]).double().numpy()
         return rows
 
     def judged(self, text: str) -> bool:
         """Whether ``text`` is long enough to judge (MIN_TOKENS tokens or more)."""
         return len(self._tokenizer.encode(text).ids) >= MIN_TOKENS
 
-    def _ids(self, text: str) -> list[int]:
+    def ids(self, text: str, limit: int = MAX_TOKENS) -> list[int]:
+        """The text's token ids; a text longer than ``limit`` keeps its first and last ``limit // 2``."""
         ids: list[int] = self._tokenizer.encode(text).ids or [0]  # [0]: the end-of-text token stands for ""
-        if len(ids) > MAX_TOKENS:
-            ids = ids[: MAX_TOKENS // 2] + ids[-MAX_TOKENS // 2 :]
+        if len(ids) > limit:
+            ids = ids[: limit // 2] + ids[-limit // 2 :]
         return ids
+
+
+def mean_pooled(model: Any, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Each text's mean hidden state over its own tokens, the texts padded on the right in one forward pass.
+
+    The attention is causal, so padding after a text's last token changes none of its hidden states.
+    """
+    width = max(len(ids) for ids in batch)
+    padded = torch.tensor([[*ids, *[0] * (width - len(ids))] for ids in batch])
+    mask = torch.tensor([[1.0] * len(ids) + [0.0] * (width - len(ids)) for ids in batch])
+    hidden: torch.Tensor = model(input_ids=padded).last_hidden_state
+    return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
 def _layers(weights: Path, layer: int) -> dict[str, torch.Tensor]:

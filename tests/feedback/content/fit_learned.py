@@ -44,6 +44,7 @@ from feedback.content.learned import (
     HiddenStateFeatures,
     LearnedClassifier,
     LogisticModel,
+    mean_pooled,
 )
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.settings import ModelSettings
@@ -113,16 +114,10 @@ class Classifier(nn.Module):
         self.head = nn.Linear(size, 1)
 
     def ids(self, text: str) -> list[int]:
-        ids: list[int] = self.frozen._tokenizer.encode(text).ids or [0]
-        return ids if len(ids) <= MAX_TRAIN_TOKENS else ids[: MAX_TRAIN_TOKENS // 2] + ids[-MAX_TRAIN_TOKENS // 2 :]
+        return self.frozen.ids(text, MAX_TRAIN_TOKENS)
 
     def pooled(self, batch: list[list[int]]) -> torch.Tensor:
-        """Mean hidden state over each text's own tokens (right padding changes none of them: causal attention)."""
-        width = max(len(ids) for ids in batch)
-        padded = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch])
-        mask = torch.tensor([[1.0] * len(ids) + [0.0] * (width - len(ids)) for ids in batch])
-        hidden = self.body(input_ids=padded).last_hidden_state
-        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return mean_pooled(self.body, batch)
 
     def forward(self, batch: list[list[int]]) -> torch.Tensor:
         return self.head((self.pooled(batch) - self.mean) / self.scale).squeeze(-1)
