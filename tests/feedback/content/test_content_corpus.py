@@ -5,9 +5,11 @@ term list existed and never used to tune it. The benign side adds the project's 
 questions, answers and prompts (``feedback.catalogue``) and the golden sets. The ``dev_`` files
 are the split the term list and the classifiers' thresholds were tuned on; they and the ``dev5_``
 files (a second training batch, written in the fifth round) are the only text the learned
-classifier was trained on (``fit_learned.py``). ``corpus/round4_*.tsv`` is a batch written after
-the third round and never used to tune anything: text the filter has never seen. Run with ``-s``
-to see the numbers:
+classifier was trained on (``fit_learned.py``). The ``dev6_`` files (a third batch, written in the
+sixth round) trained a classifier that was measured and not shipped (README); nothing shipped was
+fitted on them. ``corpus/round4_*.tsv`` and ``corpus/round6_*.tsv`` are batches written after the
+third and the sixth round and never used to tune anything: text the filter has never seen. Run
+with ``-s`` to see the numbers:
 
     .venv/bin/pytest -q -s tests/feedback/content/test_content_corpus.py
 """
@@ -33,7 +35,7 @@ from feedback.settings import ContentFilterSettings
 
 CORPUS = Path(__file__).with_name("corpus")
 GOLDEN = Path(__file__).parents[3] / "evaluation" / "golden"
-DEV = ("dev_sensitive.tsv", "dev_benign.tsv", "dev5_sensitive.tsv", "dev5_benign.tsv")  # trained on
+DEV = tuple(f"{batch}_{side}.tsv" for batch in ("dev", "dev5", "dev6") for side in ("sensitive", "benign"))
 CATALOGUE_SEED = 20261206  # a catalogue of its own; the questions and answers are the shop's usual text
 
 
@@ -138,10 +140,12 @@ def test_the_corpora_are_large_enough_and_apart(test_split: tuple[Rows, Rows]) -
     assert len({label for label, _ in sensitive}) == 6
     dev = {text.casefold() for name in DEV for _, text in labelled(name)}
     assert not dev & {text.casefold() for _, text in sensitive + benign}  # no line of the dev corpora is tested on
-    round4 = [text.casefold() for _, text in labelled("round4_sensitive.tsv") + labelled("round4_benign.tsv")]
     everything = {text.casefold() for _, text in sensitive + benign} | dev
-    assert len(round4) == len(set(round4)) == 398
-    assert not set(round4) & everything  # round 4 repeats no line of any other corpus
+    for batch, size in (("round4", 398), ("round6", 476)):
+        lines = [text.casefold() for _, text in labelled(f"{batch}_sensitive.tsv") + labelled(f"{batch}_benign.tsv")]
+        assert len(lines) == len(set(lines)) == size
+        assert not set(lines) & everything  # a held-out batch repeats no line of any other corpus
+        everything |= set(lines)
 
 
 def test_recall_and_false_block_rate_on_the_test_split(test_split: tuple[Rows, Rows], measured: Verdicts) -> None:
@@ -178,16 +182,33 @@ def test_recall_with_the_learned_classifier_reaches_the_target_on_the_test_split
     assert len(measured["with learned"][0]) / len(test_split[0]) >= 0.95
 
 
-def test_recall_and_false_block_rate_on_the_round4_batch() -> None:
-    """Text written after every tuning round: pinned, and short of the target (see the README)."""
-    sensitive, benign = labelled("round4_sensitive.tsv"), labelled("round4_benign.tsv")
-    verdicts = measure(sensitive, benign)
-    show("the round-4 batch (never tuned on)", sensitive, benign, verdicts)
-    counts = {name: (len(caught), len(false_blocks)) for name, (caught, false_blocks) in verdicts.items()}
-    assert counts == {
+HELD_OUT = {
+    # written after the third round, before the learned classifier existed; the fifth round's choice among 4
+    # variants of that classifier looked at it too (README)
+    "round4": {
         "term list": (80, 6),
         "offensive-language classifier": (6, 2),
         "learned classifier": (75, 0),
         "shipped": (80, 8),  # recall 80/150 = 0.533, false blocks 8/248 = 0.032
         "with learned": (108, 8),  # recall 108/150 = 0.72
-    }
+    },
+    # written in the sixth round from a brief alone, after every choice; the learned classifier retrained on the
+    # dev6 batch was measured on it once and not shipped (README)
+    "round6": {
+        "term list": (88, 11),
+        "offensive-language classifier": (12, 0),
+        "learned classifier": (89, 4),
+        "shipped": (88, 11),  # recall 88/180 = 0.489, false blocks 11/296 = 0.037
+        "with learned": (122, 15),  # recall 122/180 = 0.678, false blocks 15/296 = 0.051
+    },
+}
+
+
+@pytest.mark.parametrize("batch", sorted(HELD_OUT))
+def test_recall_and_false_block_rate_on_the_held_out_batches(batch: str) -> None:
+    """Text written after the filter's choices: pinned, and short of the target (see the README)."""
+    sensitive, benign = labelled(f"{batch}_sensitive.tsv"), labelled(f"{batch}_benign.tsv")
+    verdicts = measure(sensitive, benign)
+    show(f"the {batch} batch (never tuned on)", sensitive, benign, verdicts)
+    counts = {name: (len(caught), len(false_blocks)) for name, (caught, false_blocks) in verdicts.items()}
+    assert counts == HELD_OUT[batch]
