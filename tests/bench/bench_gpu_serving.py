@@ -16,7 +16,10 @@ Parts (``python tests/bench/bench_gpu_serving.py [PARTS] [--large]``; all by def
    ``--large`` runs the chosen parts on a model of SmolLM2-1.7B's shape built from the default model's
    configuration with random weights.
 2. ``shadow``: served p50/p99 at 64 clients with 100% shadow (a LoRA challenger) against shadow
-   off, alternating; the share of shadow copies completed.
+   off, alternating; the share of shadow copies completed. ``engine``: the same comparison on the
+   vLLM backend alone (no HTTP, no gateway: 64 coroutines calling ``VLLMBackend.generate``, each
+   served request starting its shadow copy), in a process of its own, so what the engine and vLLM's
+   client cost separates from what the gateway's event loop costs.
 3. ``latency``: open-loop arrivals of short requests (16 generated tokens) at rising rates; p50,
    p99, refusals and failures per rate, and the GPU's utilisation sampled during each step.
 
@@ -28,6 +31,7 @@ Parts (``python tests/bench/bench_gpu_serving.py [PARTS] [--large]``; all by def
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -50,10 +54,11 @@ import httpx
 from bench_serving import KEY, make_challenger, quantiles, serve, shadow_counts, with_shadow
 from load_client import Phase, open_loop
 
-from feedback.model.runtime import ModelRuntime, render_chat
+from feedback.events import ChatMessage
+from feedback.model.runtime import ModelRuntime, SamplingParams, render_chat
 from feedback.model.source import DEFAULT_MODEL, prepare_model
 from feedback.registry import AdapterRegistry
-from feedback.settings import ModelSettings, Settings, VLLMSettings
+from feedback.settings import GatewaySettings, ModelSettings, Settings, VLLMSettings
 from services.cli.credentials import bearer
 from services.gateway.backend import InferenceBackend, TransformersBackend
 
@@ -128,6 +133,85 @@ def raw_engine(model_dir: Path, quantization: str = "none") -> Any:
         generation_config="vllm",
         **engine_settings(),
     )
+
+
+# ----- the vLLM backend alone, in a process of its own -----
+
+
+def engine_shadow(model_dir: Path, registry: Path, challenger: str) -> dict[str, list[float]]:
+    """Served latencies with shadow off and 100% (see :func:`engine_child`), from a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "engine.json"
+        argv = [sys.executable, __file__, "engine", str(model_dir), str(registry), challenger, str(out)]
+        child = subprocess.run(argv, check=False)
+        if child.returncode != 0 or not out.exists():
+            raise RuntimeError("the backend's shadow run failed (its output is above)")
+        result: dict[str, list[float]] = json.loads(out.read_text())
+    return result
+
+
+def engine_child(model_dir: Path, registry: Path, challenger: str, out: Path) -> None:
+    out.write_text(json.dumps(asyncio.run(_engine_shadow(model_dir, registry, challenger))))
+
+
+async def _engine_shadow(model_dir: Path, registry: Path, challenger: str) -> dict[str, list[float]]:
+    """The gateway's backend with the gateway's settings, driven by 64 closed-loop coroutines in this loop."""
+    from services.gateway.backend import GenerationRequest
+    from services.gateway.metrics import GatewayMetrics
+    from services.gateway.vllm_backend import VLLMBackend
+
+    settings = GatewaySettings.model_validate(gateway_settings("vllm"))
+    backend = VLLMBackend(model_dir, settings, AdapterRegistry(registry))
+    await backend.start(GatewayMetrics())
+    try:
+        await backend.load(challenger)
+        jobs = [
+            GenerationRequest(
+                messages=tuple(ChatMessage.model_validate(m) for m in r["messages"]),
+                params=SamplingParams(max_tokens=r["max_tokens"], temperature=0),
+                model_version=backend.base,
+            )
+            for r in requests(512, max_tokens=32)
+        ]
+        await _backend_closed(backend, jobs[:128], challenger)  # warm-up, both kinds
+        latencies: dict[str, list[float]] = {"off": [], "100%": []}
+        for _ in range(REPEATS):
+            for label in latencies:
+                latencies[label] += await _backend_closed(backend, jobs, challenger if label == "100%" else None)
+        return latencies
+    finally:
+        await backend.close()
+
+
+async def _backend_closed(backend: Any, jobs: list[Any], challenger: str | None, clients: int = 64) -> list[float]:
+    """Served latencies of ``jobs`` sent by ``clients`` coroutines; each starts its shadow copy first when asked.
+
+    Returns once every copy has finished too, so no run's copies spill into the next.
+    """
+    queue = list(reversed(jobs))
+    latencies: list[float] = []
+    copies: list[asyncio.Task[Any]] = []
+
+    async def client() -> None:
+        while queue:
+            job = queue.pop()
+            start = time.perf_counter()
+            if challenger is not None:
+                copy = dataclasses.replace(job, model_version=challenger, role="shadow")
+                copies.append(asyncio.create_task(backend.generate(copy)))
+            await backend.generate(job)
+            latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*copies)
+    return latencies
+
+
+def print_shadow(title: str, latencies: dict[str, list[float]]) -> None:
+    """Served p50 and p99 with 100% shadow against off, and their ratios."""
+    (p50_off, p99_off), (p50, p99) = (quantiles(latencies[label]) for label in ("off", "100%"))
+    print(f"  {title}: served p50 {p50:.4f} s vs off {p50_off:.4f} s: ratio {p50 / p50_off:.3f} (target <= 1.05)")
+    print(f"  {title}: served p99 {p99:.4f} s vs off {p99_off:.4f} s: ratio {p99 / p99_off:.3f}")
 
 
 def greedy() -> Any:
@@ -312,9 +396,7 @@ def shadow(url: str, app: Any, clients: Clients, challenger: str) -> None:
             latencies[label] += values
             settle(app)
     after = shadow_counts(app)
-    (p50_off, p99_off), (p50, p99) = (quantiles(latencies[label]) for label in ("off", "100%"))
-    print(f"  served p50 {p50:.4f} s vs off {p50_off:.4f} s: ratio {p50 / p50_off:.3f} (target <= 1.05)")
-    print(f"  served p99 {p99:.4f} s vs off {p99_off:.4f} s: ratio {p99 / p99_off:.3f}")
+    print_shadow("gateway", latencies)
     done = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     print(f"  shadow copies: {done}; completed {done.get('completed', 0) / max(sum(done.values()), 1):.1%}")
 
@@ -392,13 +474,16 @@ def large_model(model_dir: Path, out: Path) -> Path:
     return out
 
 
-PARTS = ("throughput", "transformers", "shadow", "latency")
+PARTS = ("throughput", "transformers", "engine", "shadow", "latency")
 
 
 def run(parts: list[str], model_dir: Path, workdir: Path, clients: Clients) -> None:
     """The chosen parts; the vLLM ones share one gateway, started after raw vLLM has ended."""
     raw = raw_vllm(model_dir, N_REQUESTS) if "throughput" in parts else None
-    challenger = make_challenger(model_dir, workdir / "registry") if "shadow" in parts else ""
+    challenger = make_challenger(model_dir, workdir / "registry") if {"shadow", "engine"} & set(parts) else ""
+    if "engine" in parts:
+        print(f"shadow overhead, the backend alone: 64 coroutines, 512 requests a run (max_tokens 32), {REPEATS} runs")
+        print_shadow("backend", engine_shadow(model_dir, workdir / "registry", challenger))
     vllm: dict[int, float] = {}
     with gateway(vllm_backend_for(model_dir, workdir), workdir, "vllm") as (url, app):
         if raw is not None:
@@ -414,6 +499,9 @@ def run(parts: list[str], model_dir: Path, workdir: Path, clients: Clients) -> N
 def main(argv: list[str]) -> None:
     if argv[:1] == ["raw"]:
         raw_child(Path(argv[1]), int(argv[2]), Path(argv[3]))
+        return
+    if argv[:1] == ["engine"]:
+        engine_child(Path(argv[1]), Path(argv[2]), argv[3], Path(argv[4]))
         return
     warnings.filterwarnings("ignore")  # vLLM's and its dependencies' deprecation warnings
     logging.basicConfig(level=logging.ERROR)
