@@ -15,7 +15,9 @@
 6. **Ablation**: adapters trained the same way on the confidence-selected samples only and on
    the corrections only, beside the refresh's own (both).
 7. **A/B**: the challenger takes 50% of users (a one-step demo ladder instead of 5-10-25-50),
-   the users ask again, and the worker's A/B report is printed.
+   users ask again, and the worker's A/B report is printed. These users are picked by the test's
+   assignment so that each arm has its share of them (:func:`ab_users`): a handful of fixed users
+   can all land in one arm, and the report would have no data on the other side.
 
 ``--short`` (CI) runs the same steps with a few users and questions (2 epochs over its few examples), and the gate
 scores the first 10 examples of the golden set instead of all 40.
@@ -42,6 +44,7 @@ from rich.console import Console
 
 from feedback import catalogue
 from feedback.apikeys import new_key, publish_key
+from feedback.assignment import assign
 from feedback.model.runtime import ModelRuntime
 from feedback.model.source import prepare_model
 from feedback.settings import KafkaSettings, Settings, TrainingSettings
@@ -131,7 +134,9 @@ def run_demo(settings: Settings, *, short: bool) -> int:
         asked = catalogue.make_questions(
             catalogue.build_catalogue(AB_SEED), AB_SEED, sizes.ab_questions, id_prefix="ab"
         )
-        ab_sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=AB_SEED)
+        percent = deployment["ramp"][deployment["ramp_step"]]
+        users = ab_users(deployment["deployment_id"], sizes.users, percent)
+        ab_sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=AB_SEED, users=users)
         _wait_until_landed(worker_url, headers, ab_sent)
         report = _call("GET", f"{worker_url}/v1/reports/{deployment['deployment_id']}", headers)
         print_table(report, Console(width=120))
@@ -195,10 +200,12 @@ def _simulate(
     experts: list[str],
     *,
     seed: int,
+    users: list[str] | None = None,
 ) -> dict[str, str | None]:
-    """Each question from a user; the user's feedback depends only on the answer. Returns raw id -> feedback id."""
+    """Each question from a user (``users`` in turn, by default :func:`traffic_users`); the user's feedback depends
+    only on the answer. Returns raw id -> feedback id."""
     rng = random.Random(seed)
-    users = [*experts, *(f"user-{n}" for n in range(sizes.users - len(experts)))]
+    users = users or traffic_users(sizes.users, experts)
     plan = [(q, users[n % len(users)], rng.random() < sizes.feedback_share) for n, q in enumerate(questions)]
     sent: dict[str, str | None] = {}
     right = 0
@@ -229,6 +236,32 @@ def _simulate(
             if n % 24 == 0 or n == len(plan):
                 print(f"demo: {n}/{len(plan)} answered, {right} correct so far", flush=True)
     return sent
+
+
+def traffic_users(count: int, experts: list[str]) -> list[str]:
+    """The traffic's ``count`` users: the experts, then ``user-0``, ``user-1``, ..."""
+    return [*experts, *(f"user-{n}" for n in range(count - len(experts)))]
+
+
+def ab_users(salt: str, count: int, percent: float) -> list[str]:
+    """``count`` users (``ab-user-N``) for an A/B test whose salt is ``salt`` (its deployment id), champion and
+    challenger arms alternating, so that asking in turn splits the questions between the arms.
+
+    Users are assigned by a hash of the user and the salt, so a handful of fixed users all land in one arm of a
+    50% test once in 2^(n-1) deployments (6 users: 1 in 32), and the report then has no data on one side.
+    """
+    if not 0 < percent < 100:
+        raise ValueError(f"an A/B test has users in both arms only between 0 and 100 percent, got {percent}")
+    wanted = {"champion": (count + 1) // 2, "challenger": count // 2}
+    arms: dict[str, list[str]] = {"champion": [], "challenger": []}
+    n = 0
+    while any(len(arms[arm]) < wanted[arm] for arm in arms):
+        user, n = f"ab-user-{n}", n + 1
+        arm = assign(salt, user, percent)
+        if len(arms[arm]) < wanted[arm]:
+            arms[arm].append(user)
+    pairs = zip(arms["champion"], [*arms["challenger"], None], strict=False)
+    return [user for pair in pairs for user in pair if user is not None]
 
 
 def _refresh(worker_url: str, headers: dict[str, str]) -> dict[str, Any]:
