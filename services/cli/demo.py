@@ -15,9 +15,9 @@
 6. **Ablation**: adapters trained the same way on the confidence-selected samples only and on
    the corrections only, beside the refresh's own (both).
 7. **A/B**: the challenger takes 50% of users (a one-step demo ladder instead of 5-10-25-50),
-   users ask again, and the worker's A/B report is printed. These users are picked by the test's
-   assignment so that each arm has its share of them (:func:`ab_users`): a handful of fixed users
-   can all land in one arm, and the report would have no data on the other side.
+   the users ask again, and the worker's A/B report is printed. Where all of them fall in one arm
+   (a handful of fixed users can), new users in the other arm join them (:func:`ab_users`), so
+   the report has data on both sides.
 
 ``--short`` (CI) runs the same steps with a few users and questions (2 epochs over its few examples), and the gate
 scores the first 10 examples of the golden set instead of all 40.
@@ -135,7 +135,7 @@ def run_demo(settings: Settings, *, short: bool) -> int:
             catalogue.build_catalogue(AB_SEED), AB_SEED, sizes.ab_questions, id_prefix="ab"
         )
         percent = deployment["ramp"][deployment["ramp_step"]]
-        users = ab_users(deployment["deployment_id"], sizes.users, percent)
+        users = ab_users(deployment["deployment_id"], traffic_users(sizes.users, experts), percent)
         ab_sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=AB_SEED, users=users)
         _wait_until_landed(worker_url, headers, ab_sent)
         report = _call("GET", f"{worker_url}/v1/reports/{deployment['deployment_id']}", headers)
@@ -243,25 +243,27 @@ def traffic_users(count: int, experts: list[str]) -> list[str]:
     return [*experts, *(f"user-{n}" for n in range(count - len(experts)))]
 
 
-def ab_users(salt: str, count: int, percent: float) -> list[str]:
-    """``count`` users (``ab-user-N``) for an A/B test whose salt is ``salt`` (its deployment id), champion and
-    challenger arms alternating, so that asking in turn splits the questions between the arms.
+def ab_users(salt: str, usual: list[str], percent: float) -> list[str]:
+    """The users of an A/B test whose salt is ``salt`` (its deployment id): the ``usual`` users (their earlier
+    traffic is the pre-period that CUPED adjusts by), and where all of them fall in one arm, as many new users
+    (``ab-user-N``) in the other arm as half of them.
 
     Users are assigned by a hash of the user and the salt, so a handful of fixed users all land in one arm of a
-    50% test once in 2^(n-1) deployments (6 users: 1 in 32), and the report then has no data on one side.
+    50% test once in 2^(n-1) deployments (6 users: 1 in 32), and the report would have no data on one side.
     """
     if not 0 < percent < 100:
         raise ValueError(f"an A/B test has users in both arms only between 0 and 100 percent, got {percent}")
-    wanted = {"champion": (count + 1) // 2, "challenger": count // 2}
-    arms: dict[str, list[str]] = {"champion": [], "challenger": []}
+    arms = {assign(salt, user, percent) for user in usual}
+    if len(arms) == 2:
+        return list(usual)
+    missing = "champion" if arms == {"challenger"} else "challenger"
+    extra: list[str] = []
     n = 0
-    while any(len(arms[arm]) < wanted[arm] for arm in arms):
+    while len(extra) < max(1, len(usual) // 2):
         user, n = f"ab-user-{n}", n + 1
-        arm = assign(salt, user, percent)
-        if len(arms[arm]) < wanted[arm]:
-            arms[arm].append(user)
-    pairs = zip(arms["champion"], [*arms["challenger"], None], strict=False)
-    return [user for pair in pairs for user in pair if user is not None]
+        if assign(salt, user, percent) == missing:
+            extra.append(user)
+    return [*usual, *extra]
 
 
 def _refresh(worker_url: str, headers: dict[str, str]) -> dict[str, Any]:
