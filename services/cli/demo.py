@@ -113,7 +113,8 @@ def run_demo(settings: Settings, *, short: bool) -> int:
 
         _phase(started, f"{sizes.users} simulated users ask {sizes.questions} catalogue questions")
         asked = catalogue.make_questions(catalogue.build_catalogue(TRAFFIC_SEED), TRAFFIC_SEED, sizes.questions)
-        sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=TRAFFIC_SEED)
+        users = traffic_users(sizes.users, experts)
+        sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=TRAFFIC_SEED, users=users)
         _wait_until_landed(worker_url, headers, sent)
 
         _phase(started, "the refresh: select, curate, train, gate, register, deploy")
@@ -134,8 +135,7 @@ def run_demo(settings: Settings, *, short: bool) -> int:
         asked = catalogue.make_questions(
             catalogue.build_catalogue(AB_SEED), AB_SEED, sizes.ab_questions, id_prefix="ab"
         )
-        percent = deployment["ramp"][deployment["ramp_step"]]
-        users = ab_users(deployment["deployment_id"], traffic_users(sizes.users, experts), percent)
+        users = ab_users(deployment["deployment_id"], users, deployment["challenger_percent"])
         ab_sent = _simulate(gateway_url, bearer(user), model, asked, sizes, experts, seed=AB_SEED, users=users)
         _wait_until_landed(worker_url, headers, ab_sent)
         report = _call("GET", f"{worker_url}/v1/reports/{deployment['deployment_id']}", headers)
@@ -200,12 +200,11 @@ def _simulate(
     experts: list[str],
     *,
     seed: int,
-    users: list[str] | None = None,
+    users: list[str],
 ) -> dict[str, str | None]:
-    """Each question from a user (``users`` in turn, by default :func:`traffic_users`); the user's feedback depends
-    only on the answer. Returns raw id -> feedback id."""
+    """Each question from one of ``users`` in turn; the user's feedback depends only on the answer. Returns raw
+    id -> feedback id."""
     rng = random.Random(seed)
-    users = users or traffic_users(sizes.users, experts)
     plan = [(q, users[n % len(users)], rng.random() < sizes.feedback_share) for n, q in enumerate(questions)]
     sent: dict[str, str | None] = {}
     right = 0
