@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from bench_gpu_serving import (
     N_REQUESTS,
     engine_settings,
     greedy,
+    in_child,
     machine,
     raw_engine,
     requests,
@@ -66,12 +65,8 @@ def child(model_dir: Path, quantization: str, out: Path) -> None:
     out.write_text(json.dumps({"answers": answers} | timed_generation(llm, prompts)))
 
 
-def run_side(model_dir: Path, quantization: str, workdir: Path) -> dict[str, Any]:
-    out = workdir / f"{quantization}.json"
-    done = subprocess.run([sys.executable, __file__, "child", str(model_dir), quantization, str(out)], check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {quantization} engine failed (its output is above)")
-    result: dict[str, Any] = json.loads(out.read_text())
+def run_side(model_dir: Path, quantization: str) -> dict[str, Any]:
+    result: dict[str, Any] = in_child(__file__, "child", str(model_dir), quantization)
     return result
 
 
@@ -86,8 +81,7 @@ def main(argv: list[str]) -> None:
     asked = [parse_question(messages) for messages in questions()]
     if any(q is None for q in asked):
         raise RuntimeError("a catalogue question could not be parsed back")
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {side: run_side(model_dir, side, Path(tmp)) for side in SIDES}
+    results = {side: run_side(model_dir, side) for side in SIDES}
     right = {side: [correct(q, a) for q, a in zip(asked, results[side]["answers"], strict=True)] for side in SIDES}
     rates = {side: results[side]["tokens"] / statistics.median(results[side]["seconds"]) for side in SIDES}
     n = len(asked)

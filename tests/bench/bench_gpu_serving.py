@@ -100,14 +100,20 @@ def engine_settings() -> dict[str, Any]:
 # ----- raw vLLM, in a process of its own (it frees the GPU when it ends) -----
 
 
+def in_child(script: str, part: str, *args: str) -> Any:
+    """``script`` run as ``python script part args... OUT`` in a process of its own (its GPU memory is freed when
+    it ends): the JSON it wrote to OUT."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        child = subprocess.run([sys.executable, script, part, *args, str(out)], check=False)
+        if child.returncode != 0 or not out.exists():
+            raise RuntimeError(f"{Path(script).name} {part} {' '.join(args)} failed (its output is above)")
+        return json.loads(out.read_text())
+
+
 def raw_vllm(model_dir: Path, n: int) -> dict[str, Any]:
     """Seconds and generated tokens of raw vLLM offline generation of :func:`requests`, from a child process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "raw.json"
-        child = subprocess.run([sys.executable, __file__, "raw", str(model_dir), str(n), str(out)], check=False)
-        if child.returncode != 0 or not out.exists():
-            raise RuntimeError("raw vLLM failed (its output is above)")
-        result: dict[str, Any] = json.loads(out.read_text())
+    result: dict[str, Any] = in_child(__file__, "raw", str(model_dir), str(n))
     return result
 
 
@@ -140,13 +146,7 @@ def raw_engine(model_dir: Path, quantization: str = "none") -> Any:
 
 def engine_shadow(model_dir: Path, registry: Path, challenger: str) -> dict[str, list[float]]:
     """Served latencies with shadow off and 100% (see :func:`engine_child`), from a child process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "engine.json"
-        argv = [sys.executable, __file__, "engine", str(model_dir), str(registry), challenger, str(out)]
-        child = subprocess.run(argv, check=False)
-        if child.returncode != 0 or not out.exists():
-            raise RuntimeError("the backend's shadow run failed (its output is above)")
-        result: dict[str, list[float]] = json.loads(out.read_text())
+    result: dict[str, list[float]] = in_child(__file__, "engine", str(model_dir), str(registry), challenger)
     return result
 
 
