@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
@@ -188,22 +188,34 @@ async def _backend_closed(backend: Any, jobs: list[Any], challenger: str | None,
 
     Returns once every copy has finished too, so no run's copies spill into the next.
     """
-    queue = list(reversed(jobs))
-    latencies: list[float] = []
     copies: list[asyncio.Task[Any]] = []
 
-    async def client() -> None:
-        while queue:
-            job = queue.pop()
-            start = time.perf_counter()
-            if challenger is not None:
-                copy = dataclasses.replace(job, model_version=challenger, role="shadow")
-                copies.append(asyncio.create_task(backend.generate(copy)))
-            await backend.generate(job)
-            latencies.append(time.perf_counter() - start)
+    async def send(job: Any) -> bool:
+        if challenger is not None:
+            copy = dataclasses.replace(job, model_version=challenger, role="shadow")
+            copies.append(asyncio.create_task(backend.generate(copy)))
+        await backend.generate(job)
+        return True
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    latencies = await closed_loop(jobs, clients, send)
     await asyncio.gather(*copies)
+    return latencies
+
+
+async def closed_loop(items: list[Any], workers: int, send: Callable[[Any], Awaitable[bool]]) -> list[float]:
+    """``workers`` coroutines taking ``items`` in order, each sending its next as soon as ``send`` returned:
+    the seconds of every send that counted (returned True)."""
+    queue = list(reversed(items))
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        while queue:
+            item = queue.pop()
+            start = time.perf_counter()
+            if await send(item):
+                latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
     return latencies
 
 
@@ -245,24 +257,20 @@ def closed_client(url: str, key: str, payloads: list[dict[str, Any]], clients: i
 
 
 async def _closed(url: str, key: str, payloads: list[dict[str, Any]], clients: int) -> tuple[int, list[float], int]:
-    queue = list(reversed(payloads))
-    latencies: list[float] = []
     tokens = failures = 0
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal tokens, failures
-        while queue:
-            start = time.perf_counter()
-            response = await client.post(f"{url}/v1/chat/completions", json=queue.pop())
-            if response.status_code != 200:
-                failures += 1
-                continue
-            latencies.append(time.perf_counter() - start)
-            tokens += response.json()["usage"]["completion_tokens"]
-
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(headers=bearer(key), timeout=600, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+
+        async def send(payload: dict[str, Any]) -> bool:
+            nonlocal tokens, failures
+            response = await client.post(f"{url}/v1/chat/completions", json=payload)
+            if response.status_code != 200:
+                failures += 1
+                return False
+            tokens += response.json()["usage"]["completion_tokens"]
+            return True
+
+        latencies = await closed_loop(payloads, clients, send)
     return tokens, latencies, failures
 
 
