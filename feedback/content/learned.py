@@ -62,6 +62,11 @@ class HiddenStateFeatures:
             raise ContentFilterError(f"the learned classifier's model {str(model_dir)!r} cannot load: {exc}") from exc
         self.layer = layer
 
+    @property
+    def model(self) -> Any:
+        """The loaded layers (a ``LlamaModel`` without its final norm): ``fit_learned.py`` trains adapters on them."""
+        return self._model
+
     def __call__(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """One row of features per text; texts of similar length run together, padded on the right.
 

@@ -104,11 +104,11 @@ class Classifier(nn.Module):
     def __init__(self, model_dir: Path) -> None:
         super().__init__()
         self.frozen = HiddenStateFeatures(model_dir, LAYER)
-        for parameter in self.frozen._model.parameters():
+        for parameter in self.frozen.model.parameters():
             parameter.requires_grad_(False)
         config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=list(MODULES), bias="none")
-        self.body = get_peft_model(self.frozen._model, config)
-        size = self.frozen._model.config.hidden_size
+        self.body = get_peft_model(self.frozen.model, config)
+        size = self.frozen.model.config.hidden_size
         self.register_buffer("mean", torch.zeros(size))
         self.register_buffer("scale", torch.ones(size))
         self.head = nn.Linear(size, 1)
