@@ -19,7 +19,8 @@ Parts (``python tests/bench/bench_gpu_serving.py [PARTS] [--large]``; all by def
    off, alternating; the share of shadow copies completed. ``engine``: the same comparison on the
    vLLM backend alone (no HTTP, no gateway: 64 coroutines calling ``VLLMBackend.generate``, each
    served request starting its shadow copy), in a process of its own, so what the engine and vLLM's
-   client cost separates from what the gateway's event loop costs.
+   client cost separates from what the gateway's event loop costs. ``BENCH_SHADOW_ON_BASE=1`` sends its
+   copies to the base model instead of the challenger's adapter (no LoRA rows in the batch).
 3. ``latency``: open-loop arrivals of short requests (16 generated tokens) at rising rates; p50,
    p99, refusals and failures per rate, and the GPU's utilisation sampled during each step.
 
@@ -146,7 +147,7 @@ def raw_engine(model_dir: Path, quantization: str = "none") -> Any:
 
 def engine_shadow(model_dir: Path, registry: Path, challenger: str) -> dict[str, list[float]]:
     """Served latencies with shadow off and 100% (see :func:`engine_child`), from a child process."""
-    result: dict[str, list[float]] = in_child(__file__, "engine", str(model_dir), str(registry), challenger)
+    result: dict[str, list[float]] = in_child(__file__, "engine-child", str(model_dir), str(registry), challenger)
     return result
 
 
@@ -173,6 +174,8 @@ async def _engine_shadow(model_dir: Path, registry: Path, challenger: str) -> di
             )
             for r in requests(512, max_tokens=32)
         ]
+        if os.environ.get("BENCH_SHADOW_ON_BASE") == "1":  # copies on the base model: no LoRA rows in the batch
+            challenger = backend.base
         await _backend_closed(backend, jobs[:128], challenger)  # warm-up, both kinds
         latencies: dict[str, list[float]] = {"off": [], "100%": []}
         for _ in range(REPEATS):
@@ -493,6 +496,8 @@ def run(parts: list[str], model_dir: Path, workdir: Path, clients: Clients) -> N
         print(f"shadow overhead, the backend alone: 64 coroutines, 512 requests a run (max_tokens 32), {REPEATS} runs")
         print_shadow("backend", engine_shadow(model_dir, workdir / "registry", challenger))
     vllm: dict[int, float] = {}
+    if not {"throughput", "shadow", "latency"} & set(parts):
+        return  # no part needs the gateway on vLLM ("transformers" compares with its throughput)
     with gateway(vllm_backend_for(model_dir, workdir), workdir, "vllm") as (url, app):
         if raw is not None:
             vllm = throughput(url, clients, raw)
@@ -508,7 +513,7 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["raw"]:
         raw_child(Path(argv[1]), int(argv[2]), Path(argv[3]))
         return
-    if argv[:1] == ["engine"]:
+    if argv[:1] == ["engine-child"]:  # not "engine", the part that starts it
         engine_child(Path(argv[1]), Path(argv[2]), argv[3], Path(argv[4]))
         return
     warnings.filterwarnings("ignore")  # vLLM's and its dependencies' deprecation warnings
