@@ -6,6 +6,7 @@ lives here); benchmarks add it themselves.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -123,9 +124,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str =
 
 
 def process_ended(pid: int) -> bool:
-    """Whether process ``pid`` has ended (gone, or a zombie its parent has not reaped yet)."""
+    """Whether process ``pid`` has ended: gone, or a zombie its parent has not reaped yet whose threads have all
+    exited. Only then are its files, its sockets among them, closed: the main thread of a killed process can be a
+    zombie while its other threads are still running down, and its listening socket still takes connections."""
     try:
-        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        zombie = "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        return zombie and os.listdir(f"/proc/{pid}/task") == [str(pid)]
     except FileNotFoundError:
         return True
 

@@ -316,7 +316,9 @@ def test_broker_sink_and_gateway_killed_under_traffic_lose_and_double_nothing(
     # Failures: only requests in flight at gateway b when it died, each reported by the proxy against b;
     # every request after that which the proxy first tried on b went to a.
     killed_at, dead_at = killing
-    assert all(o.started < dead_at and killed_at < o.ended and o.failure in IN_FLIGHT for o in failed), failed
+    assert all(o.started < dead_at and killed_at < o.ended and o.failure in IN_FLIGHT for o in failed), (
+        f"killed at {killed_at:.3f}, dead at {dead_at:.3f}: {failed}"
+    )
     assert len(failed) <= CLIENTS
     assert (proxy_saw["b failed"], proxy_saw["a failed"], proxy_saw["a refused"]) == (len(failed), 0, 0)
     assert proxy_saw["b refused"] > 0
