@@ -65,6 +65,7 @@ from services.gateway.backend import InferenceBackend, TransformersBackend
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 EAGER = os.environ.get("BENCH_VLLM_EAGER", "1") == "1"
+SHADOW_ON_BASE = os.environ.get("BENCH_SHADOW_ON_BASE") == "1"  # the engine part's copies on the base model
 CLIENT_PROCESSES = 4  # the clients' Python is spread over this many processes
 LEVELS = (1, 16, 64, 256)  # concurrent clients
 MAX_TOKENS = 64
@@ -174,7 +175,7 @@ async def _engine_shadow(model_dir: Path, registry: Path, challenger: str) -> di
             )
             for r in requests(512, max_tokens=32)
         ]
-        if os.environ.get("BENCH_SHADOW_ON_BASE") == "1":  # copies on the base model: no LoRA rows in the batch
+        if SHADOW_ON_BASE:  # no LoRA rows in the batch
             challenger = backend.base
         await _backend_closed(backend, jobs[:128], challenger)  # warm-up, both kinds
         latencies: dict[str, list[float]] = {"off": [], "100%": []}
@@ -494,7 +495,8 @@ def run(parts: list[str], model_dir: Path, workdir: Path, clients: Clients) -> N
     challenger = make_challenger(model_dir, workdir / "registry") if {"shadow", "engine"} & set(parts) else ""
     if "engine" in parts:
         print(f"shadow overhead, the backend alone: 64 coroutines, 512 requests a run (max_tokens 32), {REPEATS} runs")
-        print_shadow("backend", engine_shadow(model_dir, workdir / "registry", challenger))
+        title = "backend, copies on the base model" if SHADOW_ON_BASE else "backend"
+        print_shadow(title, engine_shadow(model_dir, workdir / "registry", challenger))
     vllm: dict[int, float] = {}
     if not {"throughput", "shadow", "latency"} & set(parts):
         return  # no part needs the gateway on vLLM ("transformers" compares with its throughput)
