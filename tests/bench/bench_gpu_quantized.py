@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_gpu_serving import (
+    CHILD,
     MAX_TOKENS,
     N_REQUESTS,
     engine_settings,
@@ -66,13 +67,13 @@ def child(model_dir: Path, quantization: str, out: Path) -> None:
 
 
 def run_side(model_dir: Path, quantization: str) -> dict[str, Any]:
-    result: dict[str, Any] = in_child(__file__, "child", str(model_dir), quantization)
+    result: dict[str, Any] = in_child(__file__, "side", str(model_dir), quantization)
     return result
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["child"]:
-        child(Path(argv[1]), argv[2], Path(argv[3]))
+    if argv[:2] == [CHILD, "side"]:
+        child(Path(argv[2]), argv[3], Path(argv[4]))
         return
     import torch
 

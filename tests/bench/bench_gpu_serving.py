@@ -102,12 +102,15 @@ def engine_settings() -> dict[str, Any]:
 # ----- raw vLLM, in a process of its own (it frees the GPU when it ends) -----
 
 
+CHILD = "--child"  # a script's first argument when in_child runs it, so no child's name is taken for a part's
+
+
 def in_child(script: str, part: str, *args: str) -> Any:
-    """``script`` run as ``python script part args... OUT`` in a process of its own (its GPU memory is freed when
-    it ends): the JSON it wrote to OUT."""
+    """``script`` run as ``python script --child part args... OUT`` in a process of its own (its GPU memory is
+    freed when it ends): the JSON it wrote to OUT."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
-        child = subprocess.run([sys.executable, script, part, *args, str(out)], check=False)
+        child = subprocess.run([sys.executable, script, CHILD, part, *args, str(out)], check=False)
         if child.returncode != 0 or not out.exists():
             raise RuntimeError(f"{Path(script).name} {part} {' '.join(args)} failed (its output is above)")
         return json.loads(out.read_text())
@@ -148,7 +151,7 @@ def raw_engine(model_dir: Path, quantization: str = "none") -> Any:
 
 def engine_shadow(model_dir: Path, registry: Path, challenger: str) -> dict[str, list[float]]:
     """Served latencies with shadow off and 100% (see :func:`engine_child`), from a child process."""
-    result: dict[str, list[float]] = in_child(__file__, "engine-child", str(model_dir), str(registry), challenger)
+    result: dict[str, list[float]] = in_child(__file__, "engine", str(model_dir), str(registry), challenger)
     return result
 
 
@@ -512,11 +515,11 @@ def run(parts: list[str], model_dir: Path, workdir: Path, clients: Clients) -> N
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["raw"]:
-        raw_child(Path(argv[1]), int(argv[2]), Path(argv[3]))
+    if argv[:2] == [CHILD, "raw"]:
+        raw_child(Path(argv[2]), int(argv[3]), Path(argv[4]))
         return
-    if argv[:1] == ["engine-child"]:  # not "engine", the part that starts it
-        engine_child(Path(argv[1]), Path(argv[2]), argv[3], Path(argv[4]))
+    if argv[:2] == [CHILD, "engine"]:
+        engine_child(Path(argv[2]), Path(argv[3]), argv[4], Path(argv[5]))
         return
     warnings.filterwarnings("ignore")  # vLLM's and its dependencies' deprecation warnings
     logging.basicConfig(level=logging.ERROR)
