@@ -169,6 +169,8 @@ async def _engine_shadow(model_dir: Path, registry: Path, challenger: str) -> di
     backend = VLLMBackend(model_dir, settings, AdapterRegistry(registry))
     await backend.start(GatewayMetrics())
     try:
+        if SHADOW_ON_BASE:  # no LoRA rows in the batch, and no adapter to load
+            challenger = backend.base
         await backend.load(challenger)
         jobs = [
             GenerationRequest(
@@ -178,8 +180,6 @@ async def _engine_shadow(model_dir: Path, registry: Path, challenger: str) -> di
             )
             for r in requests(512, max_tokens=32)
         ]
-        if SHADOW_ON_BASE:  # no LoRA rows in the batch
-            challenger = backend.base
         await _backend_closed(backend, jobs[:128], challenger)  # warm-up, both kinds
         latencies: dict[str, list[float]] = {"off": [], "100%": []}
         for _ in range(REPEATS):
