@@ -20,6 +20,9 @@ transformers backend's promises (:mod:`services.gateway.backend`):
   keeps ``max_loras`` adapters on the GPU and ``max_cpu_loras`` in host memory, dropping the least
   recently used, and reloads a dropped one from its registry directory when a request names it again:
   versions come and go while serving, with nothing to unload.
+- **Shadow copies** join the served requests' batches by default. With ``vllm.shadow_engine`` they run on
+  a second engine of their own on the same GPU instead (the two split the memory share), so they never
+  make a served request's batch bigger; each engine gets every adapter version loaded.
 - **Served first.** Requests are scheduled by priority (served before shadow copies); at most
   ``shadow_concurrency`` shadow copies run and ``shadow_queue_size`` wait (more are shed); served
   requests beyond ``max_num_seqs + max_queued_requests`` are refused (:class:`Overloaded`, a 429); with
@@ -99,8 +102,9 @@ class VLLMBackend:
         # The transformers runtime's context length, so both backends refuse the same requests.
         native = int(getattr(config, "max_position_embeddings", 2048))
         self._context_length = min(native, self._settings.vllm.max_model_len or native)
-        self._engine: Any | None = None
+        self._engines: dict[Role, Any] = {}  # the engine of each role: one for both, or one each (shadow_engine)
         self._loras: dict[str, Any] = {}  # adapter version -> its LoRARequest
+        self._added: set[tuple[Role, str]] = set()  # (the role whose engine has it, adapter version)
         self._lora_ids: Callable[[str], int] = _counter() if shared is None else AdapterIds(shared.adapter_ids).id_of
         self._load_lock = asyncio.Lock()
         share = (lambda total: total) if shared is None else shared.share  # an engine's bounds, this process's part
@@ -123,23 +127,31 @@ class VLLMBackend:
 
     @property
     def engine(self) -> Any:
-        """The running ``AsyncLLM``."""
-        if self._engine is None:
+        """The running ``AsyncLLM`` of served requests."""
+        return self.engine_of("served")
+
+    def engine_of(self, role: Role) -> Any:
+        """The running ``AsyncLLM`` of ``role``'s requests: the served requests' unless ``shadow_engine``."""
+        if role not in self._engines:
             raise RuntimeError("the backend is not started")
-        return self._engine
+        return self._engines[role]
 
     async def start(self, metrics: GatewayMetrics) -> None:
-        """Start the engine (seconds with ``enforce_eager``, minutes with compilation) without blocking the loop."""
+        """Start the engine, or both (seconds each with ``enforce_eager``, minutes with compilation), one after
+        the other without blocking the loop."""
         self._metrics = metrics
-        self._engine = await asyncio.to_thread(self._open_engine, metrics)
+        served = await asyncio.to_thread(self._open_engine, metrics)
+        self._engines = {"served": served, "shadow": served}
+        if self._settings.vllm.shadow_engine:
+            self._engines["shadow"] = await asyncio.to_thread(self._open_engine, metrics)
 
     async def close(self) -> None:
-        """Stop the engine and its process; requests in flight fail.
+        """Stop the engines and their processes; requests in flight fail.
 
-        On the loop's thread, which owns the engine's sockets; it blocks until the engine process ends.
+        On the loop's thread, which owns the engines' sockets; it blocks until the engine processes end.
         """
-        engine, self._engine = self._engine, None
-        if engine is not None:
+        engines, self._engines = self._engines, {}
+        for engine in {id(e): e for e in engines.values()}.values():
             engine.shutdown()
 
     def serves(self, model_version: str) -> bool:
@@ -147,8 +159,10 @@ class VLLMBackend:
         return split_version(model_version)[0] == self.base
 
     async def load(self, model_version: str) -> None:
-        """Fetch (hash verified) and add the version's adapter, while serving; a no-op for the base."""
-        await self._lora(model_version)
+        """Fetch (hash verified) and add the version's adapter to every engine, while serving; a no-op for
+        the base."""
+        for role in self._roles():
+            await self._lora(model_version, role)
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ContextLengthError when the prompt plus max_tokens does not fit the context."""
@@ -157,7 +171,7 @@ class VLLMBackend:
     async def generate(self, request: GenerationRequest) -> Generation:
         """Check the prompt against the context, then generate in the engine's shared batch."""
         prompt = self._prompt(request)
-        lora = await self._lora(request.model_version)
+        lora = await self._lora(request.model_version, request.role)
         stream = _TextStream(request.on_text, request.params.stop, self._decode) if request.on_text else None
         async with self._admitted(request.role) as waiting:
             ids, logprobs = await self._run(prompt, request, lora, stream, waiting)
@@ -209,7 +223,7 @@ class VLLMBackend:
             "dtype": engine.dtype,
             "quantization": None if engine.quantization == "none" else engine.quantization,
             "max_model_len": self._context_length,
-            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "gpu_memory_utilization": engine.gpu_memory_utilization / (2 if engine.shadow_engine else 1),
             "max_num_seqs": engine.max_num_seqs,
             "enable_lora": True,
             "max_loras": engine.max_loras,
@@ -222,30 +236,37 @@ class VLLMBackend:
             "disable_log_stats": True,  # vLLM's own loggers; ours (``_step_logger``) still gets every step's statistics
         }
 
-    async def _lora(self, model_version: str) -> Any | None:
+    def _roles(self) -> tuple[Role, ...]:
+        """One role per engine: the role whose engine each adapter is added to."""
+        return ("served", "shadow") if self._settings.vllm.shadow_engine else ("served",)
+
+    async def _lora(self, model_version: str, role: Role) -> Any | None:
+        """The version's ``LoRARequest``, added to ``role``'s engine first if it has not been; None for the base."""
         adapter = split_version(model_version)[1]
         if adapter is None:
             return None
-        if adapter in self._loras:
-            return self._loras[adapter]
-        async with self._load_lock:
-            if adapter not in self._loras:
-                self._loras[adapter] = await self._add_lora(model_version, adapter)
+        added = (role if role in self._roles() else "served", adapter)
+        if added not in self._added:
+            async with self._load_lock:
+                if added not in self._added:
+                    await self._add_lora(self.engine_of(role), model_version, adapter)
+                    self._added.add(added)
         return self._loras[adapter]
 
-    async def _add_lora(self, model_version: str, adapter: str) -> Any:
-        if self._registry is None:
-            raise ModelError(f"no adapter registry to load {model_version!r} from")
-        path = await asyncio.to_thread(self._registry.fetch, adapter)
-        from vllm.lora.request import LoRARequest
+    async def _add_lora(self, engine: Any, model_version: str, adapter: str) -> None:
+        if adapter not in self._loras:
+            if self._registry is None:
+                raise ModelError(f"no adapter registry to load {model_version!r} from")
+            path = await asyncio.to_thread(self._registry.fetch, adapter)
+            from vllm.lora.request import LoRARequest
 
-        lora_id = await asyncio.to_thread(self._lora_ids, adapter)
-        lora = LoRARequest(lora_name=adapter, lora_int_id=lora_id, lora_path=str(path))
+            lora_id = await asyncio.to_thread(self._lora_ids, adapter)
+            self._loras[adapter] = LoRARequest(lora_name=adapter, lora_int_id=lora_id, lora_path=str(path))
+        lora = self._loras[adapter]
         try:
-            await self.engine.add_lora(lora)
+            await engine.add_lora(lora)
         except Exception as exc:  # the engine reports a bad adapter (rank, modules) as a failed call
-            raise ModelError(f"could not load adapter {adapter!r} from {str(path)!r}: {exc}") from exc
-        return lora
+            raise ModelError(f"could not load adapter {adapter!r} from {lora.lora_path!r}: {exc}") from exc
 
     def _prompt(self, request: GenerationRequest) -> list[int]:
         return render_prompt(self._tokenizer, request, self._context_length)
@@ -297,7 +318,7 @@ class VLLMBackend:
         ids: list[int] = []
         logprobs: list[float] = []
         try:
-            outputs = self.engine.generate(
+            outputs = self.engine_of(request.role).generate(
                 {"prompt_token_ids": prompt},
                 self._sampling(request.params, final_only=request.role == "shadow"),
                 uuid.uuid4().hex,

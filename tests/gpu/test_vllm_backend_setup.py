@@ -64,3 +64,45 @@ def test_engine_arguments_follow_the_settings(model_dir: Path) -> None:
     )
     fp8 = VLLMBackend(model_dir, GatewaySettings(vllm=VLLMSettings(quantization="fp8", max_model_len=1024)))
     assert (fp8.engine_arguments()["quantization"], fp8.engine_arguments()["max_model_len"]) == ("fp8", 1024)
+
+
+def test_a_shadow_engine_halves_each_engines_memory_share_and_refuses_a_shared_engine(model_dir: Path) -> None:
+    settings = GatewaySettings(vllm=VLLMSettings(gpu_memory_utilization=0.6, shadow_engine=True))
+    assert VLLMBackend(model_dir, settings).engine_arguments()["gpu_memory_utilization"] == pytest.approx(0.3)
+    assert VLLMBackend(model_dir).engine_arguments()["gpu_memory_utilization"] == 0.5
+    with pytest.raises(ValueError, match=r"shadow_engine needs an engine per process: it cannot be set with shared"):
+        VLLMSettings(shared_engine=True, shadow_engine=True)
+
+
+class FakeEngine:
+    """A stand-in for vLLM's ``AsyncLLM`` that records its shutdown: starting and closing need no GPU."""
+
+    def __init__(self) -> None:
+        self.shutdowns = 0
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_shadow_copies_get_an_engine_of_their_own_only_when_asked(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, separate: bool
+) -> None:
+    opened: list[FakeEngine] = []
+
+    def open_fake(_backend: VLLMBackend, _metrics: GatewayMetrics) -> FakeEngine:
+        opened.append(FakeEngine())
+        return opened[-1]
+
+    monkeypatch.setattr(VLLMBackend, "_open_engine", open_fake)
+    backend = VLLMBackend(model_dir, GatewaySettings(vllm=VLLMSettings(shadow_engine=separate)))
+    with pytest.raises(RuntimeError, match="the backend is not started"):
+        backend.engine_of("shadow")
+    asyncio.run(backend.start(GatewayMetrics()))
+    assert len(opened) == (2 if separate else 1)
+    assert backend.engine is opened[0]
+    assert backend.engine_of("shadow") is opened[-1]
+    asyncio.run(backend.close())
+    assert [engine.shutdowns for engine in opened] == [1] * len(opened)  # each engine stopped once
+    with pytest.raises(RuntimeError, match="the backend is not started"):
+        _ = backend.engine
