@@ -63,7 +63,9 @@ import torch
 
 site = Path(sys.argv[1]).resolve()
 assert not Path(torch.__file__).resolve().is_relative_to(site), "torch must stay the machine's own"
+import httptools  # noqa: F401  uvicorn's HTTP parser and event loop, picked up by the gateway
 import transformers
+import uvloop  # noqa: F401
 import vllm
 from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 

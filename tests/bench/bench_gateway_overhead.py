@@ -9,7 +9,9 @@ the other serving benchmarks.
 
 Sides, in the same run, alternating, after a warm-up, ``BENCH_REPEATS`` (default 3) runs each:
 the content filter with its learned classifier turned on; the shipped settings (term list and the
-offensive-language classifier); the term list alone; the content filter off.
+offensive-language classifier); the shipped settings on uvicorn's pure-Python HTTP parser and event
+loop (h11 and asyncio's, what the gateway ran on before httptools and uvloop were installed); the term
+list alone; the content filter off.
 ``BENCH_OVERHEAD_REQUESTS`` (default 1,000) requests per run from 32 concurrent clients in 2
 processes of their own, one in four streamed. Prints each side's median requests/s, milliseconds per
 request (its inverse), and its ratio to the filter off.
@@ -42,11 +44,14 @@ from gateway_fakes import FakeBackend
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 REQUESTS = int(os.environ.get("BENCH_OVERHEAD_REQUESTS", "1000"))
 CLIENTS, PROCESSES = 32, 2
-SIDES: dict[str, dict[str, Any]] = {
-    "with learned classifier": {"learned": True},
-    "shipped": {},
-    "term list alone": {"classifier": False},
-    "filter off": {"enabled": False},
+PURE_PYTHON = {"http": "h11", "loop": "asyncio"}  # uvicorn without httptools and uvloop
+# side: (content filter settings, uvicorn settings)
+SIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "with learned classifier": ({"learned": True}, {}),
+    "shipped": ({}, {}),
+    "shipped, h11 + asyncio": ({}, PURE_PYTHON),
+    "term list alone": ({"classifier": False}, {}),
+    "filter off": ({"enabled": False}, {}),
 }
 
 
@@ -89,18 +94,20 @@ def main() -> None:
     backend.context_length = 10_000
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(PROCESSES, mp_context=get_context("spawn")) as pool:
         for repeat in range(REPEATS + 1):  # the first round warms up
-            for side, content_filter in SIDES.items():
+            for side, (content_filter, server) in SIDES.items():
                 workdir = Path(tmp) / f"{side}-{repeat}"
-                with serve(lambda _: backend, workdir, content_filter, max_queued_requests=4096) as (url, _):
+                with serve(lambda _: backend, workdir, content_filter, server, max_queued_requests=4096) as (url, _):
                     requests_per_s(pool, url, 64)  # this gateway's warm-up
                     rate = requests_per_s(pool, url, REQUESTS)
                 if repeat:
                     rates[side].append(rate)
     off = statistics.median(rates["filter off"])
-    print(f"  {'side':<22} {'requests/s':>10} {'ms each':>8} {'/ filter off':>12}")
+    print(f"  {'side':<24} {'requests/s':>10} {'ms each':>8} {'/ filter off':>12}")
     for side, values in rates.items():
         median = statistics.median(values)
-        print(f"  {side:<22} {median:>10.1f} {1000 / median:>8.2f} {median / off:>12.2f}")
+        print(f"  {side:<24} {median:>10.1f} {1000 / median:>8.2f} {median / off:>12.2f}")
+    gain = statistics.median(rates["shipped"]) / statistics.median(rates["shipped, h11 + asyncio"])
+    print(f"  httptools + uvloop against h11 + asyncio, shipped settings: x{gain:.2f}")
 
 
 if __name__ == "__main__":

@@ -84,11 +84,13 @@ def serve(
     backend_for: Callable[[Settings], InferenceBackend],
     workdir: Path,
     content_filter: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
     **gateway_settings: Any,
 ) -> Iterator[tuple[str, Any]]:
     """The gateway on the backend ``backend_for`` builds from its settings, Kafka unreachable: (url, app).
 
-    ``content_filter`` overrides the content filter's settings (the shipped filter by default).
+    ``content_filter`` overrides the content filter's settings (the shipped filter by default), ``server``
+    uvicorn's (its HTTP parser and event loop: ``http``, ``loop``).
     """
     settings = Settings.model_validate(
         {
@@ -106,7 +108,7 @@ def serve(
     )
     app = create_app(settings, backend=backend_for(settings), keys=KeyBook([RECORD]))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **(server or {})))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
