@@ -140,10 +140,14 @@ class VLLMBackend:
         """Start the engine, or both (seconds each with ``enforce_eager``, minutes with compilation), one after
         the other without blocking the loop."""
         self._metrics = metrics
-        served = await asyncio.to_thread(self._open_engine, metrics)
-        self._engines = {"served": served, "shadow": served}
+        served = shadow = await asyncio.to_thread(self._open_engine, metrics)
         if self._settings.vllm.shadow_engine:
-            self._engines["shadow"] = await asyncio.to_thread(self._open_engine, metrics)
+            try:
+                shadow = await asyncio.to_thread(self._open_engine, metrics)
+            except BaseException:
+                served.shutdown()  # not left holding its share of the GPU
+                raise
+        self._engines = {"served": served, "shadow": shadow}
 
     async def close(self) -> None:
         """Stop the engines and their processes; requests in flight fail.

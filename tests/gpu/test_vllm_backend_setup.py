@@ -106,3 +106,23 @@ def test_shadow_copies_get_an_engine_of_their_own_only_when_asked(
     assert [engine.shutdowns for engine in opened] == [1] * len(opened)  # each engine stopped once
     with pytest.raises(RuntimeError, match="the backend is not started"):
         _ = backend.engine
+
+
+def test_a_shadow_engine_that_cannot_start_stops_the_served_engine(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[FakeEngine] = []
+
+    def open_once(_backend: VLLMBackend, _metrics: GatewayMetrics) -> FakeEngine:
+        if opened:
+            raise ModelError("vLLM could not start: out of GPU memory (a fake failure)")
+        opened.append(FakeEngine())
+        return opened[-1]
+
+    monkeypatch.setattr(VLLMBackend, "_open_engine", open_once)
+    backend = VLLMBackend(model_dir, GatewaySettings(vllm=VLLMSettings(shadow_engine=True)))
+    with pytest.raises(ModelError, match="out of GPU memory"):
+        asyncio.run(backend.start(GatewayMetrics()))
+    assert opened[0].shutdowns == 1  # not left running, holding its share of the GPU
+    with pytest.raises(RuntimeError, match="the backend is not started"):
+        _ = backend.engine
